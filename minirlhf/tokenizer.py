@@ -2,7 +2,7 @@
 Tokenizers on tiktoken, each with an end-of-text token and a distinct padding token.
 
 Pad must never equal EOS: if it did, masking the padding would also mask every EOS and the
-policy would never learn to stop ("The N+ implementation details of RLHF with PPO", detail 3).
+policy would never learn to stop ("The N+ implementation details of RLHF with PPO").
 
     get_tokenizer("bytes")            256 byte tokens + <|endoftext|> + <|pad|>; works offline (the default)
     get_tokenizer("gpt2")             tiktoken's GPT-2 BPE (tiktoken downloads it once; needs the network)

@@ -1,0 +1,345 @@
+"""
+The GPT of minirlhf, in one file.
+
+GPT-2's architecture (learned positions, pre-LayerNorm, GELU MLP, tied input/output embeddings),
+named as GPT-2 names it so that its weights load by name, plus what RLHF needs on top:
+- left-padded batches: `start[b]` counts the pad tokens on the left of row b; positions are
+  counted from each row's first real token and padded keys are invisible, so a left-padded
+  prompt gives exactly the logits it gives unpadded;
+- the final hidden states on request (`hidden_states`), for scalar heads and for the fused
+  log-prob kernel, which reads them together with lm_head.weight instead of the logits;
+- an optional scalar head (n_embd -> 1): the same class is the reward model and the value model;
+- batched sampling with a KV cache (`generate`);
+- GPT-2 weights from a local Hugging Face directory (`GPT.from_pretrained`).
+
+Shapes: B batch, T time, C n_embd, nh heads, hs head size (C // nh), V vocabulary.
+"""
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+import kernels.attention
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # longest sequence: the number of learned positions
+    vocab_size: int = 50257
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0  # off for SFT, RM and PPO ("The N+ implementation details of RLHF with PPO")
+    bias: bool = True  # biases in Linears and LayerNorms, as GPT-2 has
+    layer_norm_epsilon: float = 1e-5
+    scalar_head: bool = False  # add an n_embd -> 1 head: a reward or value model
+    attn_impl: str = "auto"  # auto: the Triton kernel on CUDA, plain PyTorch elsewhere | torch | triton
+
+    def __post_init__(self):
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.attn_impl not in ("auto", "torch", "triton"):
+            raise ValueError(f"GPTConfig.attn_impl must be auto, torch or triton, got {self.attn_impl!r}")
+
+
+def attention(q, k, v, key_start, impl):
+    """Every attention of the model goes through here: q (B, nh, Tq, hs), k and v (B, nh, Tk, hs).
+    The queries are the last Tq of the Tk positions; keys before key_start[b] are left padding."""
+    if impl == "triton" or (impl == "auto" and q.is_cuda):
+        return kernels.attention.flash_attention(q, k, v, causal=True, key_start=key_start)
+    return kernels.attention.attention_reference(q, k, v, causal=True, key_start=key_start)
+
+
+class KVCache:
+    """Keys and values of every layer for batched decoding, preallocated for max_len positions.
+    All rows advance together (prompts are left-padded), so one length serves the batch."""
+
+    def __init__(self, config, batch_size, max_len, device, dtype):
+        shape = (config.n_layer, batch_size, config.n_head, max_len, config.n_embd // config.n_head)
+        self.k = torch.empty(shape, device=device, dtype=dtype)  # (L, B, nh, max_len, hs)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.len = 0  # positions filled so far
+
+    def update(self, layer, k, v):
+        """Append this step's k, v (B, nh, T, hs) of one layer; return all of them so far."""
+        end = self.len + k.size(2)
+        self.k[layer, :, :, self.len:end] = k
+        self.v[layer, :, :, self.len:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head, self.n_embd, self.impl = config.n_head, config.n_embd, config.attn_impl
+
+    def forward(self, x, key_start=None, cache=None, layer=0):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, nh, Tpast + T, hs)
+        # no dropout on the attention weights: the fused kernel never forms them
+        y = attention(q, k, v, key_start, self.impl)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        # GPT-2's GELU is the tanh approximation ("gelu_new" in its Hugging Face config)
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, key_start=None, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), key_start, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Generation(NamedTuple):
+    tokens: torch.Tensor  # (B, n) sampled tokens; pad after a row's EOS
+    mask: torch.Tensor  # (B, n) bool, True on each row's response tokens, its EOS included
+    logprobs: torch.Tensor  # (B, n) fp32 log-prob of each token under softmax(logits / temperature); 0 off the mask
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # tied input and output embeddings, as GPT-2
+        self.score_head = nn.Linear(config.n_embd, 1) if config.scalar_head else None
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer)
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if self.score_head is not None:
+            self.reset_score_head()
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def reset_score_head(self):
+        """Reward head init N(0, 1/sqrt(n_embd + 1)) ("The N+ implementation details of RLHF with PPO")."""
+        nn.init.normal_(self.score_head.weight, std=1.0 / math.sqrt(self.config.n_embd + 1))
+        nn.init.zeros_(self.score_head.bias)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def hidden_states(self, idx, start=None, cache=None):
+        """Final hidden states (B, T, C), after ln_f, for tokens idx (B, T).
+        They are what lm_head turns into logits and score_head into scalars; the fused log-prob
+        kernel takes them with lm_head.weight so the (B, T, V) logits never exist.
+        start (B,): pad tokens on the left of each row. cache: a KVCache with the earlier positions."""
+        B, T = idx.size()
+        past = cache.len if cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of {past + T} tokens is longer than block_size={self.config.block_size}")
+        pos = torch.arange(past, past + T, device=idx.device)  # (T,)
+        if start is not None:
+            pos = (pos[None, :] - start[:, None]).clamp(min=0)  # (B, T) count from each row's first real token
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, start, cache, layer)
+        if cache is not None:
+            cache.len += T
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, start=None, cache=None):
+        """Logits (B, T, V) for tokens idx (B, T); see hidden_states for start and cache."""
+        return self.lm_head(self.hidden_states(idx, start, cache))
+
+    def scores(self, idx, start=None):
+        """The scalar head at every position (B, T): rewards (read at the EOS token) or values."""
+        if self.score_head is None:
+            raise ValueError("this GPT has no scalar head (GPTConfig.scalar_head=False)")
+        return self.score_head(self.hidden_states(idx, start)).squeeze(-1)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, *, start=None, temperature=1.0, top_k=None, top_p=None,
+                 eos_id=None, pad_id=None, use_cache=True, generator=None):
+        """Sample up to max_new_tokens after the left-padded prompts idx (B, T).
+
+        temperature 0 is greedy decoding. top_k / top_p cut the sampling distribution; the returned
+        logprobs are of the tempered, uncut distribution (what PPO's policy is). A row stops at
+        eos_id and emits pad_id after it; the loop ends when every row has stopped.
+        Returns Generation(tokens (B, n), mask (B, n), logprobs (B, n)) with n <= max_new_tokens."""
+        B, T = idx.size()
+        if T + max_new_tokens > self.config.block_size:
+            raise ValueError(f"prompt of {T} tokens + max_new_tokens={max_new_tokens} is longer than "
+                             f"block_size={self.config.block_size}")
+        if eos_id is not None and pad_id is None:
+            raise ValueError("generate: eos_id needs a pad_id for the rows that have stopped")
+        if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
+            raise ValueError(f"generate: bad sampling settings temperature={temperature}, top_k={top_k}, top_p={top_p}")
+        cache = KVCache(self.config, B, T + max_new_tokens, idx.device, self.lm_head.weight.dtype) if use_cache else None
+        seq, step_in = idx, idx  # all tokens so far; what the next forward reads
+        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        tokens, masks, logprobs = [], [], []
+        for _ in range(max_new_tokens):
+            if cache is not None:
+                h = self.hidden_states(step_in, start, cache)[:, -1]  # (B, C), only the last position is needed
+            else:
+                h = self.hidden_states(seq, start)[:, -1]
+            logits = self.lm_head(h).float()  # (B, V)
+            if pad_id is not None:
+                logits[:, pad_id] = float("-inf")  # pad is never a response token
+            logp = F.log_softmax(logits / temperature if temperature > 0 else logits, dim=-1)
+            tok = _sample(logits, temperature, top_k, top_p, generator)  # (B,)
+            lp = logp.gather(-1, tok[:, None]).squeeze(-1)
+            if eos_id is not None:
+                tok = tok.masked_fill(done, pad_id)
+            tokens.append(tok)
+            masks.append(~done)
+            logprobs.append(lp.masked_fill(done, 0.0))
+            if eos_id is not None:
+                done = done | (tok == eos_id)
+            seq = torch.cat([seq, tok[:, None]], dim=1)
+            step_in = tok[:, None]
+            if done.all():
+                break
+        return Generation(torch.stack(tokens, 1), torch.stack(masks, 1), torch.stack(logprobs, 1))
+
+    @classmethod
+    def from_pretrained(cls, path, vocab_size=None, **overrides):
+        """GPT-2 weights (any size, gpt2 ... gpt2-xl) from a local Hugging Face directory holding
+        config.json and model.safetensors or pytorch_model.bin. Never touches the network.
+        vocab_size grows the embedding (new rows: the mean embedding), e.g. to make room for a pad
+        token; overrides set other GPTConfig fields (dropout, attn_impl, scalar_head)."""
+        if not os.path.isdir(path):
+            raise ValueError(f"from_pretrained: {path!r} is not a directory (expected a Hugging Face GPT-2 directory "
+                             "with config.json and model.safetensors or pytorch_model.bin)")
+        cfg_path = os.path.join(path, "config.json")
+        try:
+            with open(cfg_path, encoding="utf-8") as f:
+                hf = json.load(f)
+            if hf.get("model_type", "gpt2") != "gpt2":
+                raise ValueError(f"model_type is {hf['model_type']!r}, not 'gpt2'")
+            config = GPTConfig(block_size=hf.get("n_positions", hf.get("n_ctx", 1024)), vocab_size=hf["vocab_size"],
+                               n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+                               layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5), **overrides)
+        except FileNotFoundError:
+            raise ValueError(f"from_pretrained: {cfg_path} does not exist") from None
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"from_pretrained: {cfg_path} is not a usable GPT-2 config: {type(e).__name__}: {e}") from None
+        sd = _read_hf_weights(path)
+        model = cls(config)
+        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        ours = model.state_dict()
+        theirs = {}
+        for key, w in sd.items():
+            key = key.removeprefix("transformer.")
+            if key.rsplit(".", 2)[-2:] in (["attn", "bias"], ["attn", "masked_bias"]) or key == "lm_head.weight":
+                continue  # causal-mask buffers; lm_head is tied to wte
+            key = key if key.startswith("lm_head") else "transformer." + key
+            if key.endswith(conv1d):
+                w = w.t()  # Hugging Face's Conv1D stores (in, out); nn.Linear wants (out, in)
+            theirs[key] = w
+        wanted = {k for k in ours if k != "lm_head.weight" and not k.startswith("score_head")}
+        missing, unexpected = sorted(wanted - theirs.keys()), sorted(theirs.keys() - wanted)
+        if missing or unexpected:
+            raise ValueError(f"from_pretrained: weights in {path} do not match a GPT-2 with {config.n_layer} layers: "
+                             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        for key in sorted(wanted):
+            if theirs[key].shape != ours[key].shape:
+                raise ValueError(f"from_pretrained: {key} in {path} has shape {tuple(theirs[key].shape)}, "
+                                 f"config.json implies {tuple(ours[key].shape)}")
+            with torch.no_grad():
+                ours[key].copy_(theirs[key])
+        if vocab_size is not None and vocab_size != config.vocab_size:
+            model.resize_vocab(vocab_size)
+        return model
+
+    def resize_vocab(self, vocab_size):
+        """Grow the tied embedding to vocab_size rows; new rows start at the mean embedding."""
+        old = self.transformer.wte.weight.data
+        if vocab_size < old.size(0):
+            raise ValueError(f"resize_vocab: cannot shrink the vocabulary from {old.size(0)} to {vocab_size}")
+        new = torch.cat([old, old.mean(0, keepdim=True).expand(vocab_size - old.size(0), -1)])
+        self.lm_head.weight = nn.Parameter(new)
+        self.transformer.wte.weight = self.lm_head.weight
+        self.config.vocab_size = vocab_size
+
+
+def _sample(logits, temperature, top_k, top_p, generator):
+    """One token per row from logits (B, V)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = F.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _read_hf_weights(path):
+    st, binf = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
+    if os.path.isfile(st):
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            if not os.path.isfile(binf):
+                raise ValueError(f"from_pretrained: {st} needs the safetensors package (pip install safetensors)") from None
+        else:
+            try:
+                return load_file(st)
+            except Exception as e:
+                raise ValueError(f"from_pretrained: cannot read {st}: {e}") from None
+    if os.path.isfile(binf):
+        try:
+            sd = torch.load(binf, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"from_pretrained: cannot read {binf} (weights_only=True): {e}") from None
+        if not isinstance(sd, dict):
+            raise ValueError(f"from_pretrained: {binf} does not hold a state dict")
+        return sd
+    raise ValueError(f"from_pretrained: {path} has neither model.safetensors nor pytorch_model.bin")

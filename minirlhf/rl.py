@@ -1,0 +1,142 @@
+"""
+The math of RLHF, as small functions over (B, T) tensors with a response mask.
+
+Reward model: Bradley-Terry losses on comparisons (InstructGPT, Ouyang et al. 2022, section 3.5).
+PPO: per-token KL penalty to the SFT policy, GAE, whitening, the clipped surrogate and the clipped
+value loss (Ziegler et al. 2019; "The N+ implementation details of RLHF with PPO", Huang et al. 2024).
+"""
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+
+def masked_mean(x, mask, dim=None):
+    """Mean of x over the positions where mask is true (over dim, or over everything)."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(x, mask):
+    """Unbiased variance of x over the masked positions."""
+    mean = masked_mean(x, mask)
+    n = mask.sum().clamp(min=2)
+    return ((x - mean) ** 2 * mask).sum() / (n - 1)
+
+
+def masked_whiten(x, mask, shift_mean=True):
+    """x scaled to unit variance (and zero mean) over the masked positions; 0 off the mask."""
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+# --- reward model -----------------------------------------------------------------------------
+
+def pairwise_loss(r_chosen, r_rejected):
+    """Bradley-Terry loss -log sigmoid(r_chosen - r_rejected), per pair."""
+    return -F.logsigmoid(r_chosen - r_rejected)
+
+
+def ranking_pairs(ranking):
+    """All C(K, 2) (better, worse) index pairs of a ranking given best first."""
+    return list(itertools.combinations(ranking, 2))
+
+
+def ranking_loss(rewards, ranking):
+    """Sum of the pairwise losses over all C(K, 2) pairs of one prompt's K ranked responses.
+    rewards (K,): one reward per response, each from one forward pass (InstructGPT's batching)."""
+    better, worse = zip(*ranking_pairs(ranking))
+    return pairwise_loss(rewards[list(better)], rewards[list(worse)]).sum()
+
+
+# --- PPO --------------------------------------------------------------------------------------
+
+def kl_penalty(logprobs, ref_logprobs, estimator="k1"):
+    """Per-token estimate of KL(policy || reference) from samples of the policy (Schulman's
+    'Approximating KL divergence'): with log r = ref_logprobs - logprobs,
+    k1 = -log r (unbiased, can be negative per token), k3 = (r - 1) - log r (unbiased, >= 0)."""
+    log_r = ref_logprobs - logprobs
+    if estimator == "k1":
+        return -log_r
+    if estimator == "k3":
+        return torch.expm1(log_r) - log_r
+    raise ValueError(f"unknown KL estimator {estimator!r}: use k1 or k3")
+
+
+def eos_penalty(scores, ended, penalty):
+    """A response that never produced EOS gets the fixed score `penalty` instead of the reward
+    model's ("The N+ implementation details of RLHF with PPO": the EOS trick)."""
+    return torch.where(ended, scores, torch.full_like(scores, penalty))
+
+
+def shaped_rewards(scores, kl, mask, kl_coef):
+    """Per-token rewards: -kl_coef * KL at every response token, the sequence score added at the
+    last one (Ziegler et al. 2019, eq. 2). scores (B,), kl and mask (B, T)."""
+    rewards = -kl_coef * kl * mask
+    last = mask.long().sum(1).clamp(min=1) - 1  # index of each row's last response token
+    scores = (scores * mask.any(1)).to(rewards.dtype)  # an empty response gets nothing
+    return rewards.scatter_add(1, last[:, None], scores[:, None])
+
+
+def gae(rewards, values, mask, gamma=1.0, lam=0.95):
+    """Generalized advantage estimation (Schulman et al. 2016) over each row's response tokens.
+    rewards, values, mask (B, T); past a row's last token the value is 0 (the episode is over).
+    Returns advantages and returns = advantages + values, both 0 off the mask."""
+    values = values * mask
+    T = rewards.size(1)
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(T)):
+        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = (delta + gamma * lam * last) * mask[:, t]
+        advantages[:, t] = last
+    return advantages, (advantages + values) * mask
+
+
+def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip_range=0.2):
+    """PPO's clipped surrogate (Schulman et al. 2017), averaged over response tokens.
+    Returns (pg_loss, clipfrac, approx_kl): clipfrac is the share of tokens where the clip bound
+    is the one in force; approx_kl = mean of (log ratio)^2 / 2, as the N+ details log it."""
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    pg_losses = -advantages * ratio
+    pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    pg_loss = masked_mean(torch.max(pg_losses, pg_losses_clipped), mask)
+    clipfrac = masked_mean((pg_losses_clipped > pg_losses).float(), mask)
+    approx_kl = masked_mean(0.5 * log_ratio ** 2, mask)
+    return pg_loss, clipfrac.detach(), approx_kl.detach()
+
+
+def ppo_value_loss(values, old_values, returns, mask, clip_range=0.2):
+    """Clipped value loss: the new value may move at most clip_range from the rollout's value
+    before its error stops counting (the N+ details). Returns (vf_loss, vf_clipfrac)."""
+    values_clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    losses, losses_clipped = (values - returns) ** 2, (values_clipped - returns) ** 2
+    vf_loss = 0.5 * masked_mean(torch.max(losses, losses_clipped), mask)
+    return vf_loss, masked_mean((losses_clipped > losses).float(), mask).detach()
+
+
+class AdaptiveKLController:
+    """Ziegler et al. 2019, section 2.2: a proportional controller that moves kl_coef so the KL
+    to the reference tracks `target`: e = clip(KL / target - 1, -0.2, 0.2);
+    kl_coef *= 1 + e * n_steps / horizon."""
+
+    def __init__(self, kl_coef, target, horizon):
+        self.value, self.target, self.horizon = kl_coef, target, horizon
+
+    def update(self, kl, n_steps):
+        error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+        return self.value
+
+
+def explained_variance(values, returns, mask):
+    """1 - Var[returns - values] / Var[returns] over the masked positions (1 is perfect)."""
+    var_returns = masked_var(returns, mask)
+    return (1.0 - masked_var(returns - values, mask) / var_returns).item() if var_returns > 0 else float("nan")

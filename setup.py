@@ -1,0 +1,21 @@
+from setuptools import setup
+
+setup(
+    name="minirlhf",
+    version="0.1.0",
+    description="A minimal, from-scratch InstructGPT recipe (SFT, reward model, PPO) on a single-file GPT with Triton kernels",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=["minirlhf", "kernels"],
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.3",
+        "triton>=3.0; platform_system == 'Linux'",  # the kernels; the CPU paths run without it
+        "numpy",
+        "tiktoken>=0.7",
+    ],
+    extras_require={
+        "dev": ["pytest", "hypothesis", "safetensors"],  # safetensors: tests read GPT-2 weights in that format
+        "plot": ["matplotlib"],  # the training-curve PNG of the default PPO run
+    },
+)

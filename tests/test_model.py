@@ -1,0 +1,217 @@
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minirlhf.model import GPT, GPTConfig
+
+SIZES = [dict(n_layer=1, n_head=1, n_embd=16), dict(n_layer=2, n_head=2, n_embd=32), dict(n_layer=3, n_head=4, n_embd=64)]
+V, PAD, EOS = 61, 60, 59
+
+
+def make_model(seed=0, block_size=64, **size):
+    torch.manual_seed(seed)
+    size = size or SIZES[1]
+    return GPT(GPTConfig(block_size=block_size, vocab_size=V, attn_impl="torch", **size)).eval()
+
+
+def left_pad(rows):
+    T = max(len(r) for r in rows)
+    idx = torch.tensor([[PAD] * (T - len(r)) + r for r in rows])
+    return idx, torch.tensor([T - len(r) for r in rows])
+
+
+@pytest.mark.parametrize("size", SIZES)
+@settings(max_examples=8)
+@given(data=st.data())
+def test_cached_greedy_equals_uncached_greedy(size, data):
+    """Greedy decoding with the KV cache picks the same tokens as full forwards, on left-padded batches."""
+    model = make_model(seed=data.draw(st.integers(0, 100)), **size)
+    rows = data.draw(st.lists(st.lists(st.integers(0, EOS - 1), min_size=1, max_size=9), min_size=1, max_size=4))
+    idx, start = left_pad(rows)
+    kw = dict(max_new_tokens=data.draw(st.integers(1, 20)), start=start, temperature=0)
+    cached, uncached = model.generate(idx, use_cache=True, **kw), model.generate(idx, use_cache=False, **kw)
+    assert torch.equal(cached.tokens, uncached.tokens)
+    torch.testing.assert_close(cached.logprobs, uncached.logprobs, atol=1e-5, rtol=0)
+
+
+@settings(max_examples=15)
+@given(lengths=st.lists(st.integers(1, 12), min_size=1, max_size=5), seed=st.integers(0, 1000))
+def test_left_padded_logits_equal_unpadded(lengths, seed):
+    model = make_model(seed)
+    g = torch.Generator().manual_seed(seed)
+    rows = [torch.randint(0, EOS, (n,), generator=g).tolist() for n in lengths]
+    idx, start = left_pad(rows)
+    padded = model(idx, start=start)  # (B, T, V)
+    for b, row in enumerate(rows):
+        alone = model(torch.tensor([row]))[0]  # (n, V)
+        torch.testing.assert_close(padded[b, start[b]:], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_generate_stops_each_row_at_eos():
+    model = make_model(3)
+    with torch.no_grad():  # make EOS likely so rows stop at different steps
+        model.lm_head.weight[EOS] += 0.8 * model.lm_head.weight.mean(0)
+    idx, start = left_pad([[1, 2, 3], [4], [5, 6, 7, 8, 9]])
+    g = torch.Generator().manual_seed(0)
+    out = model.generate(idx, 30, start=start, eos_id=EOS, pad_id=PAD, generator=g)
+    assert out.tokens.shape == out.mask.shape == out.logprobs.shape and out.tokens.size(1) <= 30
+    for tok, mask, lp in zip(out.tokens, out.mask, out.logprobs):
+        n = int(mask.sum())
+        assert mask[:n].all() and not mask[n:].any()  # a contiguous response, then nothing
+        assert (tok[:n - 1] != EOS).all() and (tok[:n - 1] != PAD).all()
+        if n < out.tokens.size(1):  # stopped early: the last response token is EOS, pad after it
+            assert tok[n - 1] == EOS and (tok[n:] == PAD).all()
+        assert (lp[:n] <= 0).all() and (lp[n:] == 0).all()
+    assert not out.mask[:, -1].any() or out.tokens.size(1) == 30
+
+
+def test_generate_logprobs_match_a_full_forward_at_the_temperature():
+    model = make_model(4)
+    idx, start = left_pad([[1, 2, 3, 4], [7, 8]])
+    out = model.generate(idx, 6, start=start, temperature=0.7, generator=torch.Generator().manual_seed(1))
+    logits = model(torch.cat([idx, out.tokens], 1), start=start)[:, idx.size(1) - 1:-1] / 0.7
+    expect = torch.log_softmax(logits, -1).gather(-1, out.tokens[..., None]).squeeze(-1)
+    torch.testing.assert_close(out.logprobs, expect, atol=1e-5, rtol=1e-5)
+
+
+def test_top_k_1_and_tiny_top_p_are_greedy():
+    model = make_model(5)
+    idx = torch.randint(0, EOS, (3, 5), generator=torch.Generator().manual_seed(0))
+    greedy = model.generate(idx, 8, temperature=0).tokens
+    assert torch.equal(model.generate(idx, 8, top_k=1, generator=torch.Generator().manual_seed(1)).tokens, greedy)
+    assert torch.equal(model.generate(idx, 8, top_p=1e-6, generator=torch.Generator().manual_seed(2)).tokens, greedy)
+
+
+def test_generate_never_samples_pad():
+    model = make_model(6)
+    with torch.no_grad():
+        model.lm_head.weight[PAD] += 5 * model.lm_head.weight.mean(0)  # make pad the likeliest token
+    idx = torch.randint(0, EOS, (4, 3), generator=torch.Generator().manual_seed(0))
+    out = model.generate(idx, 10, eos_id=EOS, pad_id=PAD, generator=torch.Generator().manual_seed(0))
+    assert not (out.tokens[out.mask] == PAD).any()
+
+
+def test_scalar_head_and_hidden_states():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=V, n_layer=1, n_head=2, n_embd=32, scalar_head=True))
+    idx = torch.randint(0, V, (2, 7))
+    h = model.hidden_states(idx)
+    assert h.shape == (2, 7, 32)
+    torch.testing.assert_close(model(idx), h @ model.lm_head.weight.T)
+    assert model.scores(idx).shape == (2, 7)
+    assert model.transformer.wte.weight is model.lm_head.weight  # tied embeddings
+    std = model.score_head.weight.std().item()
+    assert 0.5 / 33 ** 0.5 < std < 2 / 33 ** 0.5  # N(0, 1/sqrt(n_embd + 1))
+    with pytest.raises(ValueError, match="no scalar head"):
+        make_model().scores(idx)
+
+
+def test_too_long_inputs_are_errors():
+    model = make_model(block_size=16)
+    with pytest.raises(ValueError, match="block_size=16"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+    with pytest.raises(ValueError, match="max_new_tokens=10 is longer than block_size=16"):
+        model.generate(torch.zeros(1, 7, dtype=torch.long), 10)
+    with pytest.raises(ValueError, match="pad_id"):
+        model.generate(torch.zeros(1, 3, dtype=torch.long), 2, eos_id=EOS)
+
+
+@pytest.mark.parametrize("bad", [dict(n_embd=30, n_head=4), dict(n_layer=0), dict(attn_impl="cuda"), dict(dropout=1.5)])
+def test_bad_config_is_an_error(bad):
+    with pytest.raises(ValueError, match="GPTConfig"):
+        GPTConfig(**{**dict(n_layer=1, n_head=2, n_embd=32), **bad})
+
+
+# --- GPT-2 weights from a Hugging Face layout directory ---
+
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def write_hf_gpt2(model, path, fmt, prefix="transformer."):
+    """Write model as a Hugging Face GPT-2 directory: Conv1D weights stored (in, out), causal-mask buffers."""
+    c = model.config
+    hf_config = dict(model_type="gpt2", n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, n_positions=c.block_size,
+                     vocab_size=c.vocab_size, layer_norm_epsilon=1e-5, activation_function="gelu_new")
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(hf_config))
+    sd = {}
+    for key, w in model.state_dict().items():
+        if key == "lm_head.weight":
+            continue
+        key = key.removeprefix("transformer.")
+        sd[prefix + key] = (w.t() if key.endswith(CONV1D) else w).contiguous().clone()
+    for i in range(c.n_layer):
+        sd[f"{prefix}h.{i}.attn.bias"] = torch.tril(torch.ones(1, 1, c.block_size, c.block_size))
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+        save_file(sd, str(path / "model.safetensors"))
+    else:
+        sd["lm_head.weight"] = model.lm_head.weight.detach().clone()
+        torch.save(sd, path / "pytorch_model.bin")
+    return sd
+
+
+@pytest.mark.parametrize("fmt,prefix", [("safetensors", "transformer."), ("bin", "transformer."), ("bin", "")])
+@pytest.mark.parametrize("size", SIZES[1:])
+def test_from_pretrained_round_trip(tmp_path, fmt, prefix, size):
+    model = make_model(7, **size)
+    with torch.no_grad():  # non-zero biases and LayerNorm weights, so a misplaced one shows
+        for name, p in model.named_parameters():
+            if "ln" in name or name.endswith("bias"):
+                p.normal_()
+    write_hf_gpt2(model, tmp_path / "gpt2", fmt, prefix)
+    loaded = GPT.from_pretrained(str(tmp_path / "gpt2"), attn_impl="torch").eval()
+    assert loaded.config.n_layer == size["n_layer"] and loaded.config.n_embd == size["n_embd"]
+    idx = torch.randint(0, V, (2, 11))
+    torch.testing.assert_close(loaded(idx), model(idx), atol=1e-5, rtol=1e-5)
+    grown = GPT.from_pretrained(str(tmp_path / "gpt2"), vocab_size=V + 3, attn_impl="torch").eval()
+    assert grown.lm_head.weight.shape[0] == V + 3 and grown.transformer.wte.weight is grown.lm_head.weight
+    torch.testing.assert_close(grown(idx)[..., :V], model(idx), atol=1e-5, rtol=1e-5)
+
+
+def test_from_pretrained_bad_inputs(tmp_path):
+    with pytest.raises(ValueError, match="not a directory"):
+        GPT.from_pretrained(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="config.json does not exist"):
+        GPT.from_pretrained(str(tmp_path / "empty"))
+    model = make_model(8)
+    good = tmp_path / "good"
+    write_hf_gpt2(model, good, "bin")
+
+    bad = tmp_path / "badjson"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a usable GPT-2 config"):
+        GPT.from_pretrained(str(bad))
+
+    noweights = tmp_path / "noweights"
+    noweights.mkdir()
+    (noweights / "config.json").write_text((good / "config.json").read_text())
+    with pytest.raises(ValueError, match="neither model.safetensors nor pytorch_model.bin"):
+        GPT.from_pretrained(str(noweights))
+
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    (truncated / "config.json").write_text((good / "config.json").read_text())
+    (truncated / "pytorch_model.bin").write_bytes((good / "pytorch_model.bin").read_bytes()[:500])
+    with pytest.raises(ValueError, match="cannot read"):
+        GPT.from_pretrained(str(truncated))
+
+    wider = tmp_path / "wider"  # config.json says n_embd=64, the weights are 32 wide
+    wider.mkdir()
+    cfg = json.loads((good / "config.json").read_text())
+    (wider / "config.json").write_text(json.dumps({**cfg, "n_embd": 64}))
+    (wider / "pytorch_model.bin").write_bytes((good / "pytorch_model.bin").read_bytes())
+    with pytest.raises(ValueError, match="has shape"):
+        GPT.from_pretrained(str(wider))
+
+    deeper = tmp_path / "deeper"  # config.json says 3 layers, the weights have 2
+    deeper.mkdir()
+    (deeper / "config.json").write_text(json.dumps({**cfg, "n_layer": 3}))
+    (deeper / "pytorch_model.bin").write_bytes((good / "pytorch_model.bin").read_bytes())
+    with pytest.raises(ValueError, match="missing"):
+        GPT.from_pretrained(str(deeper))

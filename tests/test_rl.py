@@ -1,0 +1,171 @@
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minirlhf.rl import (AdaptiveKLController, eos_penalty, explained_variance, gae, kl_penalty, masked_mean,
+                         masked_whiten, pairwise_loss, ppo_policy_loss, ppo_value_loss, ranking_loss, shaped_rewards)
+
+
+def batch(data, max_b=5, max_t=12):
+    """Random rewards, values and a response mask whose rows are a prefix of random length."""
+    B, T = data.draw(st.integers(1, max_b)), data.draw(st.integers(1, max_t))
+    lengths = data.draw(st.lists(st.integers(0, T), min_size=B, max_size=B))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2 ** 31)))
+    mask = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
+    return torch.randn(B, T, generator=g, dtype=torch.float64), torch.randn(B, T, generator=g, dtype=torch.float64), mask
+
+
+@given(data=st.data(), gamma=st.floats(0.5, 1.0), lam=st.floats(0.0, 1.0))
+def test_gae_equals_a_plain_python_loop(data, gamma, lam):
+    rewards, values, mask = batch(data)
+    advantages, returns = gae(rewards, values, mask.double(), gamma, lam)
+    for b in range(rewards.size(0)):
+        n = int(mask[b].sum())
+        r, v = rewards[b].tolist(), values[b].tolist()
+        expect, running = [0.0] * rewards.size(1), 0.0
+        for t in reversed(range(n)):
+            next_v = v[t + 1] if t + 1 < n else 0.0
+            running = r[t] + gamma * next_v - v[t] + gamma * lam * running
+            expect[t] = running
+        assert advantages[b].tolist() == pytest.approx(expect, abs=1e-9)
+        assert returns[b, :n].tolist() == pytest.approx([a + v[t] for t, a in enumerate(expect[:n])], abs=1e-9)
+        assert (returns[b, n:] == 0).all()
+
+
+@given(data=st.data())
+def test_masked_whiten(data):
+    x, junk, mask = batch(data)
+    if mask.sum() < 2:
+        return
+    w = masked_whiten(x, mask)
+    assert abs(masked_mean(w, mask).item()) < 1e-6
+    assert ((w[mask] ** 2).sum() / (mask.sum() - 1)).item() == pytest.approx(1.0, rel=1e-4)
+    assert (w[~mask] == 0).all()
+    torch.testing.assert_close(masked_whiten(torch.where(mask, x, junk * 100), mask), w)  # off-mask values never count
+
+
+@settings(max_examples=30)
+@given(data=st.data())
+def test_clipped_objective_is_the_policy_gradient_at_ratio_one(data):
+    advantages, old_logprobs, mask = batch(data)
+    if not mask.any():
+        return
+    logprobs = old_logprobs.clone().requires_grad_(True)
+    pg_loss, clipfrac, approx_kl = ppo_policy_loss(logprobs, old_logprobs, advantages, mask)
+    pg_loss.backward()
+    reinforce = logprobs.detach().clone().requires_grad_(True)  # REINFORCE: -A * log pi
+    (-masked_mean(advantages * reinforce, mask)).backward()
+    assert pg_loss.item() == pytest.approx(-masked_mean(advantages, mask).item())
+    torch.testing.assert_close(logprobs.grad, reinforce.grad)
+    assert clipfrac == 0 and approx_kl == 0
+
+
+def test_clipped_objective_is_flat_beyond_the_clip_range():
+    eps = 0.2
+    log_ratio = torch.tensor([math.log(1.5), math.log(0.5), math.log(1.5), math.log(0.5), math.log(1.1)], dtype=torch.float64)
+    advantages = torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0], dtype=torch.float64)
+    logprobs = log_ratio.clone().requires_grad_(True)
+    pg_loss, clipfrac, _ = ppo_policy_loss(logprobs[None], torch.zeros(1, 5, dtype=torch.float64), advantages[None],
+                                           torch.ones(1, 5, dtype=torch.bool), eps)
+    pg_loss.backward()
+    # past 1 + eps with A > 0, and below 1 - eps with A < 0, the gradient vanishes: no incentive to move further
+    assert logprobs.grad[0] == 0 and logprobs.grad[1] == 0
+    # moving back toward the trust region, or inside it, keeps its gradient
+    assert (logprobs.grad[2:] != 0).all()
+    assert clipfrac.item() == pytest.approx(2 / 5)
+
+
+def test_value_loss_clipping():
+    old = torch.zeros(1, 3)
+    returns = torch.tensor([[1.0, 1.0, -1.0]])
+    values = torch.tensor([[0.5, 0.1, 0.5]], requires_grad=True)
+    vf_loss, clipfrac = ppo_value_loss(values, old, returns, torch.ones(1, 3, dtype=torch.bool), clip_range=0.2)
+    vf_loss.backward()
+    assert values.grad[0, 0] == 0  # moved past the clip toward the return: the clipped error counts, flat
+    assert values.grad[0, 1] < 0 and values.grad[0, 2] > 0  # inside the range / moving away: a gradient
+    assert clipfrac.item() == pytest.approx(1 / 3)
+
+
+@given(data=st.data())
+def test_kl_is_zero_when_policy_is_reference(data):
+    logprobs, _, mask = batch(data)
+    for est in ("k1", "k3"):
+        assert (kl_penalty(logprobs, logprobs, est) == 0).all()
+
+
+def test_kl_estimators_are_unbiased_and_k3_nonnegative():
+    g = torch.Generator().manual_seed(0)
+    p_logits, q_logits = torch.randn(20, generator=g, dtype=torch.float64), torch.randn(20, generator=g, dtype=torch.float64)
+    logp, logq = torch.log_softmax(p_logits, 0), torch.log_softmax(q_logits, 0)
+    true_kl = (logp.exp() * (logp - logq)).sum()  # KL(policy p || reference q)
+    x = torch.multinomial(logp.exp(), 400_000, replacement=True, generator=g)
+    for est in ("k1", "k3"):
+        samples = kl_penalty(logp[x], logq[x], est)
+        assert samples.mean().item() == pytest.approx(true_kl.item(), rel=0.03)
+    assert (kl_penalty(logp[x], logq[x], "k3") >= 0).all()
+    with pytest.raises(ValueError, match="unknown KL estimator"):
+        kl_penalty(logp, logq, "k9")
+
+
+@given(kl=st.floats(0.0, 50.0), target=st.floats(0.1, 20.0), n=st.integers(1, 512))
+def test_adaptive_kl_moves_toward_target(kl, target, n):
+    ctl = AdaptiveKLController(0.1, target=target, horizon=10_000)
+    new = ctl.update(kl, n)
+    if kl > target:
+        assert new >= 0.1  # too far from the reference: penalize more
+    elif kl < target:
+        assert new <= 0.1
+    assert abs(new / 0.1 - 1) <= 0.2 * n / 10_000 + 1e-12  # proportional, with a bounded step
+
+
+def test_eos_penalty():
+    scores = torch.tensor([0.3, -2.0, 1.5])
+    ended = torch.tensor([True, False, True])
+    assert eos_penalty(scores, ended, -1.0).tolist() == pytest.approx([0.3, -1.0, 1.5])
+
+
+@given(data=st.data(), kl_coef=st.floats(0.0, 1.0))
+def test_shaped_rewards_put_the_score_on_the_last_token(data, kl_coef):
+    kl, _, mask = batch(data)
+    scores = torch.randn(kl.size(0), dtype=torch.float64)
+    rewards = shaped_rewards(scores, kl, mask, kl_coef)
+    for b in range(kl.size(0)):
+        n = int(mask[b].sum())
+        expect = [-kl_coef * k for k in kl[b, :n].tolist()]
+        if n:
+            expect[-1] += scores[b].item()
+            assert rewards[b, :n].tolist() == pytest.approx(expect)
+        assert (rewards[b, n:] == 0).all()
+
+
+@given(a=st.floats(-20, 20), b=st.floats(-20, 20))
+def test_pairwise_loss_is_antisymmetric(a, b):
+    ra, rb = torch.tensor(a, dtype=torch.float64, requires_grad=True), torch.tensor(b, dtype=torch.float64, requires_grad=True)
+    # swapping chosen and rejected: loss(a, b) - loss(b, a) = b - a, and the gradients change sign
+    assert (pairwise_loss(ra, rb) - pairwise_loss(rb, ra)).item() == pytest.approx(b - a, abs=1e-9)
+    (ga,) = torch.autograd.grad(pairwise_loss(ra, rb), ra)  # chosen: pushed up by sigmoid(b - a)
+    (gb,) = torch.autograd.grad(pairwise_loss(rb, ra), ra)  # rejected: pushed down by sigmoid(a - b)
+    assert ga.item() == pytest.approx(-torch.sigmoid(rb - ra).item(), abs=1e-12)
+    assert gb.item() == pytest.approx(torch.sigmoid(ra - rb).item(), abs=1e-12)
+    assert pairwise_loss(ra, rb).item() > 0
+
+
+@given(k=st.integers(2, 9), seed=st.integers(0, 1000))
+def test_k_way_loss_is_the_sum_over_its_pairs(k, seed):
+    g = torch.Generator().manual_seed(seed)
+    rewards = torch.randn(k, generator=g, dtype=torch.float64)
+    ranking = torch.randperm(k, generator=g).tolist()
+    pairs = [pairwise_loss(rewards[i], rewards[j]) for i, j in itertools.combinations(ranking, 2)]
+    assert len(pairs) == k * (k - 1) // 2
+    assert ranking_loss(rewards, ranking).item() == pytest.approx(sum(p.item() for p in pairs))
+
+
+def test_explained_variance():
+    returns = torch.randn(4, 6)
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    assert explained_variance(returns, returns, mask) == pytest.approx(1.0)
+    assert explained_variance(torch.zeros(4, 6) + returns.mean(), returns, mask) == pytest.approx(0.0, abs=0.1)
