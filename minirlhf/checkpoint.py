@@ -63,7 +63,8 @@ def read_checkpoint(path):
 def load_checkpoint(path, tokenizer=None, device="cpu", **overrides):
     """(model, tokenizer, ckpt) from the checkpoint at path. If tokenizer is given it must be the
     one the checkpoint was trained with; otherwise the checkpoint's tokenizer is rebuilt.
-    overrides change GPTConfig fields that do not touch the weights (dropout, attn_impl)."""
+    overrides change GPTConfig fields: dropout, attn_impl, or scalar_head=True to put a freshly
+    initialized scalar head on a language model (how the reward model starts from the SFT model)."""
     ckpt = read_checkpoint(path)
     if tokenizer is None:
         tokenizer = tokenizer_from_spec(ckpt["tokenizer"], f"checkpoint {path}")
@@ -75,7 +76,12 @@ def load_checkpoint(path, tokenizer=None, device="cpu", **overrides):
         raise ValueError(f"checkpoint {path}: bad model config: {e}") from None
     model = GPT(config)
     try:
-        model.load_state_dict(ckpt["model"])
+        missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     except RuntimeError as e:
         raise ValueError(f"checkpoint {path}: weights do not fit its model config: {e}") from None
+    # a scalar head asked for on a language model starts fresh (the reward model from the SFT model)
+    missing = [k for k in missing if not k.startswith("score_head")]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path}: weights do not fit its model config: missing {missing}, "
+                         f"unexpected {unexpected}")
     return model.to(device), tokenizer, ckpt

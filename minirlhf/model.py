@@ -25,6 +25,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 import kernels.attention
+import kernels.logprobs
 
 
 @dataclass
@@ -39,6 +40,7 @@ class GPTConfig:
     layer_norm_epsilon: float = 1e-5
     scalar_head: bool = False  # add an n_embd -> 1 head: a reward or value model
     attn_impl: str = "auto"  # auto: the Triton kernel on CUDA, plain PyTorch elsewhere | torch | triton
+    logprob_impl: str = "auto"  # the same choice for log-probs from hidden states (token_logprobs)
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -48,8 +50,9 @@ class GPTConfig:
             raise ValueError(f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
-        if self.attn_impl not in ("auto", "torch", "triton"):
-            raise ValueError(f"GPTConfig.attn_impl must be auto, torch or triton, got {self.attn_impl!r}")
+        for name in ("attn_impl", "logprob_impl"):
+            if getattr(self, name) not in ("auto", "torch", "triton"):
+                raise ValueError(f"GPTConfig.{name} must be auto, torch or triton, got {getattr(self, name)!r}")
 
 
 def attention(q, k, v, key_start, impl):
@@ -191,6 +194,19 @@ class GPT(nn.Module):
         """Logits (B, T, V) for tokens idx (B, T); see hidden_states for start and cache."""
         return self.lm_head(self.hidden_states(idx, start, cache))
 
+    def token_logprobs(self, hidden, targets, temperature=1.0, return_entropy=False):
+        """log p(targets) under softmax(lm_head(hidden) / temperature), fp32, for hidden (..., C)
+        and targets (...); a target of -100 gives 0 and no gradient. With return_entropy, also the
+        entropy of each position's distribution. SFT's loss is minus their mean, PPO's ratios their
+        differences. On CUDA the fused Triton op works through the tokens in chunks, so the
+        (..., V) logits never exist; elsewhere the plain-PyTorch reference materializes them."""
+        impl = self.config.logprob_impl
+        if impl == "triton" or (impl == "auto" and hidden.is_cuda):
+            op = kernels.logprobs.linear_token_logprobs
+        else:
+            op = kernels.logprobs.linear_token_logprobs_reference
+        return op(hidden, self.lm_head.weight, targets, temperature=temperature, return_entropy=return_entropy)
+
     def scores(self, idx, start=None):
         """The scalar head at every position (B, T): rewards (read at the EOS token) or values."""
         if self.score_head is None:
@@ -246,8 +262,8 @@ class GPT(nn.Module):
     def from_pretrained(cls, path, vocab_size=None, **overrides):
         """GPT-2 weights (any size, gpt2 ... gpt2-xl) from a local Hugging Face directory holding
         config.json and model.safetensors or pytorch_model.bin. Never touches the network.
-        vocab_size grows the embedding (new rows: the mean embedding), e.g. to make room for a pad
-        token; overrides set other GPTConfig fields (dropout, attn_impl, scalar_head)."""
+        vocab_size: at least this many embedding rows; more than the weights have grows the
+        embedding (new rows: the mean embedding), e.g. to make room for a pad token; overrides set other GPTConfig fields (dropout, attn_impl, scalar_head)."""
         if not os.path.isdir(path):
             raise ValueError(f"from_pretrained: {path!r} is not a directory (expected a Hugging Face GPT-2 directory "
                              "with config.json and model.safetensors or pytorch_model.bin)")
@@ -289,7 +305,7 @@ class GPT(nn.Module):
                                  f"config.json implies {tuple(ours[key].shape)}")
             with torch.no_grad():
                 ours[key].copy_(theirs[key])
-        if vocab_size is not None and vocab_size != config.vocab_size:
+        if vocab_size is not None and vocab_size > config.vocab_size:
             model.resize_vocab(vocab_size)
         return model
 

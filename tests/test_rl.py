@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minirlhf.rl import (AdaptiveKLController, eos_penalty, explained_variance, gae, kl_penalty, masked_mean,
-                         masked_whiten, pairwise_loss, ppo_policy_loss, ppo_value_loss, ranking_loss, shaped_rewards)
+                         masked_whiten, pairwise_loss, ppo_policy_loss, ppo_value_loss, ranking_loss, ranking_pairs,
+                         shaped_rewards)
 
 
 def batch(data, max_b=5, max_t=12):
@@ -169,3 +170,7 @@ def test_explained_variance():
     mask = torch.ones(4, 6, dtype=torch.bool)
     assert explained_variance(returns, returns, mask) == pytest.approx(1.0)
     assert explained_variance(torch.zeros(4, 6) + returns.mean(), returns, mask) == pytest.approx(0.0, abs=0.1)
+
+
+def test_ranking_pairs_are_better_worse_pairs_in_ranking_order():
+    assert ranking_pairs([0, 2, 1]) == [(0, 2), (0, 1), (2, 1)]

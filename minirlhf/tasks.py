@@ -1,0 +1,505 @@
+"""
+The built-in task: short instructions a tiny byte-level GPT can learn in minutes on a CPU, plus
+three stand-ins for InstructGPT's people, so the whole recipe runs without a single human label.
+
+A prompt is one instruction line ending in SEP ("\\n"); the completion is just the answer (the data
+code appends EOS, it is not part of the text):
+
+    sort 7 2 9 4          -> 2 4 7 9          sort 2 1 8 1          -> 1 1 2 8
+    reverse bajewu        -> uwejab           reverse rob           -> bor
+    upper genad pulat     -> GENAD PULAT      upper ki              -> KI
+    add 37 5              -> 42               add 96 8              -> 104
+    count u in pupolu     -> 2                count z in lukic      -> 0
+
+Sizes are what a 4-layer byte-level GPT learns in a few CPU minutes: 3-5 digits to sort, words of
+3-6 letters, phrases of 1-2 words, a number below 100 plus a digit, words of 3-8 letters to count
+in. Prompts are at most 20 bytes, answers at most 11 (19 with a rambling word).
+
+The stand-ins:
+    gold_score   what the labelers "really want": the right answer recomputed from the prompt text,
+                 with partial credit, so any JSONL in this format can be scored
+    demonstrate  a labeler writing an SFT demonstration, with realistic mistakes at a set rate, so
+                 that SFT alone stays clearly imperfect and PPO has room to improve on it
+    rank         a labeler ranking K responses by Plackett-Luce sampling on the gold scores, noisy
+                 enough that two labelers agree on ~73% of pairs (InstructGPT, Ouyang et al. 2022)
+
+Prompts fall in the train or the eval split by a hash of their text, so the splits are disjoint by
+construction, whoever generates them and with whatever seed.
+
+Export the built-in data as JSONL (the formats of minirlhf/data.py):
+    python -m minirlhf.tasks --out_dir data/builtin [--n_sft 20000 --seed 0 ...]
+    python -m minirlhf.tasks --calibrate            # re-derive LABELER_TEMPERATURE
+"""
+import argparse
+import hashlib
+import math
+import os
+import random
+import re
+import string
+from collections import Counter
+
+KINDS = ("sort", "reverse", "upper", "add", "count")
+SEP = "\n"  # ends every prompt: the model keys on it to start answering
+
+# The demonstrator's default error rate. Why this high: PPO is judged by its gold win rate over SFT
+# with ties counted half, so even a PPO policy that is always right wins only 1 - p/2 against an SFT
+# policy whose samples are right a fraction p of the time; a 70% win rate needs p <= ~0.5 once PPO
+# itself is imperfect. An SFT model imitating demonstrations reproduces their error rate when it
+# samples, on top of its own mistakes: a 4-layer, 128-wide byte GPT trained ~2000 steps of 64 on
+# these demonstrations sampled right answers 37% of the time at T=1 (70% greedy). Each mistake has
+# several variants, so the right answer stays by far the most likely single demonstration: the task
+# is still learnable, and the RM and PPO have a clear mode to find.
+DEMO_ERROR_RATE = 0.4
+
+# The reference distribution for labeler calibration: K responses per prompt from the demonstrator
+# at this error rate, which resembles a small SFT model's T=1 samples (its demonstrations' mistakes
+# plus its own: 63% wrong in the run above). The built-in comparisons are drawn from it too.
+REFERENCE_ERROR_RATE = 0.6
+REFERENCE_K = 4
+TARGET_AGREEMENT = 0.73  # InstructGPT: labelers agreed with each other ~73% of the time
+
+# Plackett-Luce temperature on gold scores in [0, 1]. Obtained with calibrate_temperature() (also
+# `python -m minirlhf.tasks --calibrate`): bisection so that two independent labelers order the same
+# pair alike 73% of the time, over all C(K,2) pairs of 20,000 reference groups (K=4, responses from
+# demonstrate() at REFERENCE_ERROR_RATE, seed 0) gave 0.1032. Pairs with equal gold scores count too
+# (32% of reference pairs, mostly two right answers): labelers agree on them only half the time.
+LABELER_TEMPERATURE = 0.103
+
+EVAL_PERCENT = 10  # share of the prompt space that is held out
+MISSING_EOS_FACTOR = 0.5  # a response that never ended keeps half its score
+ADD_SCALE = 4.0  # add: off by 1 keeps 0.8 of the credit, a lost carry (off by 10) 0.29
+COUNT_SCALE = 1.0  # count: off by 1 keeps half
+RAMBLE = (" ok", " done", "!", ".", " yes", " i think")  # what a chatty demonstrator tacks on
+
+_CONSONANTS = "bcdfghjklmnprstvwz"
+_VOWELS = "aeiou"
+
+
+# ----------------------------------------------------------------------------------------------
+# prompts
+
+
+def _word(rng, lo, hi):
+    # alternating consonants and vowels: pronounceable, varied, and every byte a lowercase letter
+    n = rng.randint(lo, hi)
+    first = rng.random() < 0.5
+    return "".join(rng.choice(_CONSONANTS if (i % 2 == 0) == first else _VOWELS) for i in range(n))
+
+
+def make_prompt(rng, kind=None):
+    """One prompt of `kind` (a random kind if None), drawn with `rng` (a random.Random)."""
+    kind = rng.choice(KINDS) if kind is None else kind
+    if kind == "sort":
+        text = "sort " + " ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(3, 5)))
+    elif kind == "reverse":
+        text = "reverse " + _word(rng, 3, 6)
+    elif kind == "upper":
+        text = "upper " + " ".join(_word(rng, 2, 5) for _ in range(rng.randint(1, 2)))
+    elif kind == "add":
+        text = f"add {rng.randint(0, 99)} {rng.randint(0, 9)}"
+    elif kind == "count":
+        word = _word(rng, 3, 8)
+        # mostly a letter of the word (answers 1..4); sometimes any letter, so 0 is a possible answer
+        letter = rng.choice(word) if rng.random() < 0.75 else rng.choice(string.ascii_lowercase)
+        text = f"count {letter} in {word}"
+    else:
+        raise ValueError(f"unknown task kind {kind!r}; kinds are {', '.join(KINDS)}")
+    return text + SEP
+
+
+def split_of(prompt):
+    """'train' or 'eval', decided by a hash of the prompt text: disjoint splits by construction."""
+    h = int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big")
+    return "eval" if h % 100 < EVAL_PERCENT else "train"
+
+
+def make_prompts(n, split, rng):
+    """n prompts of `split`, drawn with `rng`; prompts of the other split are drawn and dropped."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', not {split!r}")
+    out = []
+    while len(out) < n:
+        p = make_prompt(rng)
+        if split_of(p) == split:
+            out.append(p)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the right answer, from the prompt text alone
+
+_PATTERNS = {
+    "sort": re.compile(r"sort((?: -?\d+)+)"),
+    "reverse": re.compile(r"reverse (\S+)"),
+    "upper": re.compile(r"upper (\S(?:[^\n]*\S)?)"),
+    "add": re.compile(r"add (-?\d+) (-?\d+)"),
+    "count": re.compile(r"count (\S) in (\S+)"),
+}
+
+
+def parse(prompt):
+    """(kind, right answer) of a prompt; ValueError if it is not one of the built-in instructions."""
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be a str, not {type(prompt).__name__}")
+    text = prompt[:-len(SEP)] if prompt.endswith(SEP) else prompt  # the separator is optional here
+    kind = text.split(" ", 1)[0]
+    m = _PATTERNS[kind].fullmatch(text) if kind in _PATTERNS else None
+    if m is None:
+        raise ValueError(f"not a built-in task prompt: {prompt[:60]!r}; expected one of "
+                         "'sort 7 2 9', 'reverse word', 'upper some words', 'add 37 45', 'count a in banana'")
+    if kind == "sort":
+        answer = " ".join(str(x) for x in sorted(int(t) for t in m.group(1).split()))
+    elif kind == "reverse":
+        answer = m.group(1)[::-1]
+    elif kind == "upper":
+        answer = m.group(1).upper()
+    elif kind == "add":
+        answer = str(int(m.group(1)) + int(m.group(2)))
+    else:
+        answer = str(m.group(2).count(m.group(1)))
+    return kind, answer
+
+
+def answer(prompt):
+    """The right completion of a built-in prompt (without EOS)."""
+    return parse(prompt)[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# gold scorer
+
+
+def _edit_distance(a, b):
+    # Levenshtein distance between two sequences (strings or lists); answers are short, so plain DP
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def _similarity(a, b):
+    # 1 - normalised edit distance: 1 iff equal, 0 for nothing in common (or an empty response)
+    return 1.0 - _edit_distance(a, b) / max(len(a), len(b))
+
+
+def _sequence_credit(got, want):
+    # half for the right items in any order (multiset overlap), half for the right order (sim)
+    kept = sum((Counter(got) & Counter(want)).values()) / max(len(got), len(want))
+    return 0.5 * kept + 0.5 * _similarity(got, want)
+
+
+def _numeric_score(response, right, scale):
+    m = re.search(r"-?\d+", response)
+    if m is None:
+        return 0.0
+    x = int(m.group())
+    closeness = 1.0 / (1.0 + abs(x - int(right)) / scale)
+    # everything besides the number written canonically (rambling, leading zeros) costs its share
+    return closeness * len(str(x)) / len(response)
+
+
+def gold_score(prompt, response, ended):
+    """
+    The gold reward of `response` (the text generated before EOS) to a built-in `prompt`, in [0, 1].
+    `ended` says whether the response ended with EOS. Scores 1 exactly when the response is the
+    right answer and ended; a missing EOS multiplies the score by MISSING_EOS_FACTOR (0.5).
+
+    Partial credit by kind. sort, reverse and upper compare sequences: space-separated tokens for
+    sort, characters for reverse and upper. The credit is the mean of
+      kept  the share of the right items present in any order: multiset overlap / the longer length
+      sim   the share in the right order: 1 - edit_distance / the longer length
+    so the input copied unsorted or unreversed keeps `kept`; a wrong, missing, doubled or extra item
+    (a rambling word, a wrong-case letter) costs about one item's share of both; two swapped items
+    cost two items' share of `sim`.
+    add and count compare numbers: the first integer x in the response scores its closeness
+    1 / (1 + |x - right| / scale), with scale 4 for add (off by 1: 0.8; a lost carry, off by 10:
+    0.29) and 1 for count (off by 1: 0.5), times the share of the response that is str(x), so
+    rambling and leading zeros cost their length. No integer scores 0.
+    Raises ValueError for a prompt that is not a built-in instruction.
+    """
+    kind, right = parse(prompt)
+    if not isinstance(response, str):
+        raise ValueError(f"response must be a str, not {type(response).__name__}")
+    if response == "":
+        score = 0.0
+    elif kind == "sort":
+        score = _sequence_credit(response.split(" "), right.split(" "))
+    elif kind in ("reverse", "upper"):
+        score = _sequence_credit(response, right)
+    else:
+        score = _numeric_score(response, right, ADD_SCALE if kind == "add" else COUNT_SCALE)
+    return score if ended else score * MISSING_EOS_FACTOR
+
+
+# ----------------------------------------------------------------------------------------------
+# noisy demonstrator
+
+
+def _pick(rng, s, keep):
+    # a random index of s whose character passes `keep`, or None
+    idx = [i for i, c in enumerate(s) if keep(c)]
+    return rng.choice(idx) if idx else None
+
+
+def _drop_char(s, prompt_args, rng):
+    i = rng.randrange(len(s))
+    return s[:i] + s[i + 1:]
+
+
+def _double_char(s, prompt_args, rng):
+    i = rng.randrange(len(s))
+    return s[:i + 1] + s[i:]
+
+
+def _swap_chars(s, prompt_args, rng):
+    if len(s) < 2:
+        return s
+    i = rng.randrange(len(s) - 1)
+    return s[:i] + s[i + 1] + s[i] + s[i + 2:]
+
+
+def _wrong_case(s, prompt_args, rng):
+    i = _pick(rng, s, str.isalpha)
+    return s if i is None else s[:i] + s[i].swapcase() + s[i + 1:]
+
+
+def _digit_slip(s, prompt_args, rng):
+    # one digit off by one: a units slip, a forgotten carry in add, a miscount
+    i = _pick(rng, s, str.isdigit)
+    if i is None:
+        return s
+    d = int(s[i])
+    d = d + 1 if d == 0 else d - 1 if d == 9 else d + rng.choice((-1, 1))
+    return s[:i] + str(d) + s[i + 1:]
+
+
+def _swap_tokens(s, prompt_args, rng):
+    t = s.split(" ")
+    i = rng.randrange(len(t) - 1)
+    t[i], t[i + 1] = t[i + 1], t[i]
+    return " ".join(t)
+
+
+def _drop_token(s, prompt_args, rng):
+    t = s.split(" ")
+    del t[rng.randrange(len(t))]
+    return " ".join(t)
+
+
+def _double_token(s, prompt_args, rng):
+    t = s.split(" ")
+    i = rng.randrange(len(t))
+    return " ".join(t[:i + 1] + t[i:])
+
+
+def _copy_input(s, prompt_args, rng):
+    # the lazy mistake: the numbers in the order given, the word not reversed
+    return prompt_args
+
+
+def _ramble(s, prompt_args, rng):
+    return s + rng.choice(RAMBLE)
+
+
+_MISTAKES = {
+    "sort": (_digit_slip, _swap_tokens, _drop_token, _double_token, _copy_input, _ramble),
+    "reverse": (_swap_chars, _drop_char, _double_char, _wrong_case, _copy_input, _ramble),
+    "upper": (_wrong_case, _wrong_case, _drop_char, _double_char, _swap_chars, _ramble),
+    "add": (_digit_slip, _digit_slip, _swap_chars, _ramble),
+    "count": (_digit_slip, _digit_slip, _ramble),
+}
+
+
+def demonstrate(prompt, rng, error_rate=DEMO_ERROR_RATE):
+    """
+    A labeler's demonstration for `prompt`: the right answer, except with probability `error_rate`
+    one realistic mistake (a digit off by one, a swapped pair, a dropped or doubled character or
+    number, a wrong-case letter, the input copied unchanged, a rambling word). A mistake always
+    changes the answer, so the share of demonstrations scoring below 1 is `error_rate`.
+    """
+    if not 0.0 <= error_rate <= 1.0:
+        raise ValueError(f"error_rate must be in [0, 1], got {error_rate}")
+    kind, right = parse(prompt)
+    if rng.random() >= error_rate:
+        return right
+    text = prompt[:-len(SEP)] if prompt.endswith(SEP) else prompt
+    prompt_args = text.split(" ", 1)[1]
+    for _ in range(20):
+        wrong = rng.choice(_MISTAKES[kind])(right, prompt_args, rng)
+        if wrong and wrong != right:
+            return wrong
+    return _ramble(right, prompt_args, rng)  # always a change
+
+
+# ----------------------------------------------------------------------------------------------
+# simulated labelers
+
+
+def rank(gold_scores, rng, temperature=LABELER_TEMPERATURE):
+    """
+    A labeler's ranking of K responses to one prompt: indices, best first. Plackett-Luce sampling:
+    the best is picked with probability proportional to exp(score / temperature), then the next
+    among the rest, and so on. temperature=0 gives the sorted order (ties by index).
+    """
+    if temperature < 0:
+        raise ValueError(f"labeler temperature must be >= 0, got {temperature}")
+    scores = [float(s) for s in gold_scores]
+    left = list(range(len(scores)))
+    if temperature == 0:
+        return sorted(left, key=lambda i: -scores[i])
+    order = []
+    while left:
+        top = max(scores[i] for i in left)  # subtract the max: exp never overflows, one weight is 1
+        weights = [math.exp((scores[i] - top) / temperature) for i in left]
+        u = rng.random() * sum(weights)
+        j = 0
+        while j < len(left) - 1 and u >= weights[j]:
+            u -= weights[j]
+            j += 1
+        order.append(left.pop(j))
+    return order
+
+
+def labeler_agreement(score_groups, rng, temperature=LABELER_TEMPERATURE):
+    """
+    The share of pairs that two independent labelers order the same way, over all C(K,2) pairs of
+    every group of gold scores (one group = the K responses to one prompt): InstructGPT's ~73%, the
+    yardstick for a reward model's accuracy on comparisons labeled this way. (A reward model that
+    knew the gold scores would do better, gold_agreement: one labeler agrees with the truth more
+    often than with another labeler.)
+    """
+    agree = total = 0
+    for scores in score_groups:
+        pos1 = {i: r for r, i in enumerate(rank(scores, rng, temperature))}
+        pos2 = {i: r for r, i in enumerate(rank(scores, rng, temperature))}
+        for i in range(len(scores)):
+            for j in range(i + 1, len(scores)):
+                agree += (pos1[i] < pos1[j]) == (pos2[i] < pos2[j])
+                total += 1
+    return agree / total
+
+
+def gold_agreement(score_groups, rng, temperature=LABELER_TEMPERATURE):
+    """
+    The share of pairs one labeler orders as the gold scores do (pairs with equal scores count 1/2):
+    the accuracy, against that labeler's rankings, of a reward model that knew the gold scores. It is
+    above labeler_agreement, since two noisy labelers agree less often than one agrees with the truth.
+    """
+    agree = total = 0
+    for scores in score_groups:
+        pos = {i: r for r, i in enumerate(rank(scores, rng, temperature))}
+        for i in range(len(scores)):
+            for j in range(i + 1, len(scores)):
+                if scores[i] == scores[j]:
+                    agree += 0.5
+                else:
+                    agree += (pos[i] < pos[j]) == (scores[i] > scores[j])
+                total += 1
+    return agree / total
+
+
+def reference_groups(n, seed=0, k=REFERENCE_K, error_rate=REFERENCE_ERROR_RATE):
+    """Gold scores of k demonstrations (at `error_rate`) to each of n train prompts: the reference distribution."""
+    rng = random.Random(f"reference:{seed}")
+    return [[gold_score(p, demonstrate(p, rng, error_rate), True) for _ in range(k)]
+            for p in make_prompts(n, "train", rng)]
+
+
+def calibrate_temperature(target=TARGET_AGREEMENT, n_groups=20000, seed=0, iters=30):
+    """The labeler temperature at which two labelers agree on `target` of the reference pairs (bisection)."""
+    groups = reference_groups(n_groups, seed)
+    lo, hi = 1e-3, 10.0  # agreement falls as the temperature rises
+    for _ in range(iters):
+        mid = math.sqrt(lo * hi)
+        # the same random numbers at every temperature, so the measured curve is monotone
+        if labeler_agreement(groups, random.Random(seed), mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    return math.sqrt(lo * hi)
+
+
+# ----------------------------------------------------------------------------------------------
+# records for the training scripts, and the JSONL export
+
+
+def prompt_records(n, split, seed=0):
+    """n records {"prompt": ...} of `split`."""
+    return [{"prompt": p} for p in make_prompts(n, split, random.Random(f"prompts:{seed}"))]
+
+
+def sft_records(n, split, seed=0, error_rate=DEMO_ERROR_RATE):
+    """n records {"prompt": ..., "completion": ...} of `split`, completions from the noisy demonstrator."""
+    rng = random.Random(f"sft:{seed}")
+    return [{"prompt": p, "completion": demonstrate(p, rng, error_rate)} for p in make_prompts(n, split, rng)]
+
+
+def comparison_records(n, split, seed=0, k=REFERENCE_K, error_rate=REFERENCE_ERROR_RATE,
+                       temperature=LABELER_TEMPERATURE):
+    """
+    n records {"prompt": ..., "responses": [k texts], "ranking": [indices, best first]} of `split`:
+    k demonstrations at `error_rate` ranked by one simulated labeler.
+    """
+    if k < 2:
+        raise ValueError(f"a comparison needs k >= 2 responses, got k={k}")
+    rng = random.Random(f"comparisons:{seed}")
+    out = []
+    for p in make_prompts(n, split, rng):
+        responses = [demonstrate(p, rng, error_rate) for _ in range(k)]
+        ranking = rank([gold_score(p, r, True) for r in responses], rng, temperature)
+        out.append({"prompt": p, "responses": responses, "ranking": ranking})
+    return out
+
+
+def export(out_dir, n_sft=20000, n_prompts=20000, n_comparisons=10000, n_eval=1000, seed=0,
+           error_rate=DEMO_ERROR_RATE, k=REFERENCE_K):
+    """Write the built-in data to out_dir as JSONL; returns {file name: number of records}."""
+    from minirlhf.data import write_jsonl
+    files = {
+        "sft_train.jsonl": sft_records(n_sft, "train", seed, error_rate),
+        "sft_eval.jsonl": sft_records(n_eval, "eval", seed, error_rate),
+        "prompts_train.jsonl": prompt_records(n_prompts, "train", seed),
+        "prompts_eval.jsonl": prompt_records(n_eval, "eval", seed),
+        "comparisons_train.jsonl": comparison_records(n_comparisons, "train", seed, k),
+        "comparisons_eval.jsonl": comparison_records(n_eval, "eval", seed, k),
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    for name, records in files.items():
+        write_jsonl(os.path.join(out_dir, name), records)
+    return {name: len(records) for name, records in files.items()}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m minirlhf.tasks", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--out_dir", help="where to write the JSONL files")
+    ap.add_argument("--n_sft", type=int, default=20000, help="SFT demonstrations in sft_train.jsonl")
+    ap.add_argument("--n_prompts", type=int, default=20000, help="PPO prompts in prompts_train.jsonl")
+    ap.add_argument("--n_comparisons", type=int, default=10000, help="K-way rankings in comparisons_train.jsonl")
+    ap.add_argument("--n_eval", type=int, default=1000, help="records in each *_eval.jsonl (held-out prompts)")
+    ap.add_argument("--k", type=int, default=REFERENCE_K, help="responses ranked per comparison prompt")
+    ap.add_argument("--error_rate", type=float, default=DEMO_ERROR_RATE, help="demonstrator's error rate for SFT data")
+    ap.add_argument("--seed", type=int, default=0, help="seed of every generator")
+    ap.add_argument("--calibrate", action="store_true", help="re-derive the labeler temperature and exit")
+    args = ap.parse_args(argv)
+    if args.calibrate:
+        t = calibrate_temperature(seed=args.seed)
+        groups = reference_groups(20000, args.seed)
+        print(f"temperature for {TARGET_AGREEMENT:.0%} agreement: {t:.4f}; at LABELER_TEMPERATURE = "
+              f"{LABELER_TEMPERATURE}: labelers agree {labeler_agreement(groups, random.Random(args.seed)):.4f}, "
+              f"a labeler agrees with gold {gold_agreement(groups, random.Random(args.seed)):.4f}")
+        return
+    if args.out_dir is None:
+        ap.error("--out_dir is required (or --calibrate)")
+    counts = export(args.out_dir, args.n_sft, args.n_prompts, args.n_comparisons, args.n_eval, args.seed,
+                    args.error_rate, args.k)
+    for name, n in counts.items():
+        print(f"{os.path.join(args.out_dir, name)}: {n} records")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""JSONL readers, loss masking, padding and the exporter's files, with the byte tokenizer."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minirlhf import tasks
+from minirlhf.data import (IGNORE_INDEX, encode_comparison, encode_prompt, encode_sft, left_pad,
+                           read_comparisons, read_prompts, read_sft, sft_batch, write_jsonl)
+from minirlhf.tokenizer import get_tokenizer
+
+tok = get_tokenizer("bytes")
+CHAT = {"messages": [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "hi"},
+    {"role": "assistant", "content": "hello"},
+    {"role": "user", "content": "add 1 2"},
+    {"role": "assistant", "content": "3"},
+]}
+
+
+def write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------- masking
+
+
+def test_prompt_tokens_never_train():
+    records = [{"prompt": "sort 3 1 2\n", "completion": "1 2 3"}, {"prompt": "add 1 1\n", "completion": "2"}]
+    examples = [encode_sft(tok, r) for r in records]
+    for r, (ids, mask) in zip(records, examples):
+        n_prompt = len(tok.encode(r["prompt"]))
+        assert ids[-1] == tok.eos_id and tok.decode(ids) == r["prompt"] + r["completion"]
+        assert mask == [0] * n_prompt + [1] * (len(ids) - n_prompt)  # completion and its EOS
+    idx, targets = sft_batch(examples, tok.pad_id)
+    B, T = idx.shape
+    assert T == max(len(ids) for ids, _ in examples) - 1
+    for b, (r, (ids, _)) in enumerate(zip(records, examples)):
+        n_prompt = len(tok.encode(r["prompt"]))
+        # position t predicts token t+1: it trains iff t+1 is a completion token or the EOS
+        assert (targets[b, :n_prompt - 1] == IGNORE_INDEX).all()
+        assert targets[b, n_prompt - 1:len(ids) - 1].tolist() == ids[n_prompt:]
+        assert (targets[b, len(ids) - 1:] == IGNORE_INDEX).all() and (idx[b, len(ids) - 1:] == tok.pad_id).all()
+        assert idx[b, :len(ids) - 1].tolist() == ids[:-1]
+
+
+def test_cross_entropy_on_the_batch_is_the_masked_sft_loss():
+    torch.manual_seed(0)
+    examples = [encode_sft(tok, r) for r in tasks.sft_records(6, "train", seed=0)]
+    idx, targets = sft_batch(examples, tok.pad_id)
+    B, T = idx.shape
+    logits = torch.randn(B, T, tok.vocab_size)
+    loss = F.cross_entropy(logits.view(-1, tok.vocab_size), targets.view(-1), ignore_index=-100)
+    logp = logits.log_softmax(-1)
+    terms = [-logp[b, t, ids[t + 1]] for b, (ids, mask) in enumerate(examples)
+             for t in range(len(ids) - 1) if mask[t + 1]]
+    torch.testing.assert_close(loss, torch.stack(terms).mean())
+
+
+def test_chat_trains_assistant_turns_only():
+    ids, mask = encode_sft(tok, CHAT)
+    assert tok.decode(ids, skip_special=False) == (
+        "System: Be brief.\nUser: hi\nAssistant: hello<|endoftext|>User: add 1 2\nAssistant: 3<|endoftext|>")
+    trained = [i for i, m in zip(ids, mask) if m]
+    assert trained == tok.encode("hello") + [tok.eos_id] + tok.encode("3") + [tok.eos_id]
+    # no byte of a header, the system or a user turn carries loss
+    untrained = tok.decode([i for i, m in zip(ids, mask) if not m])
+    assert untrained == "System: Be brief.\nUser: hi\nAssistant: User: add 1 2\nAssistant: "
+    idx, targets = sft_batch([(ids, mask)], tok.pad_id)
+    assert [t for t in targets[0].tolist() if t != IGNORE_INDEX] == trained
+
+
+def test_chat_prompt_ends_at_the_assistant_header():
+    record = {"messages": CHAT["messages"][:4]}
+    ids = encode_prompt(tok, record)
+    assert ids == encode_sft(tok, CHAT)[0][:len(ids)]  # the prompt is the dialogue's prefix
+    assert tok.decode(ids).endswith("User: add 1 2\nAssistant: ")
+
+
+def test_left_pad_offsets():
+    seqs = [[5, 6, 7], [8], [1, 2, 3, 4, 5]]
+    idx, start = left_pad(seqs, pad_id=tok.pad_id)
+    assert idx.dtype == start.dtype == torch.long and idx.shape == (3, 5)
+    assert start.tolist() == [2, 4, 0]
+    for b, s in enumerate(seqs):
+        assert (idx[b, :start[b]] == tok.pad_id).all() and idx[b, start[b]:].tolist() == s
+
+
+def test_comparison_encoding():
+    prompt, responses, ranking = encode_comparison(tok, {"prompt": "add 1 1\n", "responses": ["2", "3", "11"],
+                                                         "ranking": [0, 2, 1]})
+    assert prompt == tok.encode("add 1 1\n") and all(r[-1] == tok.eos_id for r in responses)
+    assert ranking == [0, 2, 1]
+
+
+def test_too_long_examples_name_their_line(tmp_path):
+    path = write_lines(tmp_path / "sft.jsonl", [json.dumps({"prompt": "p", "completion": "c"}),
+                                                json.dumps({"prompt": "x" * 50, "completion": "y"})])
+    records = read_sft(path)
+    encode_sft(tok, records[0], block_size=4)
+    with pytest.raises(ValueError, match=rf"{path}:2: 52 tokens"):
+        encode_sft(tok, records[1], block_size=16)
+    encode_sft(tok, records[1], block_size=51)  # the model reads ids[:-1]: 51 tokens fit
+    with pytest.raises(ValueError, match=rf"{path}:2: prompt of 50"):
+        encode_prompt(tok, records[1], max_len=49)
+    with pytest.raises(ValueError, match="block_size 8"):
+        encode_comparison(tok, {"prompt": "add 1 1\n", "responses": ["2", "3"], "ranking": [0, 1]}, block_size=8)
+
+
+# ---------------------------------------------------------------------------------------------- malformed files
+
+GOOD = {"sft": {"prompt": "p\n", "completion": "c"}, "comparisons": {"prompt": "p", "chosen": "a", "rejected": "b"},
+        "prompts": {"prompt": "p"}}
+READERS = {"sft": read_sft, "comparisons": read_comparisons, "prompts": read_prompts}
+MSG = lambda role, content="x": {"role": role, "content": content}  # noqa: E731
+
+BAD = [  # (reader, bad line, what the message says)
+    ("sft", "{not json", "bad JSON"),
+    ("sft", "", "blank line"),
+    ("sft", "   ", "blank line"),
+    ("sft", "[1, 2]", "expected a JSON object"),
+    ("sft", '"text"', "expected a JSON object"),
+    ("sft", {"prompt": "p"}, "missing field 'completion'"),
+    ("sft", {"prompt": "p", "completion": "c", "id": 3}, "unknown field 'id'"),
+    ("sft", {"prompt": "p", "completion": 3}, "'completion' must be a string"),
+    ("sft", {"prompt": "", "completion": "c"}, "'prompt' is empty"),
+    ("sft", {"messages": []}, "non-empty list"),
+    ("sft", {"messages": [MSG("user"), MSG("bot")]}, r"messages\[1\]: unknown role 'bot'"),
+    ("sft", {"messages": [MSG("user"), {"role": "assistant"}]}, r"messages\[1\]: missing field 'content'"),
+    ("sft", {"messages": [MSG("user"), MSG("assistant", "")]}, r"messages\[1\].content is empty"),
+    ("sft", {"messages": [MSG("system"), MSG("user")]}, "at least one assistant turn"),
+    ("sft", {"messages": [MSG("user"), MSG("assistant")], "prompt": "p"}, "unknown field 'prompt'"),
+    ("comparisons", {"prompt": "p", "chosen": "a"}, "missing field 'rejected'"),
+    ("comparisons", {"prompt": "p", "chosen": "a", "rejected": None}, "'rejected' must be a string"),
+    ("comparisons", {"prompt": "p", "responses": ["a", "b"]}, "missing field 'ranking'"),
+    ("comparisons", {"prompt": "p", "responses": ["a"], "ranking": [0]}, "at least 2"),
+    ("comparisons", {"prompt": "p", "responses": ["a", "b"], "ranking": [0, 0]}, "permutation"),
+    ("comparisons", {"prompt": "p", "responses": ["a", "b"], "ranking": [1, 2]}, "permutation"),
+    ("comparisons", {"prompt": "p", "responses": ["a", "b"], "ranking": [0]}, "permutation"),
+    ("comparisons", {"prompt": "p", "responses": ["a", "b"], "ranking": [True, False]}, "permutation"),
+    ("comparisons", {"prompt": "p", "responses": ["a", "b"], "ranking": "01"}, "permutation"),
+    ("comparisons", {"prompt": "p", "responses": ["a", ""], "ranking": [0, 1]}, r"responses\[1\] is empty"),
+    ("comparisons", {"prompt": "p", "responses": ["a", "b"], "ranking": [0, 1], "chosen": "a"}, "unknown field"),
+    ("prompts", {"prompt": 7}, "'prompt' must be a string"),
+    ("prompts", {"prompt": "p", "completion": "c"}, "unknown field 'completion'"),
+    ("prompts", {"messages": [MSG("user"), MSG("assistant")]}, "must end with a user turn"),
+    ("prompts", {}, "missing field 'prompt'"),
+]
+
+
+@pytest.mark.parametrize("kind, bad, message", BAD)
+def test_malformed_line_names_file_and_line(tmp_path, kind, bad, message):
+    line = bad if isinstance(bad, str) else json.dumps(bad)
+    path = write_lines(tmp_path / f"{kind}.jsonl", [json.dumps(GOOD[kind])] * 2 + [line] + [json.dumps(GOOD[kind])])
+    with pytest.raises(ValueError, match=rf"^{path}:3: .*{message}"):
+        READERS[kind](path)
+
+
+def test_bad_utf8_and_empty_and_missing_files(tmp_path):
+    path = tmp_path / "sft.jsonl"
+    path.write_bytes(json.dumps(GOOD["sft"]).encode() + b"\n\xff\xfe\n")
+    with pytest.raises(ValueError, match=rf"{path}:2: not UTF-8"):
+        read_sft(str(path))
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="empty.jsonl: the prompts file is empty"):
+        read_prompts(str(tmp_path / "empty.jsonl"))
+    with pytest.raises(ValueError, match="nowhere.jsonl"):
+        read_comparisons(str(tmp_path / "nowhere.jsonl"))
+
+
+def test_readers_accept_both_formats(tmp_path):
+    kway = {"prompt": "p", "responses": ["a", "b", "c"], "ranking": [2, 0, 1]}
+    path = write_lines(tmp_path / "c.jsonl", [json.dumps(GOOD["comparisons"]), json.dumps(kway)])
+    pair, kway = read_comparisons(path)
+    assert pair == {"prompt": "p", "responses": ["a", "b"], "ranking": [0, 1], "source": f"{path}:1"}
+    assert kway["ranking"] == [2, 0, 1] and kway["source"] == f"{path}:2"
+    path = write_lines(tmp_path / "s.jsonl", [json.dumps(CHAT), json.dumps(GOOD["sft"])])
+    assert [("messages" in r) for r in read_sft(path)] == [True, False]
+    chat_prompt = {"messages": CHAT["messages"][:2]}
+    path = write_lines(tmp_path / "p.jsonl", [json.dumps(chat_prompt), json.dumps(GOOD["prompts"])])
+    assert len(read_prompts(path)) == 2
+
+
+# ---------------------------------------------------------------------------------------------- exporter
+
+
+def test_exported_files_round_trip_through_the_readers(tmp_path):
+    counts = tasks.export(str(tmp_path), n_sft=40, n_prompts=30, n_comparisons=20, n_eval=10, seed=3)
+    assert counts == {"sft_train.jsonl": 40, "sft_eval.jsonl": 10, "prompts_train.jsonl": 30,
+                      "prompts_eval.jsonl": 10, "comparisons_train.jsonl": 20, "comparisons_eval.jsonl": 10}
+    strip = lambda records: [{k: v for k, v in r.items() if k != "source"} for r in records]  # noqa: E731
+    assert strip(read_sft(str(tmp_path / "sft_train.jsonl"))) == tasks.sft_records(40, "train", seed=3)
+    assert strip(read_prompts(str(tmp_path / "prompts_eval.jsonl"))) == tasks.prompt_records(10, "eval", seed=3)
+    comparisons = read_comparisons(str(tmp_path / "comparisons_train.jsonl"))
+    assert strip(comparisons) == tasks.comparison_records(20, "train", seed=3)
+    for split in ("train", "eval"):
+        records = read_sft(str(tmp_path / f"sft_{split}.jsonl"))
+        records += read_prompts(str(tmp_path / f"prompts_{split}.jsonl"))
+        assert all(tasks.split_of(r["prompt"]) == split for r in records)
+    # what the readers return writes back to the same file
+    write_jsonl(str(tmp_path / "again.jsonl"), comparisons)
+    assert (tmp_path / "again.jsonl").read_text() == (tmp_path / "comparisons_train.jsonl").read_text()
+
+
+def test_exporter_command_line(tmp_path):
+    tasks.main(["--out_dir", str(tmp_path), "--n_sft", "5", "--n_prompts", "5", "--n_comparisons", "5",
+                "--n_eval", "5"])
+    assert len(read_sft(str(tmp_path / "sft_eval.jsonl"))) == 5
