@@ -188,7 +188,7 @@ def main(cfg):
         ptx = [encode_sft(tokenizer, r, block_size) for r in records]
 
     params = list(policy.parameters()) + list(value_model.parameters())
-    optimizer = torch.optim.Adam(params, lr=cfg.learning_rate, eps=cfg.adam_eps)
+    optimizer = torch.optim.Adam(params, lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else None
     kl_coef = cfg.kl_coef
     minibatch_size = cfg.batch_size // cfg.n_minibatches
@@ -197,13 +197,13 @@ def main(cfg):
         """Log-probs (and entropies) of the response tokens seq[:, P:] at the sampling temperature:
         read from the hidden states at P-1 ... T-2, each of which predicts the next token."""
         with autocast:
-            h = model.hidden_states(seq, start)[:, P - 1:-1]  # (B, R, C): no logits at prompt positions
+            h = model.hidden_states(seq, start, last=seq.size(1) - P + 1)[:, :-1]  # (B, R, C): nothing at the prompt
             return model.token_logprobs(h, targets, temperature=cfg.temperature, return_entropy=True)
 
     def response_values(model, seq, start, P):
         """The value model's estimate for each response position (B, R): the head, no lm_head."""
         with autocast:
-            return model.score_head(model.hidden_states(seq, start)[:, P - 1:-1]).squeeze(-1).float()
+            return model.score_head(model.hidden_states(seq, start, last=seq.size(1) - P + 1)[:, :-1]).squeeze(-1).float()
 
     os.makedirs(cfg.out_dir, exist_ok=True)
     ckpt_path, value_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "value.pt")
@@ -231,14 +231,15 @@ def main(cfg):
         ended = (out.tokens == tokenizer.eos_id).any(1)
         t_rollout = time.time() - t_it
 
-        # 2. score: reward at the EOS token, log-probs of policy and reference, values
+        # 2. score: reward at the EOS token, log-probs of the reference, values. The policy's own
+        # log-probs at the sampling temperature came with the samples: no second forward pass
+        old_logprobs = out.logprobs
         with torch.no_grad():
-            old_logprobs, _ = response_logprobs(policy, seq, start, P, targets)
             ref_logprobs, _ = response_logprobs(ref_policy, seq, start, P, targets)
             old_values = response_values(value_model, seq, start, P)
             with autocast:
-                h = reward_model.hidden_states(seq, start)
-                last = P + lengths - 1  # the EOS, or the last token of a response that ran out of budget
+                h = reward_model.hidden_states(seq, start, last=out.tokens.size(1))  # (B, R, C)
+                last = lengths - 1  # the EOS, or the last token of a response that ran out of budget
                 rm_scores = reward_model.score_head(h[torch.arange(len(seq), device=device), last]).squeeze(-1).float()
             scores = eos_penalty(rm_scores, ended, cfg.eos_penalty_score) if cfg.stop_at_eos else rm_scores  # the EOS trick
 

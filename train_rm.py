@@ -179,7 +179,7 @@ def main(cfg):
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "wpe" in n]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=cfg.learning_rate, betas=(0.9, 0.99), eps=cfg.adam_eps)
+                                  lr=cfg.learning_rate, betas=(0.9, 0.99), eps=cfg.adam_eps, fused=True)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     max_iters = cfg.epochs * steps_per_epoch
 

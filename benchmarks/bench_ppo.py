@@ -55,24 +55,25 @@ def matmul_gflops(threads, n=2048, reps=10):
 
 def iteration_flops():
     """Model FLOPs of one iteration of train_ppo.py as it computes it: matmuls (2 per multiply-add)
-    including attention's QK^T and PV; backward = 2x forward. Returns {phase: FLOPs}."""
+    including attention's QK^T and PV over the causal pairs; backward = 2x forward. Returns {phase: FLOPs}."""
     C, L, V, P, R = N_EMBD, N_LAYER, VOCAB, PROMPT_LEN, NEW_TOKENS
     T = P + R
-    block = 2 * 12 * C * C  # per token per layer: qkv (3C^2), proj (C^2), MLP (8C^2)
+    qkv, rest = 2 * 3 * C * C, 2 * 9 * C * C  # per token: the q, k, v projection; output projection + MLP
 
-    def forward(tokens, context_sum):
-        """tokens through all layers; context_sum = sum over those tokens of the keys each attends to."""
-        return L * (tokens * block + 2 * 2 * C * context_sum)
-    full_ctx = sum(range(1, T + 1))  # causal: position t attends to t keys
-    seq = forward(T, full_ctx)  # one whole sequence through the blocks
-    lm_head_response = R * 2 * C * V  # logits only at the response positions
-    # rollout: prefill the prompt (logits at its last position), then R - 1 decode steps with the cache
-    rollout = N_PROMPTS * (forward(P, sum(range(1, P + 1))) + sum(forward(1, P + t) for t in range(1, R))
-                           + R * 2 * C * V)
-    # scoring: policy (old log-probs), reference, value model, reward model, each one forward
-    score = N_PROMPTS * (2 * (seq + lm_head_response) + 2 * seq)
+    def forward(tokens, past=0, last=None):
+        """`tokens` new positions after `past` cached ones through the blocks; the final block
+        computes output projection, MLP and queries for the `last` positions only."""
+        last = last or tokens
+        pairs = lambda n: sum(range(past + tokens - n + 1, past + tokens + 1))  # noqa: E731  (query, key) pairs
+        return (L - 1) * (tokens * (qkv + rest) + 4 * C * pairs(tokens)) + tokens * qkv + last * rest + 4 * C * pairs(last)
+    lm_head = 2 * C * V  # per position that gets logits
+    # rollout: prefill the prompt (logits at its last position only), then R - 1 decode steps on the cache
+    rollout = N_PROMPTS * (forward(P, last=1) + sum(forward(1, past=P + t - 1) for t in range(1, R)) + R * lm_head)
+    # scoring: reference (log-probs), value model, reward model, one forward each, the final block only
+    # where it is read; the policy's old log-probs came with the rollout
+    score = N_PROMPTS * (forward(T, last=R + 1) + R * lm_head + forward(T, last=R + 1) + forward(T, last=R))
     # update: every sequence EPOCHS times through policy and value model, forward + backward
-    update = EPOCHS * N_PROMPTS * 3 * ((seq + lm_head_response) + seq)
+    update = EPOCHS * N_PROMPTS * 3 * (forward(T, last=R + 1) + R * lm_head + forward(T, last=R + 1))
     return {"rollout": rollout, "score": score, "update": update}
 
 
@@ -113,10 +114,23 @@ def run_ours(tmp, threads, iterations):
     return rows
 
 
+def run_trl(python, threads, iterations):
+    """TRL's PPOTrainer on the same workload, in its own Python (see trl_baseline.py)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "trl.json")
+        done = subprocess.run([python, os.path.join(HERE, "trl_baseline.py"), "--threads", str(threads),
+                               "--iterations", str(iterations), "--out", out], capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"trl_baseline.py failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        with open(out) as f:
+            return json.load(f)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--iterations", type=int, default=3, help="timed iterations, after 1 warm-up")
+    ap.add_argument("--iterations", type=int, default=3, help="timed iterations per round, after 1 warm-up")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds, each timing minirlhf then TRL")
     ap.add_argument("--trl_python", default=None, help="a Python with trl==1.12.0 installed, for the baseline")
     ap.add_argument("--out", default=os.path.join(HERE, "ppo_results.json"))
     args = ap.parse_args()
@@ -124,22 +138,18 @@ def main():
     peak = matmul_gflops(args.threads)
     flops = iteration_flops()
     total_flops = sum(flops.values())
-    with tempfile.TemporaryDirectory() as tmp:
-        write_workload(tmp)
-        rows = run_ours(tmp, args.threads, args.iterations + 1)[1:]  # the first is the warm-up
+    # this machine's speed drifts over minutes, so the two implementations take turns, round by round
+    rows, trl_runs = [], []
+    for r in range(args.rounds):
+        with tempfile.TemporaryDirectory() as tmp:
+            write_workload(tmp)
+            rows += run_ours(tmp, args.threads, args.iterations + 1)[1:]  # the first is the warm-up
+        if args.trl_python:
+            trl_runs.append(run_trl(args.trl_python, args.threads, args.iterations))
+        print(f"round {r + 1}/{args.rounds}: minirlhf {[round(x['time/iteration'], 2) for x in rows[-args.iterations:]]} s"
+              + (f", TRL {[round(x, 2) for x in trl_runs[-1]['iteration_s']]} s" if trl_runs else ""), flush=True)
     ours = {k: statistics.median(r[f"time/{k}"] for r in rows) for k in ("rollout", "score", "update", "iteration")}
     peak_after = matmul_gflops(args.threads)
-
-    trl = None
-    if args.trl_python:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "trl.json")
-            done = subprocess.run([args.trl_python, os.path.join(HERE, "trl_baseline.py"), "--threads", str(args.threads),
-                                   "--iterations", str(args.iterations), "--out", out], capture_output=True, text=True)
-            if done.returncode != 0:
-                sys.exit(f"trl_baseline.py failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-            with open(out) as f:
-                trl = json.load(f)
 
     achieved = total_flops / ours["iteration"] / 1e9
     print(f"fp32 matmul throughput, {args.threads} threads (2048^3, best of 10): {peak:.0f} GFLOP/s before, "
@@ -152,12 +162,19 @@ def main():
     print(f"{'iteration':<10} {ours['iteration']:>8.3f} {achieved:>8.1f}   ({achieved / peak:.0%} of the matmul peak)")
     result = {"device": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__,
               "matmul_gflops": peak, "matmul_gflops_after": peak_after, "flops": flops, "ours_median_seconds": ours,
-              "ours_iterations": rows, "ours_gflops": achieved, "fraction_of_matmul_peak": achieved / peak}
-    if trl:
-        ratio = trl["median_seconds"] / ours["iteration"]
-        result.update(trl=trl, speedup_vs_trl=ratio)
-        print(f"TRL {trl.get('trl_version', '?')} PPOTrainer, same workload, same run: {trl['median_seconds']:.3f} s "
-              f"per iteration -> minirlhf is {ratio:.2f}x faster")
+              "ours_iterations": rows, "rounds": args.rounds, "ours_gflops": achieved, "fraction_of_matmul_peak": achieved / peak}
+    if trl_runs:
+        trl_iters = [x for run in trl_runs for x in run["iteration_s"]]
+        trl_median = statistics.median(trl_iters)
+        trl_split = {k: statistics.median(it[k] for run in trl_runs for it in run["split_s"]["iterations"])
+                     for k in ("generate", "score", "update")}
+        ratio = trl_median / ours["iteration"]
+        result.update(trl_runs=trl_runs, trl_median_seconds=trl_median, speedup_vs_trl=ratio)
+        print(f"\nTRL {trl_runs[0]['versions']['trl']} PPOTrainer, same workload, same run "
+              f"(median of {len(trl_iters)} iterations):")
+        print(f"{'rollout':<10} {trl_split['generate']:>8.3f}\n{'score':<10} {trl_split['score']:>8.3f}\n"
+              f"{'update':<10} {trl_split['update']:>8.3f}\n{'iteration':<10} {trl_median:>8.3f}")
+        print(f"minirlhf is {ratio:.2f}x faster per iteration than TRL")
     else:
         print("TRL not measured in this run (pass --trl_python; see benchmarks/trl_baseline.py)")
     with open(args.out, "w") as f:

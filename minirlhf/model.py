@@ -89,17 +89,19 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.n_embd, self.impl = config.n_head, config.n_embd, config.attn_impl
 
-    def forward(self, x, key_start=None, cache=None, layer=0):
+    def forward(self, x, key_start=None, cache=None, layer=0, last=None):
+        """Attention outputs for the last `last` positions of x (all if None); keys and values come from all."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        q = q[:, -last:] if last else q
+        q = q.view(B, q.size(1), self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, Tq, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, Tpast + T, hs)
         # no dropout on the attention weights: the fused kernel never forms them
-        y = attention(q, k, v, key_start, self.impl)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
+        y = attention(q, k, v, key_start, self.impl)  # (B, nh, Tq, hs)
+        y = y.transpose(1, 2).contiguous().view(B, q.size(2), C)  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -123,8 +125,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, key_start=None, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), key_start, cache, layer)
+    def forward(self, x, key_start=None, cache=None, layer=0, last=None):
+        x = (x[:, -last:] if last else x) + self.attn(self.ln_1(x), key_start, cache, layer, last)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -171,11 +173,14 @@ class GPT(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def hidden_states(self, idx, start=None, cache=None):
+    def hidden_states(self, idx, start=None, cache=None, last=None):
         """Final hidden states (B, T, C), after ln_f, for tokens idx (B, T).
         They are what lm_head turns into logits and score_head into scalars; the fused log-prob
         kernel takes them with lm_head.weight so the (B, T, V) logits never exist.
-        start (B,): pad tokens on the left of each row. cache: a KVCache with the earlier positions."""
+        start (B,): pad tokens on the left of each row. cache: a KVCache with the earlier positions.
+        last: only the final `last` positions are wanted (B, last, C), e.g. a response after its
+        prompt: the final block then computes queries, attention and MLP for those alone (their
+        keys and values still come from every position), the work no later layer would read."""
         B, T = idx.size()
         past = cache.len if cache is not None else 0
         if past + T > self.config.block_size:
@@ -185,7 +190,7 @@ class GPT(nn.Module):
             pos = (pos[None, :] - start[:, None]).clamp(min=0)  # (B, T) count from each row's first real token
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, start, cache, layer)
+            x = block(x, start, cache, layer, last if layer == self.config.n_layer - 1 else None)
         if cache is not None:
             cache.len += T
         return self.transformer.ln_f(x)
@@ -219,8 +224,10 @@ class GPT(nn.Module):
         """Sample up to max_new_tokens after the left-padded prompts idx (B, T).
 
         temperature 0 is greedy decoding. top_k / top_p cut the sampling distribution; the returned
-        logprobs are of the tempered, uncut distribution (what PPO's policy is). A row stops at
-        eos_id and emits pad_id after it; the loop ends when every row has stopped.
+        logprobs are of the tempered, uncut distribution over the whole vocabulary: what PPO's
+        policy is, and what a forward pass at that temperature gives (PPO's old log-probs, with no
+        second pass). A row stops at eos_id and emits pad_id after it; the loop ends when every row
+        has stopped.
         Returns Generation(tokens (B, n), mask (B, n), logprobs (B, n)) with n <= max_new_tokens."""
         B, T = idx.size()
         if T + max_new_tokens > self.config.block_size:
@@ -236,12 +243,10 @@ class GPT(nn.Module):
         tokens, masks, logprobs = [], [], []
         for _ in range(max_new_tokens):
             if cache is not None:
-                h = self.hidden_states(step_in, start, cache)[:, -1]  # (B, C), only the last position is needed
+                h = self.hidden_states(step_in, start, cache, last=1)[:, -1]  # (B, C): only the newest position
             else:
-                h = self.hidden_states(seq, start)[:, -1]
+                h = self.hidden_states(seq, start, last=1)[:, -1]
             logits = self.lm_head(h).float()  # (B, V)
-            if pad_id is not None:
-                logits[:, pad_id] = float("-inf")  # pad is never a response token
             logp = F.log_softmax(logits / temperature if temperature > 0 else logits, dim=-1)
             tok = _sample(logits, temperature, top_k, top_p, generator)  # (B,)
             lp = logp.gather(-1, tok[:, None]).squeeze(-1)

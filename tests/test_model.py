@@ -85,15 +85,6 @@ def test_top_k_1_and_tiny_top_p_are_greedy():
     assert torch.equal(model.generate(idx, 8, top_p=1e-6, generator=torch.Generator().manual_seed(2)).tokens, greedy)
 
 
-def test_generate_never_samples_pad():
-    model = make_model(6)
-    with torch.no_grad():
-        model.lm_head.weight[PAD] += 5 * model.lm_head.weight.mean(0)  # make pad the likeliest token
-    idx = torch.randint(0, EOS, (4, 3), generator=torch.Generator().manual_seed(0))
-    out = model.generate(idx, 10, eos_id=EOS, pad_id=PAD, generator=torch.Generator().manual_seed(0))
-    assert not (out.tokens[out.mask] == PAD).any()
-
-
 def test_scalar_head_and_hidden_states():
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=32, vocab_size=V, n_layer=1, n_head=2, n_embd=32, scalar_head=True))
@@ -215,3 +206,17 @@ def test_from_pretrained_bad_inputs(tmp_path):
     (deeper / "pytorch_model.bin").write_bytes((good / "pytorch_model.bin").read_bytes())
     with pytest.raises(ValueError, match="missing"):
         GPT.from_pretrained(str(deeper))
+
+
+@settings(max_examples=10)
+@given(lengths=st.lists(st.integers(1, 12), min_size=1, max_size=4), last=st.integers(1, 12), seed=st.integers(0, 99))
+def test_hidden_states_of_the_last_positions_only(lengths, last, seed):
+    """Computing only the last positions in the final block changes nothing for those positions."""
+    model = make_model(seed)
+    g = torch.Generator().manual_seed(seed)
+    idx, start = left_pad([torch.randint(0, EOS, (n,), generator=g).tolist() for n in lengths])
+    last = min(last, idx.size(1))
+    full = model.hidden_states(idx, start)
+    part = model.hidden_states(idx, start, last=last)
+    assert part.shape == (idx.size(0), last, model.config.n_embd)
+    torch.testing.assert_close(part, full[:, -last:], atol=1e-5, rtol=1e-5)
