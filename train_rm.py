@@ -27,7 +27,7 @@ import torch
 from minirlhf import tasks
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
 from minirlhf.cli import print_config, run
-from minirlhf.data import encode_comparison, read_comparisons
+from minirlhf.data import encode_comparison, left_pad, read_comparisons
 from minirlhf.rl import pairwise_loss, ranking_pairs
 from minirlhf.sampling import Progress, format_eta, sample_responses
 
@@ -139,14 +139,12 @@ def main(cfg):
     print(f"data: {len(train)} ranked prompts ({n_pairs} pairs) for training, {len(evals)} held out")
 
     def rewards_at_eos(seqs):
-        """The reward of each token sequence (prompt + response + EOS), read at its last token."""
-        idx = torch.full((len(seqs), max(len(s) for s in seqs)), tokenizer.pad_id, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            idx[i, :len(s)] = torch.tensor(s)  # right padding: causal attention never looks ahead at it
-        last = torch.tensor([len(s) - 1 for s in seqs], device=device)
+        """The reward of each token sequence (prompt + response + EOS), read at its last token.
+        Left padding puts every last token in the last column, so only it goes through the final block."""
+        idx, start = left_pad(seqs, tokenizer.pad_id)
         with autocast:
-            scores = model.scores(idx.to(device))  # (n, T)
-        return scores.float().gather(1, last[:, None]).squeeze(1)
+            h = model.hidden_states(idx.to(device), start.to(device), last=1)  # (n, 1, C)
+        return model.score_head(h).float().view(-1)
 
     def rewards_of(groups):
         """One forward pass per response, not per pair. Returns the rewards (n_responses,), the
@@ -211,7 +209,8 @@ def main(cfg):
             optimizer.step()
             it += 1
             seen_pairs += len(better)
-            window.append((loss.item(), (rewards[better] > rewards[worse]).float().mean().item()))
+            agree = (rewards[better] > rewards[worse]).float() + 0.5 * (rewards[better] == rewards[worse]).float()
+            window.append((loss.item(), agree.mean().item()))  # a tie (identical responses) counts half
             if it % cfg.log_interval == 0 or it == max_iters:
                 row = {"step": it, "epoch": epoch, "train/loss": sum(w[0] for w in window) / len(window),
                        "train/accuracy": sum(w[1] for w in window) / len(window), "train/lr": lr_at(it - 1),

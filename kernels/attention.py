@@ -32,8 +32,8 @@ import math
 import os
 
 import torch
-import triton
-import triton.language as tl
+
+from kernels._triton import require_triton, tl, triton
 
 # Triton picks its interpreter when the kernels are decorated, so this is read once, at import.
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
@@ -495,6 +495,7 @@ def _check_inputs(q, k, v, key_start):
             raise ValueError(f"flash_attention: key_start must have shape (B,) = ({B},), got {tuple(key_start.shape)}")
         if key_start.device != q.device:
             raise ValueError(f"flash_attention: key_start must be on {q.device} like q, got {key_start.device}")
+    require_triton("flash_attention", "attention_reference")
     if _INTERPRET and q.dtype == torch.bfloat16:
         raise ValueError("flash_attention: Triton's interpreter (TRITON_INTERPRET=1) computes bfloat16 dots "
                          "wrongly; use float16 or float32 there, or attention_reference")

@@ -49,9 +49,10 @@ import numbers
 import os
 
 import torch
-import triton
-import triton.language as tl
+
 from torch.autograd.function import once_differentiable
+
+from kernels._triton import require_triton, tl, triton
 
 IGNORE_INDEX = -100
 
@@ -319,6 +320,7 @@ def _check_linear_inputs(hidden, weight, targets, temperature):
 
 
 def _check_triton_device(tensor, op_name):
+    require_triton(op_name, f"{op_name}_reference")
     if tensor.device.type != "cuda" and not _interpreting():
         raise ValueError(
             f"{op_name} runs a Triton kernel and needs CUDA tensors, got a tensor on {tensor.device}. "
