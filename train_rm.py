@@ -43,7 +43,7 @@ class Config:
     """"builtin" (SFT samples ranked by simulated labelers) or comma-separated JSONL files of {"prompt", "chosen", "rejected"} or {"prompt", "responses", "ranking"} records"""
     eval_data: str = ""
     """held-out comparisons JSONL (required when data is not builtin)"""
-    n_prompts: int = 1500
+    n_prompts: int = 3000
     """built-in: training prompts, each with k ranked SFT samples"""
     n_eval_prompts: int = 500
     """built-in: held-out prompts for the pairwise accuracy"""
@@ -53,11 +53,11 @@ class Config:
     """built-in: temperature of the SFT samples to rank"""
     max_new_tokens: int = 24
     """built-in: response budget of the SFT samples"""
-    epochs: int = 1
-    """passes over the comparisons (InstructGPT: 1; more overfits)"""
+    epochs: int = 2
+    """passes over the comparisons (InstructGPT: 1, where data is plentiful; a small RM from scratch needs 2)"""
     batch_size: int = 32
     """prompts (each with all its responses and pairs) per step"""
-    learning_rate: float = 3e-4
+    learning_rate: float = 5e-4
     """peak learning rate (AdamW), linear warmup then cosine decay to a tenth"""
     warmup_iters: int = 20
     """linear warmup steps"""

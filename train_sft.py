@@ -53,8 +53,10 @@ class Config:
     n_builtin: int = 50000
     """built-in demonstrations to train on"""
     demo_error_rate: float = tasks.DEMO_ERROR_RATE
-    """share of built-in demonstrations with a mistake in them"""
-    max_iters: int = 1500
+    """share of built-in demonstrations with a content mistake in them"""
+    demo_ramble_rate: float = tasks.DEMO_RAMBLE_RATE
+    """share of built-in demonstrations with a chatty word tacked on (labelers dislike it)"""
+    max_iters: int = 1000
     """optimizer steps"""
     batch_size: int = 64
     """sequences per step"""
@@ -91,8 +93,9 @@ class Config:
         for name in ("max_iters", "batch_size", "log_interval", "eval_interval", "eval_batches", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.demo_error_rate <= 1:
-            raise ValueError(f"--demo_error_rate must be in [0, 1], got {self.demo_error_rate}")
+        for name in ("demo_error_rate", "demo_ramble_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.min_lr < 0:
             raise ValueError("--learning_rate must be > 0 and --min_lr >= 0")
 
@@ -135,8 +138,8 @@ def main(cfg):
     # the data: (ids, loss_mask) per example
     builtin = cfg.data == "builtin"
     if builtin:
-        train_records = tasks.sft_records(cfg.n_builtin, "train", cfg.seed, cfg.demo_error_rate)
-        eval_records = tasks.sft_records(1000, "eval", cfg.seed, cfg.demo_error_rate)
+        train_records = tasks.sft_records(cfg.n_builtin, "train", cfg.seed, cfg.demo_error_rate, cfg.demo_ramble_rate)
+        eval_records = tasks.sft_records(1000, "eval", cfg.seed, cfg.demo_error_rate, cfg.demo_ramble_rate)
     else:
         train_records = [r for path in cfg.data.split(",") for r in read_sft(path)]
         eval_records = None

@@ -18,8 +18,9 @@ in. Prompts are at most 20 bytes, answers at most 11 (19 with a rambling word).
 The stand-ins:
     gold_score   what the labelers "really want": the right answer recomputed from the prompt text,
                  with partial credit, so any JSONL in this format can be scored
-    demonstrate  a labeler writing an SFT demonstration, with realistic mistakes at a set rate, so
-                 that SFT alone stays clearly imperfect and PPO has room to improve on it
+    demonstrate  a labeler writing an SFT demonstration, with realistic content mistakes and a chatty
+                 habit at set rates, so that SFT alone stays clearly imperfect and PPO has room
+                 to improve on it
     rank         a labeler ranking K responses by Plackett-Luce sampling on the gold scores, noisy
                  enough that two labelers agree on ~73% of pairs (InstructGPT, Ouyang et al. 2022)
 
@@ -42,29 +43,34 @@ from collections import Counter
 KINDS = ("sort", "reverse", "upper", "add", "count")
 SEP = "\n"  # ends every prompt: the model keys on it to start answering
 
-# The demonstrator's default error rate. Why this high: PPO is judged by its gold win rate over SFT
-# with ties counted half, so even a PPO policy that is always right wins only 1 - p/2 against an SFT
-# policy whose samples are right a fraction p of the time; a 70% win rate needs p <= ~0.5 once PPO
-# itself is imperfect. An SFT model imitating demonstrations reproduces their error rate when it
-# samples, on top of its own mistakes: a 4-layer, 128-wide byte GPT trained ~2000 steps of 64 on
-# these demonstrations sampled right answers 37% of the time at T=1 (70% greedy). Each mistake has
-# several variants, so the right answer stays by far the most likely single demonstration: the task
-# is still learnable, and the RM and PPO have a clear mode to find.
-DEMO_ERROR_RATE = 0.4
+# The demonstrators, by default. Two independent failings, as people have:
+#   DEMO_ERROR_RATE   a content mistake (a digit off by one, a swapped pair, a dropped letter...):
+#                     the labeler slipped
+#   DEMO_RAMBLE_RATE  a chatty word tacked on after the answer (" ok", " i think", "!"): a habit
+# Labelers, ranking, dislike both. This is InstructGPT's case for comparisons over demonstrations:
+# people judge better than they write, so SFT copies the demonstrators' habits and the reward model
+# learns that the labelers dislike them. Why these rates: PPO is judged by its gold win rate over
+# SFT with ties counted half, and two right answers tie, so a PPO policy that is always right wins
+# only 1 - p/2 against an SFT policy whose samples are right a fraction p of the time; a 70% win
+# rate needs p well under 0.6. A small SFT model samples content mistakes more often than the
+# demonstrations hold (about 1.4x at 2000 steps), and copies the habit at about its rate.
+DEMO_ERROR_RATE = 0.3
+DEMO_RAMBLE_RATE = 0.6
 
 # The reference distribution for labeler calibration: K responses per prompt from the demonstrator
-# at this error rate, which resembles a small SFT model's T=1 samples (its demonstrations' mistakes
-# plus its own: 63% wrong in the run above). The built-in comparisons are drawn from it too.
-REFERENCE_ERROR_RATE = 0.6
+# at these rates, which resemble a small SFT model's T=1 samples (its demonstrations' mistakes plus
+# its own). The built-in comparisons of comparison_records are drawn from it too.
+REFERENCE_ERROR_RATE = 0.4
+REFERENCE_RAMBLE_RATE = DEMO_RAMBLE_RATE
 REFERENCE_K = 4
 TARGET_AGREEMENT = 0.73  # InstructGPT: labelers agreed with each other ~73% of the time
 
 # Plackett-Luce temperature on gold scores in [0, 1]. Obtained with calibrate_temperature() (also
 # `python -m minirlhf.tasks --calibrate`): bisection so that two independent labelers order the same
 # pair alike 73% of the time, over all C(K,2) pairs of 20,000 reference groups (K=4, responses from
-# demonstrate() at REFERENCE_ERROR_RATE, seed 0) gave 0.1032. Pairs with equal gold scores count too
-# (32% of reference pairs, mostly two right answers): labelers agree on them only half the time.
-LABELER_TEMPERATURE = 0.103
+# demonstrate() at the REFERENCE_* rates, seed 0) gave 0.1445. Pairs with equal gold
+# scores count too (mostly two right answers): labelers agree on them only half the time.
+LABELER_TEMPERATURE = 0.144
 
 EVAL_PERCENT = 10  # share of the prompt space that is held out
 MISSING_EOS_FACTOR = 0.5  # a response that never ended keeps half its score
@@ -305,34 +311,42 @@ def _ramble(s, prompt_args, rng):
     return s + rng.choice(RAMBLE)
 
 
-_MISTAKES = {
-    "sort": (_digit_slip, _swap_tokens, _drop_token, _double_token, _copy_input, _ramble),
-    "reverse": (_swap_chars, _drop_char, _double_char, _wrong_case, _copy_input, _ramble),
-    "upper": (_wrong_case, _wrong_case, _drop_char, _double_char, _swap_chars, _ramble),
-    "add": (_digit_slip, _digit_slip, _swap_chars, _ramble),
-    "count": (_digit_slip, _digit_slip, _ramble),
+_MISTAKES = {  # content mistakes; rambling is a separate habit
+    "sort": (_digit_slip, _swap_tokens, _drop_token, _double_token, _copy_input),
+    "reverse": (_swap_chars, _drop_char, _double_char, _wrong_case, _copy_input),
+    "upper": (_wrong_case, _wrong_case, _drop_char, _double_char, _swap_chars),
+    "add": (_digit_slip, _digit_slip, _swap_chars),
+    "count": (_digit_slip, _digit_slip),
 }
 
 
-def demonstrate(prompt, rng, error_rate=DEMO_ERROR_RATE):
+def demonstrate(prompt, rng, error_rate=DEMO_ERROR_RATE, ramble_rate=DEMO_RAMBLE_RATE):
     """
-    A labeler's demonstration for `prompt`: the right answer, except with probability `error_rate`
-    one realistic mistake (a digit off by one, a swapped pair, a dropped or doubled character or
-    number, a wrong-case letter, the input copied unchanged, a rambling word). A mistake always
-    changes the answer, so the share of demonstrations scoring below 1 is `error_rate`.
+    A labeler's demonstration for `prompt`: the right answer, except that with probability
+    `error_rate` it has one realistic content mistake (a digit off by one, a swapped pair, a dropped
+    or doubled character or number, a wrong-case letter, the input copied unchanged), and,
+    independently, with probability `ramble_rate` a chatty word tacked on (RAMBLE). Either always
+    changes the answer, so the share of demonstrations scoring below 1 is
+    1 - (1 - error_rate) * (1 - ramble_rate).
     """
-    if not 0.0 <= error_rate <= 1.0:
-        raise ValueError(f"error_rate must be in [0, 1], got {error_rate}")
+    for name, rate in (("error_rate", error_rate), ("ramble_rate", ramble_rate)):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {rate}")
     kind, right = parse(prompt)
-    if rng.random() >= error_rate:
-        return right
     text = prompt[:-len(SEP)] if prompt.endswith(SEP) else prompt
     prompt_args = text.split(" ", 1)[1]
-    for _ in range(20):
-        wrong = rng.choice(_MISTAKES[kind])(right, prompt_args, rng)
-        if wrong and wrong != right:
-            return wrong
-    return _ramble(right, prompt_args, rng)  # always a change
+    out = right
+    if rng.random() < error_rate:
+        for _ in range(20):
+            wrong = rng.choice(_MISTAKES[kind])(right, prompt_args, rng)
+            if wrong and wrong != right:
+                out = wrong
+                break
+        else:  # no mistake of this kind changes this answer (cannot happen for the built-in sizes)
+            out = _ramble(right, prompt_args, rng)
+    if rng.random() < ramble_rate:
+        out = _ramble(out, prompt_args, rng)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -402,10 +416,10 @@ def gold_agreement(score_groups, rng, temperature=LABELER_TEMPERATURE):
     return agree / total
 
 
-def reference_groups(n, seed=0, k=REFERENCE_K, error_rate=REFERENCE_ERROR_RATE):
-    """Gold scores of k demonstrations (at `error_rate`) to each of n train prompts: the reference distribution."""
+def reference_groups(n, seed=0, k=REFERENCE_K, error_rate=REFERENCE_ERROR_RATE, ramble_rate=REFERENCE_RAMBLE_RATE):
+    """Gold scores of k demonstrations (at the given rates) to each of n train prompts: the reference distribution."""
     rng = random.Random(f"reference:{seed}")
-    return [[gold_score(p, demonstrate(p, rng, error_rate), True) for _ in range(k)]
+    return [[gold_score(p, demonstrate(p, rng, error_rate, ramble_rate), True) for _ in range(k)]
             for p in make_prompts(n, "train", rng)]
 
 
@@ -432,36 +446,36 @@ def prompt_records(n, split, seed=0):
     return [{"prompt": p} for p in make_prompts(n, split, random.Random(f"prompts:{seed}"))]
 
 
-def sft_records(n, split, seed=0, error_rate=DEMO_ERROR_RATE):
+def sft_records(n, split, seed=0, error_rate=DEMO_ERROR_RATE, ramble_rate=DEMO_RAMBLE_RATE):
     """n records {"prompt": ..., "completion": ...} of `split`, completions from the noisy demonstrator."""
     rng = random.Random(f"sft:{seed}")
-    return [{"prompt": p, "completion": demonstrate(p, rng, error_rate)} for p in make_prompts(n, split, rng)]
+    return [{"prompt": p, "completion": demonstrate(p, rng, error_rate, ramble_rate)} for p in make_prompts(n, split, rng)]
 
 
 def comparison_records(n, split, seed=0, k=REFERENCE_K, error_rate=REFERENCE_ERROR_RATE,
-                       temperature=LABELER_TEMPERATURE):
+                       ramble_rate=REFERENCE_RAMBLE_RATE, temperature=LABELER_TEMPERATURE):
     """
     n records {"prompt": ..., "responses": [k texts], "ranking": [indices, best first]} of `split`:
-    k demonstrations at `error_rate` ranked by one simulated labeler.
+    k demonstrations at the given rates ranked by one simulated labeler.
     """
     if k < 2:
         raise ValueError(f"a comparison needs k >= 2 responses, got k={k}")
     rng = random.Random(f"comparisons:{seed}")
     out = []
     for p in make_prompts(n, split, rng):
-        responses = [demonstrate(p, rng, error_rate) for _ in range(k)]
+        responses = [demonstrate(p, rng, error_rate, ramble_rate) for _ in range(k)]
         ranking = rank([gold_score(p, r, True) for r in responses], rng, temperature)
         out.append({"prompt": p, "responses": responses, "ranking": ranking})
     return out
 
 
 def export(out_dir, n_sft=20000, n_prompts=20000, n_comparisons=10000, n_eval=1000, seed=0,
-           error_rate=DEMO_ERROR_RATE, k=REFERENCE_K):
+           error_rate=DEMO_ERROR_RATE, k=REFERENCE_K, ramble_rate=DEMO_RAMBLE_RATE):
     """Write the built-in data to out_dir as JSONL; returns {file name: number of records}."""
     from minirlhf.data import write_jsonl
     files = {
-        "sft_train.jsonl": sft_records(n_sft, "train", seed, error_rate),
-        "sft_eval.jsonl": sft_records(n_eval, "eval", seed, error_rate),
+        "sft_train.jsonl": sft_records(n_sft, "train", seed, error_rate, ramble_rate),
+        "sft_eval.jsonl": sft_records(n_eval, "eval", seed, error_rate, ramble_rate),
         "prompts_train.jsonl": prompt_records(n_prompts, "train", seed),
         "prompts_eval.jsonl": prompt_records(n_eval, "eval", seed),
         "comparisons_train.jsonl": comparison_records(n_comparisons, "train", seed, k),
@@ -482,7 +496,8 @@ def main(argv=None):
     ap.add_argument("--n_comparisons", type=int, default=10000, help="K-way rankings in comparisons_train.jsonl")
     ap.add_argument("--n_eval", type=int, default=1000, help="records in each *_eval.jsonl (held-out prompts)")
     ap.add_argument("--k", type=int, default=REFERENCE_K, help="responses ranked per comparison prompt")
-    ap.add_argument("--error_rate", type=float, default=DEMO_ERROR_RATE, help="demonstrator's error rate for SFT data")
+    ap.add_argument("--error_rate", type=float, default=DEMO_ERROR_RATE, help="demonstrator's content-mistake rate for SFT data")
+    ap.add_argument("--ramble_rate", type=float, default=DEMO_RAMBLE_RATE, help="demonstrator's rambling rate for SFT data")
     ap.add_argument("--seed", type=int, default=0, help="seed of every generator")
     ap.add_argument("--calibrate", action="store_true", help="re-derive the labeler temperature and exit")
     args = ap.parse_args(argv)
@@ -496,7 +511,7 @@ def main(argv=None):
     if args.out_dir is None:
         ap.error("--out_dir is required (or --calibrate)")
     counts = export(args.out_dir, args.n_sft, args.n_prompts, args.n_comparisons, args.n_eval, args.seed,
-                    args.error_rate, args.k)
+                    args.error_rate, args.k, args.ramble_rate)
     for name, n in counts.items():
         print(f"{os.path.join(args.out_dir, name)}: {n} records")
 

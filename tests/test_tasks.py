@@ -51,7 +51,7 @@ def test_score_in_unit_interval_and_one_only_for_the_exact_answer(seed, kind, re
 @given(seeds, kinds)
 def test_near_answer_scores_between_wrong_and_exact(seed, kind):
     p = prompt_of(seed, kind)
-    near = demonstrate(p, random.Random(seed), error_rate=1.0)  # exactly one mistake
+    near = demonstrate(p, random.Random(seed), error_rate=1.0, ramble_rate=0.0)  # exactly one mistake
     wrong = "#" * len(answer(p))  # no number, no letter, nothing in common
     assert gold_score(p, wrong, True) < gold_score(p, near, True) < gold_score(p, answer(p), True)
 
@@ -104,12 +104,19 @@ def test_records_are_deterministic_in_the_seed():
     assert tasks.sft_records(50, "train", seed=7) != tasks.sft_records(50, "train", seed=8)
 
 
-@pytest.mark.parametrize("error_rate", [0.0, tasks.DEMO_ERROR_RATE, 0.7, 1.0])
-def test_demonstrator_error_rate_matches_the_setting(error_rate):
+@pytest.mark.parametrize("error_rate, ramble_rate", [
+    (0.0, 0.0), (tasks.DEMO_ERROR_RATE, tasks.DEMO_RAMBLE_RATE), (0.7, 0.0), (0.0, 0.5), (1.0, 0.0), (0.2, 1.0)])
+def test_demonstrator_rates_match_the_settings(error_rate, ramble_rate):
     rng = random.Random(0)
     prompts = tasks.make_prompts(3000, "train", rng)
-    wrong = sum(gold_score(p, demonstrate(p, rng, error_rate), True) < 1.0 for p in prompts) / len(prompts)
-    assert abs(wrong - error_rate) < 0.035  # 3.5 sd of a binomial share over 3000 draws at p=0.5 is 0.032
+    demos = [(p, demonstrate(p, rng, error_rate, ramble_rate)) for p in prompts]
+    wrong = sum(gold_score(p, d, True) < 1.0 for p, d in demos) / len(demos)
+    expected = 1 - (1 - error_rate) * (1 - ramble_rate)
+    assert abs(wrong - expected) < 0.035  # 3.5 sd of a binomial share over 3000 draws at p=0.5 is 0.032
+    # the habit, on its own: the answer is followed by a chatty word exactly in the rambling share
+    rambling = sum(d != answer(p) and any(d.endswith(r) for r in tasks.RAMBLE) for p, d in demos) / len(demos)
+    if error_rate == 0.0:
+        assert abs(rambling - ramble_rate) < 0.035
 
 
 def test_labelers_agree_about_73_percent_on_the_reference_distribution():
@@ -154,6 +161,8 @@ def test_comparison_records_rank_demonstrations():
 def test_bad_settings_are_value_errors():
     with pytest.raises(ValueError, match="error_rate"):
         demonstrate("add 1 2\n", random.Random(0), error_rate=1.5)
+    with pytest.raises(ValueError, match="ramble_rate"):
+        demonstrate("add 1 2\n", random.Random(0), ramble_rate=-0.1)
     with pytest.raises(ValueError, match="temperature"):
         rank([0.1, 0.2], random.Random(0), temperature=-1.0)
     with pytest.raises(ValueError, match="k >= 2"):
