@@ -411,7 +411,7 @@ def compare(cfg, policy, sft, reward_model, tokenizer, records, ids, builtin, ge
                 wins += 1.0 if ga > gb else 0.5 if ga == gb else 0.0
             result[f"win_rate_{mode}"] = wins / len(texts)
         result["examples"] = [{"prompt": texts[i], "sft": samples["sft", "sampled"][i]["text"],
-                               "ppo": samples["ppo", "sampled"][i]["text"]} for i in range(8)]
+                               "ppo": samples["ppo", "sampled"][i]["text"]} for i in range(min(8, len(texts)))]
     policy.train()
     return result
 
@@ -426,6 +426,8 @@ def plot_curves(history, path):
         return None
     keys = [k for k in ("objective/gold", "objective/rm_score", "objective/kl", "policy/entropy",
                         "charts/response_length", "val/explained_variance") if history and k in history[0]]
+    if not keys:  # every update was skipped: nothing to draw
+        return None
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8))
     for ax, k in zip(axes, keys):
         ax.plot([h["iteration"] for h in history], [h[k] for h in history])

@@ -56,7 +56,7 @@ class Config:
     """share of built-in demonstrations with a content mistake in them"""
     demo_ramble_rate: float = tasks.DEMO_RAMBLE_RATE
     """share of built-in demonstrations with a chatty word tacked on (labelers dislike it)"""
-    max_iters: int = 1000
+    max_iters: int = 900
     """optimizer steps"""
     batch_size: int = 64
     """sequences per step"""

@@ -73,8 +73,27 @@ def test_ppo_end_to_end(pipeline):
                 "losses/pg_loss", "losses/vf_loss", "policy/approx_kl", "policy/clipfrac", "val/explained_variance",
                 "charts/response_length", "charts/tokens_per_s", "losses/ptx_loss"):
         assert key in rows[0], key
-    assert rows[0]["objective/kl_coef"] != 0.05 != rows[1]["objective/kl_coef"]  # the adaptive controller moved it
+    start_coef = summary["config"]["kl_coef"]
+    assert rows[0]["objective/kl_coef"] != start_coef != rows[1]["objective/kl_coef"]  # the adaptive controller moved it
     assert (out / "ppo" / "ckpt.pt").exists() and (out / "ppo" / "value.pt").exists()
+
+
+def test_non_finite_rewards_skip_the_update_and_keep_the_checkpoint(tmp_path, pipeline):
+    out = pipeline[0]
+    from minirlhf.checkpoint import load_checkpoint, save_checkpoint
+    rm, tokenizer, ckpt = load_checkpoint(str(out / "rm" / "ckpt.pt"))
+    with torch.no_grad():
+        rm.score_head.bias.fill_(float("nan"))  # every reward (and every initial value) is NaN
+    save_checkpoint(str(tmp_path / "rm_nan.pt"), rm, tokenizer, ckpt["train_config"], ckpt["step"])
+    good = tmp_path / "ppo" / "ckpt.pt"  # a good policy checkpoint from an earlier run, in the out_dir
+    good.parent.mkdir()
+    good.write_bytes((out / "ppo" / "ckpt.pt").read_bytes())
+    before = good.read_bytes()
+    done = run("train_ppo.py", f"--out_dir={tmp_path}/ppo", f"--sft_ckpt={out}/sft/ckpt.pt", f"--rm_ckpt={tmp_path}/rm_nan.pt",
+               "--iterations=2", "--batch_size=4", "--n_minibatches=2", "--ppo_epochs=1", "--n_eval=4", "--save_interval=1")
+    assert done.stdout.count("non-finite rewards or advantages; skipping this update") == 2
+    assert json.loads((tmp_path / "ppo" / "summary.json").read_text())["skipped_updates"] == 2
+    assert good.read_bytes() == before  # no update happened, so nothing overwrote the last good checkpoint
 
 
 def test_jsonl_data_and_chat(tmp_path, pipeline):
