@@ -23,14 +23,13 @@ import random
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
 
 from minirlhf import tasks
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
-from minirlhf.cli import print_config, run
+from minirlhf.cli import check_at_least_one, print_config, run, setup_device
 from minirlhf.data import IGNORE_INDEX, encode_prompt, encode_sft, left_pad, read_prompts, read_sft, sft_batch
 from minirlhf.rl import (AdaptiveKLController, eos_penalty, explained_variance, gae, kl_penalty, masked_mean,
                          masked_whiten, ppo_policy_loss, ppo_value_loss, shaped_rewards)
@@ -115,9 +114,8 @@ class Config:
     """torch CPU threads (0: torch's default)"""
 
     def __post_init__(self):
-        for name in ("iterations", "batch_size", "max_new_tokens", "ppo_epochs", "n_minibatches", "save_interval"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        check_at_least_one(self, "iterations", "batch_size", "max_new_tokens", "ppo_epochs", "n_minibatches",
+                           "save_interval")
         if self.batch_size % self.n_minibatches:
             raise ValueError(f"--batch_size={self.batch_size} is not divisible by --n_minibatches={self.n_minibatches}")
         if self.temperature <= 0:
@@ -144,10 +142,7 @@ def ensure_checkpoint(path, script, out_dir, what, cfg):
 def main(cfg):
     print_config(cfg)
     t_start = time.time()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+    device, autocast = setup_device(cfg)
     ensure_checkpoint(cfg.sft_ckpt, "train_sft.py", os.path.dirname(cfg.sft_ckpt) or ".", "sft", cfg)
     ensure_checkpoint(cfg.rm_ckpt, "train_rm.py", os.path.dirname(cfg.rm_ckpt) or ".", "rm", cfg)
     t_ppo = time.time()
@@ -194,18 +189,6 @@ def main(cfg):
     kl_coef = cfg.kl_coef
     minibatch_size = cfg.batch_size // cfg.n_minibatches
 
-    def response_logprobs(model, seq, start, P, targets):
-        """Log-probs (and entropies) of the response tokens seq[:, P:] at the sampling temperature:
-        read from the hidden states at P-1 ... T-2, each of which predicts the next token."""
-        with autocast:
-            h = model.hidden_states(seq, start, last=seq.size(1) - P + 1)[:, :-1]  # (B, R, C): nothing at the prompt
-            return model.token_logprobs(h, targets, temperature=cfg.temperature, return_entropy=True)
-
-    def response_values(model, seq, start, P):
-        """The value model's estimate for each response position (B, R): the head, no lm_head."""
-        with autocast:
-            return model.score_head(model.hidden_states(seq, start, last=seq.size(1) - P + 1)[:, :-1]).squeeze(-1).float()
-
     os.makedirs(cfg.out_dir, exist_ok=True)
     ckpt_path, value_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "value.pt")
     metrics_file = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "w")
@@ -236,12 +219,9 @@ def main(cfg):
         # log-probs at the sampling temperature came with the samples: no second forward pass
         old_logprobs = out.logprobs
         with torch.no_grad():
-            ref_logprobs, _ = response_logprobs(ref_policy, seq, start, P, targets)
-            old_values = response_values(value_model, seq, start, P)
-            with autocast:
-                h = reward_model.hidden_states(seq, start, last=out.tokens.size(1))  # (B, R, C)
-                last = lengths - 1  # the EOS, or the last token of a response that ran out of budget
-                rm_scores = reward_model.score_head(h[torch.arange(len(seq), device=device), last]).squeeze(-1).float()
+            ref_logprobs = response_logprobs(ref_policy, seq, start, P, targets, cfg.temperature, autocast)
+            old_values = response_values(value_model, seq, start, P, autocast)
+            rm_scores = reward_scores(reward_model, seq, start, P, lengths, autocast)
             scores = eos_penalty(rm_scores, ended, cfg.eos_penalty_score) if cfg.stop_at_eos else rm_scores  # the EOS trick
 
             # 3. rewards: the per-token KL penalty, and the score at the last token
@@ -266,8 +246,9 @@ def main(cfg):
                 # the minibatch's prompt columns: drop columns that are padding in every row
                 mb_P = P - int(start[mb].min())
                 mb_seq, mb_start, mb_mask = seq[mb, P - mb_P:], start[mb] - (P - mb_P), mask[mb]
-                logprobs, entropy = response_logprobs(policy, mb_seq, mb_start, mb_P, targets[mb])
-                values = response_values(value_model, mb_seq, mb_start, mb_P)
+                logprobs, entropy = response_logprobs(policy, mb_seq, mb_start, mb_P, targets[mb], cfg.temperature,
+                                                      autocast, entropy=True)
+                values = response_values(value_model, mb_seq, mb_start, mb_P, autocast)
                 pg_loss, clipfrac, approx_kl = ppo_policy_loss(logprobs, old_logprobs[mb], advantages[mb], mb_mask,
                                                                cfg.clip_range)
                 vf_loss, vf_clipfrac = ppo_value_loss(values, old_values[mb], returns[mb], mb_mask, cfg.vf_clip_range)
@@ -281,7 +262,7 @@ def main(cfg):
                         ptx_lp = policy.token_logprobs(policy.hidden_states(ptx_idx), ptx_targets)
                     ptx_loss = -ptx_lp.sum() / (ptx_targets != IGNORE_INDEX).sum()
                     loss = loss + cfg.ptx_coef * ptx_loss
-                    stats["ptx_loss"].append(ptx_loss.item())
+                    stats["ptx_loss"].append(ptx_loss.detach())
                 if not torch.isfinite(loss):
                     print(f"iteration {it}: non-finite loss ({loss.item()}); skipping this minibatch")
                     skipped += 1
@@ -293,7 +274,7 @@ def main(cfg):
                 optimizer.step()
                 for k, v in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("entropy", entropy), ("approx_kl", approx_kl),
                              ("clipfrac", clipfrac), ("vf_clipfrac", vf_clipfrac)):
-                    stats[k].append(v.item())
+                    stats[k].append(v.detach())
         t_update = time.time() - t_it - t_rollout - t_score
 
         # the adaptive controller sees the KL per response (Ziegler et al. 2019)
@@ -350,7 +331,48 @@ def main(cfg):
 
 
 def _mean(xs):
-    return sum(xs) / len(xs) if xs else float("nan")
+    """The mean of a list of 0-d tensors as a float (one device sync for the lot); nan if empty."""
+    return torch.stack(xs).mean().item() if xs else float("nan")
+
+
+def response_logprobs(model, seq, start, P, targets, temperature, autocast, entropy=False):
+    """Log-probs (B, R) of the response tokens seq[:, P:] at the sampling temperature (and, with
+    entropy, each position's entropy): read from the hidden states at P-1 ... T-2, each of which
+    predicts the next token. The final block runs at those positions only."""
+    with autocast:
+        h = model.hidden_states(seq, start, last=seq.size(1) - P + 1)[:, :-1]  # (B, R, C): nothing at the prompt
+        return model.token_logprobs(h, targets, temperature=temperature, return_entropy=entropy)
+
+
+def response_values(model, seq, start, P, autocast):
+    """The value model's estimate for each response position (B, R): the scalar head, no lm_head."""
+    with autocast:
+        return model.score_head(model.hidden_states(seq, start, last=seq.size(1) - P + 1)[:, :-1]).squeeze(-1).float()
+
+
+def reward_scores(reward_model, seq, start, P, lengths, autocast):
+    """The reward model's score (B,) of each response seq[:, P:], read at its last token: the EOS,
+    or the last token of a response that ran out of budget (lengths (B,) counts the EOS)."""
+    with autocast:
+        h = reward_model.hidden_states(seq, start, last=seq.size(1) - P)  # (B, R, C)
+        return reward_model.score_head(h[torch.arange(len(seq), device=seq.device), lengths - 1]).squeeze(-1).float()
+
+
+def response_batch(prompts, responses, tokenizer, device):
+    """Prompts (token lists) and their sampled responses (sample_responses dicts) laid out as a
+    rollout lays them out: seq (B, P + R) left-padded prompt then response, start (B,), P, targets
+    (B, R) with -100 after each response, lengths (B,) with the EOS counted, ended (B,)."""
+    prompt_idx, start = left_pad(prompts, tokenizer.pad_id)
+    resp = [r["ids"] + [tokenizer.eos_id] * r["ended"] for r in responses]
+    lengths = torch.tensor([len(r) for r in resp])
+    tokens = torch.full((len(resp), int(lengths.max())), tokenizer.pad_id, dtype=torch.long)
+    for b, r in enumerate(resp):
+        tokens[b, :len(r)] = torch.tensor(r, dtype=torch.long)
+    targets = tokens.masked_fill(torch.arange(tokens.size(1))[None, :] >= lengths[:, None], IGNORE_INDEX)
+    ended = torch.tensor([r["ended"] for r in responses])
+    seq = torch.cat([prompt_idx, tokens], 1)
+    return (seq.to(device), start.to(device), prompt_idx.size(1), targets.to(device), lengths.to(device),
+            ended.to(device))
 
 
 @torch.no_grad()
@@ -368,47 +390,30 @@ def compare(cfg, policy, sft, reward_model, tokenizer, records, ids, builtin, ge
         rs = samples[name, "sampled"]
         result[f"{name}_mean_length"] = sum(len(r["ids"]) + r["ended"] for r in rs) / len(rs)
         result[f"{name}_ended"] = sum(r["ended"] for r in rs) / len(rs)
-        # the reward model's score, with the EOS trick as in training
-        scores = []
+        # the reward model's score, with the EOS trick as in training; on PPO's samples also
+        # KL(PPO || SFT) per response: the sum over its tokens of log pi - log pi_sft
+        scores, kls = [], []
         for i in range(0, len(ids), 256):
-            seqs = [p + r["ids"] + ([tokenizer.eos_id] if r["ended"] else []) for p, r in zip(ids[i:i + 256], rs[i:i + 256])]
-            idx = torch.full((len(seqs), max(map(len, seqs))), tokenizer.pad_id, dtype=torch.long)
-            for j, s in enumerate(seqs):
-                idx[j, :len(s)] = torch.tensor(s)
-            with autocast:
-                h = reward_model.hidden_states(idx.to(policy.lm_head.weight.device))
-            last = torch.tensor([len(s) - 1 for s in seqs], device=h.device)
-            rm = reward_model.score_head(h[torch.arange(len(seqs), device=h.device), last]).squeeze(-1).float()
-            ended = torch.tensor([r["ended"] for r in rs[i:i + 256]], device=h.device)
+            seq, start, P, targets, lengths, ended = response_batch(ids[i:i + 256], rs[i:i + 256], tokenizer,
+                                                                    policy.lm_head.weight.device)
+            rm = reward_scores(reward_model, seq, start, P, lengths, autocast)
             scores += eos_penalty(rm, ended, cfg.eos_penalty_score).tolist()
+            if name == "ppo":
+                lp = response_logprobs(policy, seq, start, P, targets, cfg.temperature, autocast)
+                lp_sft = response_logprobs(sft, seq, start, P, targets, cfg.temperature, autocast)
+                kls += (lp - lp_sft).sum(1).tolist()
         result[f"{name}_rm_score"] = sum(scores) / len(scores)
-    # KL(PPO || SFT) per response, estimated on the PPO samples: sum over tokens of log pi - log pi_sft
-    kls = []
-    for i in range(0, len(ids), 256):
-        rs = samples["ppo", "sampled"][i:i + 256]
-        prompt_idx, start = left_pad(ids[i:i + 256], tokenizer.pad_id)
-        resp = [r["ids"] + ([tokenizer.eos_id] if r["ended"] else []) for r in rs]
-        R = max(max(map(len, resp)), 1)
-        tokens = torch.tensor([r + [tokenizer.pad_id] * (R - len(r)) for r in resp])
-        mask = torch.tensor([[j < len(r) for j in range(R)] for r in resp])
-        seq = torch.cat([prompt_idx, tokens], 1).to(policy.lm_head.weight.device)
-        start, targets, P = start.to(seq.device), tokens.masked_fill(~mask, IGNORE_INDEX).to(seq.device), prompt_idx.size(1)
-        with autocast:
-            lp = policy.token_logprobs(policy.hidden_states(seq, start)[:, P - 1:-1], targets, temperature=cfg.temperature)
-            lp_sft = sft.token_logprobs(sft.hidden_states(seq, start)[:, P - 1:-1], targets, temperature=cfg.temperature)
-        kls += (lp - lp_sft).sum(1).tolist()
-    result["kl_ppo_sft"] = sum(kls) / len(kls)
+        if name == "ppo":
+            result["kl_ppo_sft"] = sum(kls) / len(kls)
     if builtin:
         texts = [r["prompt"] for r in records]
-        for key, rs in samples.items():
-            golds = [tasks.gold_score(p, r["text"], r["ended"]) for p, r in zip(texts, rs)]
-            result[f"{key[0]}_gold_{key[1]}"] = sum(golds) / len(rs)
-            result[f"{key[0]}_exact_{key[1]}"] = sum(g == 1.0 for g in golds) / len(rs)
+        golds = {key: [tasks.gold_score(p, r["text"], r["ended"]) for p, r in zip(texts, rs)]
+                 for key, rs in samples.items()}
+        for (name, mode), g in golds.items():
+            result[f"{name}_gold_{mode}"] = sum(g) / len(g)
+            result[f"{name}_exact_{mode}"] = sum(x == 1.0 for x in g) / len(g)
         for mode in ("sampled", "greedy"):
-            wins = 0.0
-            for p, a, b in zip(texts, samples["ppo", mode], samples["sft", mode]):
-                ga, gb = tasks.gold_score(p, a["text"], a["ended"]), tasks.gold_score(p, b["text"], b["ended"])
-                wins += 1.0 if ga > gb else 0.5 if ga == gb else 0.0
+            wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(golds["ppo", mode], golds["sft", mode]))
             result[f"win_rate_{mode}"] = wins / len(texts)
         result["examples"] = [{"prompt": texts[i], "sft": samples["sft", "sampled"][i]["text"],
                                "ppo": samples["ppo", "sampled"][i]["text"]} for i in range(min(8, len(texts)))]

@@ -19,14 +19,13 @@ import math
 import os
 import random
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
 
 from minirlhf import tasks
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
-from minirlhf.cli import print_config, run
+from minirlhf.cli import check_at_least_one, print_config, run, setup_device
 from minirlhf.data import encode_comparison, left_pad, read_comparisons
 from minirlhf.rl import pairwise_loss, ranking_pairs
 from minirlhf.sampling import Progress, format_eta, sample_responses
@@ -81,9 +80,8 @@ class Config:
     """torch CPU threads (0: torch's default)"""
 
     def __post_init__(self):
-        for name in ("n_prompts", "n_eval_prompts", "epochs", "batch_size", "log_interval", "eval_interval", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        check_at_least_one(self, "n_prompts", "n_eval_prompts", "epochs", "batch_size", "log_interval", "eval_interval",
+                           "max_new_tokens")
         if self.k < 2:
             raise ValueError(f"--k must be at least 2 (a ranking compares responses), got {self.k}")
         if self.data != "builtin" and not self.eval_data:
@@ -93,10 +91,7 @@ class Config:
 def main(cfg):
     print_config(cfg)
     t_start = time.time()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+    device, autocast = setup_device(cfg)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
 
@@ -210,10 +205,12 @@ def main(cfg):
             it += 1
             seen_pairs += len(better)
             agree = (rewards[better] > rewards[worse]).float() + 0.5 * (rewards[better] == rewards[worse]).float()
-            window.append((loss.item(), agree.mean().item()))  # a tie (identical responses) counts half
+            # a tie (identical responses) counts half; no device sync per step: read at the log interval
+            window.append(torch.stack([loss.detach(), agree.mean()]))
             if it % cfg.log_interval == 0 or it == max_iters:
-                row = {"step": it, "epoch": epoch, "train/loss": sum(w[0] for w in window) / len(window),
-                       "train/accuracy": sum(w[1] for w in window) / len(window), "train/lr": lr_at(it - 1),
+                mean_loss, mean_acc = torch.stack(window).mean(0).tolist()
+                row = {"step": it, "epoch": epoch, "train/loss": mean_loss,
+                       "train/accuracy": mean_acc, "train/lr": lr_at(it - 1),
                        "time": time.time() - t_start}
                 window = []
                 if it % cfg.eval_interval == 0 or it == max_iters:

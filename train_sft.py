@@ -14,14 +14,13 @@ import math
 import os
 import random
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
 
 from minirlhf import tasks
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
-from minirlhf.cli import print_config, run
+from minirlhf.cli import check_at_least_one, print_config, run, setup_device
 from minirlhf.data import encode_sft, read_sft, sft_batch
 from minirlhf.model import GPT, GPTConfig
 from minirlhf.sampling import Progress, format_eta, sample_responses
@@ -90,9 +89,8 @@ class Config:
     """torch CPU threads (0: torch's default)"""
 
     def __post_init__(self):
-        for name in ("max_iters", "batch_size", "log_interval", "eval_interval", "eval_batches", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        check_at_least_one(self, "max_iters", "batch_size", "log_interval", "eval_interval", "eval_batches",
+                           "max_new_tokens")
         for name in ("demo_error_rate", "demo_ramble_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
@@ -111,10 +109,7 @@ def lr_at(it, cfg):
 def main(cfg):
     print_config(cfg)
     t_start = time.time()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+    device, autocast = setup_device(cfg)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
 
@@ -193,10 +188,10 @@ def main(cfg):
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         optimizer.step()
         n_tokens += idx.numel()
-        losses.append(loss.item())
+        losses.append(loss.detach())  # no device sync per step: read at the log interval
 
         if it % cfg.log_interval == 0 or it == cfg.max_iters:
-            row = {"step": it, "train/loss": sum(losses) / len(losses), "train/lr": lr_at(it - 1, cfg),
+            row = {"step": it, "train/loss": torch.stack(losses).mean().item(), "train/lr": lr_at(it - 1, cfg),
                    "train/grad_norm": grad_norm.item(), "time": time.time() - t_start}
             losses = []
             if it % cfg.eval_interval == 0 or it == cfg.max_iters:

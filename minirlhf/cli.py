@@ -9,7 +9,10 @@ import sys
 import textwrap
 import types
 import typing
+from contextlib import nullcontext
 from dataclasses import asdict, fields
+
+import torch
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -90,6 +93,23 @@ def print_config(cfg):
     width = max(len(k) for k in asdict(cfg))
     for k, v in asdict(cfg).items():
         print(f"  {k:<{width}} = {v!r}")
+
+
+def check_at_least_one(cfg, *names):
+    """A ValueError naming the option if any of these fields of cfg is below 1."""
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
+
+
+def setup_device(cfg):
+    """(device, autocast) from cfg.device and cfg.threads: auto picks cuda when there is one; on CUDA
+    the models run under bf16 autocast, elsewhere in fp32."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+    return device, autocast
 
 
 def run(main, cls, prog):

@@ -96,8 +96,7 @@ def test_non_finite_rewards_skip_the_update_and_keep_the_checkpoint(tmp_path, pi
     assert good.read_bytes() == before  # no update happened, so nothing overwrote the last good checkpoint
 
 
-def test_jsonl_data_and_chat(tmp_path, pipeline):
-    out = pipeline[0]
+def test_jsonl_data_and_chat(tmp_path):
     sft = tmp_path / "sft.jsonl"
     sft.write_text("\n".join(json.dumps(r) for r in [
         {"prompt": "add 1 2\n", "completion": "3"},
