@@ -27,13 +27,15 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from minirlhf import tasks
+from minirlhf.tasks import instruct as tasks
+from minirlhf.tasks import labelers
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
 from minirlhf.cli import check_at_least_one, print_config, run, setup_device
 from minirlhf.data import IGNORE_INDEX, encode_prompt, encode_sft, left_pad, read_prompts, read_sft, sft_batch
 from minirlhf.rl import (AdaptiveKLController, eos_penalty, explained_variance, gae, kl_penalty, masked_mean,
                          masked_whiten, ppo_policy_loss, ppo_value_loss, shaped_rewards)
 from minirlhf.sampling import format_eta, sample_responses
+from minirlhf.scoring import response_batch, response_logprobs, response_values, reward_scores
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -259,7 +261,7 @@ def main(cfg):
                                                      tokenizer.pad_id)
                     ptx_idx, ptx_targets = ptx_idx.to(device), ptx_targets.to(device)
                     with autocast:
-                        ptx_lp = policy.token_logprobs(policy.hidden_states(ptx_idx), ptx_targets)
+                        ptx_lp = policy(ptx_idx, targets=ptx_targets)
                     ptx_loss = -ptx_lp.sum() / (ptx_targets != IGNORE_INDEX).sum()
                     loss = loss + cfg.ptx_coef * ptx_loss
                     stats["ptx_loss"].append(ptx_loss.detach())
@@ -333,46 +335,6 @@ def main(cfg):
 def _mean(xs):
     """The mean of a list of 0-d tensors as a float (one device sync for the lot); nan if empty."""
     return torch.stack(xs).mean().item() if xs else float("nan")
-
-
-def response_logprobs(model, seq, start, P, targets, temperature, autocast, entropy=False):
-    """Log-probs (B, R) of the response tokens seq[:, P:] at the sampling temperature (and, with
-    entropy, each position's entropy): read from the hidden states at P-1 ... T-2, each of which
-    predicts the next token. The final block runs at those positions only."""
-    with autocast:
-        h = model.hidden_states(seq, start, last=seq.size(1) - P + 1)[:, :-1]  # (B, R, C): nothing at the prompt
-        return model.token_logprobs(h, targets, temperature=temperature, return_entropy=entropy)
-
-
-def response_values(model, seq, start, P, autocast):
-    """The value model's estimate for each response position (B, R): the scalar head, no lm_head."""
-    with autocast:
-        return model.score_head(model.hidden_states(seq, start, last=seq.size(1) - P + 1)[:, :-1]).squeeze(-1).float()
-
-
-def reward_scores(reward_model, seq, start, P, lengths, autocast):
-    """The reward model's score (B,) of each response seq[:, P:], read at its last token: the EOS,
-    or the last token of a response that ran out of budget (lengths (B,) counts the EOS)."""
-    with autocast:
-        h = reward_model.hidden_states(seq, start, last=seq.size(1) - P)  # (B, R, C)
-        return reward_model.score_head(h[torch.arange(len(seq), device=seq.device), lengths - 1]).squeeze(-1).float()
-
-
-def response_batch(prompts, responses, tokenizer, device):
-    """Prompts (token lists) and their sampled responses (sample_responses dicts) laid out as a
-    rollout lays them out: seq (B, P + R) left-padded prompt then response, start (B,), P, targets
-    (B, R) with -100 after each response, lengths (B,) with the EOS counted, ended (B,)."""
-    prompt_idx, start = left_pad(prompts, tokenizer.pad_id)
-    resp = [r["ids"] + [tokenizer.eos_id] * r["ended"] for r in responses]
-    lengths = torch.tensor([len(r) for r in resp])
-    tokens = torch.full((len(resp), int(lengths.max())), tokenizer.pad_id, dtype=torch.long)
-    for b, r in enumerate(resp):
-        tokens[b, :len(r)] = torch.tensor(r, dtype=torch.long)
-    targets = tokens.masked_fill(torch.arange(tokens.size(1))[None, :] >= lengths[:, None], IGNORE_INDEX)
-    ended = torch.tensor([r["ended"] for r in responses])
-    seq = torch.cat([prompt_idx, tokens], 1)
-    return (seq.to(device), start.to(device), prompt_idx.size(1), targets.to(device), lengths.to(device),
-            ended.to(device))
 
 
 @torch.no_grad()

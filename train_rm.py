@@ -23,12 +23,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from minirlhf import tasks
+from minirlhf.tasks import instruct as tasks
+from minirlhf.tasks import labelers
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
 from minirlhf.cli import check_at_least_one, print_config, run, setup_device
-from minirlhf.data import encode_comparison, left_pad, read_comparisons
+from minirlhf.data import encode_comparison, read_comparisons
 from minirlhf.rl import pairwise_loss, ranking_pairs
 from minirlhf.sampling import Progress, format_eta, sample_responses
+from minirlhf.scoring import comparison_batch, rewards_at_eos
 
 
 @dataclass
@@ -116,15 +118,15 @@ def main(cfg):
                 group = responses[i * cfg.k:(i + 1) * cfg.k]
                 scores = [tasks.gold_score(p, r["text"], r["ended"]) for r in group]
                 # token ids, not text: a sample need not be valid UTF-8, so its text may not encode back to it
-                groups.append((ids[i], [r["ids"] + [tokenizer.eos_id] for r in group], tasks.rank(scores, rng)))
+                groups.append((ids[i], [r["ids"] + [tokenizer.eos_id] for r in group], labelers.rank(scores, rng, tasks.LABELER_TEMPERATURE)))
                 score_groups.append(scores)
             return groups, score_groups
         t0 = time.time()
         train, _ = ranked_samples(cfg.n_prompts, "train")
         evals, eval_groups = ranked_samples(cfg.n_eval_prompts, "eval")
         # the ceiling: how often a second, independent labeler agrees with the first on the held-out pairs
-        labeler_agreement = tasks.labeler_agreement(eval_groups, random.Random(cfg.seed + 1))
-        gold_pairs_agreement = tasks.gold_agreement(eval_groups, random.Random(cfg.seed + 2))
+        labeler_agreement = labelers.labeler_agreement(eval_groups, random.Random(cfg.seed + 1), tasks.LABELER_TEMPERATURE)
+        gold_pairs_agreement = labelers.gold_agreement(eval_groups, random.Random(cfg.seed + 2), tasks.LABELER_TEMPERATURE)
         print(f"sampled and ranked {cfg.k} SFT responses for {len(train)} + {len(evals)} prompts "
               f"in {time.time() - t0:.0f}s; two labelers agree on {labeler_agreement:.1%} of held-out pairs")
     else:
@@ -133,28 +135,12 @@ def main(cfg):
     n_pairs = sum(len(ranking_pairs(r)) for _, _, r in train)
     print(f"data: {len(train)} ranked prompts ({n_pairs} pairs) for training, {len(evals)} held out")
 
-    def rewards_at_eos(seqs):
-        """The reward of each token sequence (prompt + response + EOS), read at its last token.
-        Left padding puts every last token in the last column, so only it goes through the final block."""
-        idx, start = left_pad(seqs, tokenizer.pad_id)
-        with autocast:
-            h = model.hidden_states(idx.to(device), start.to(device), last=1)  # (n, 1, C)
-        return model.score_head(h).float().view(-1)
-
     def rewards_of(groups):
-        """One forward pass per response, not per pair. Returns the rewards (n_responses,), the
-        (better, worse) index pairs of every group's ranking, and each pair's weight."""
-        seqs, better, worse, weights = [], [], [], []
-        for prompt, responses, ranking in groups:
-            offset = len(seqs)
-            seqs += [prompt + r for r in responses]
-            pairs = ranking_pairs(ranking)
-            better += [offset + b for b, _ in pairs]
-            worse += [offset + w for _, w in pairs]
-            weights += [1.0 / len(pairs)] * len(pairs)  # InstructGPT: each prompt's C(K, 2) pairs weigh as one
-        as_tensor = lambda x, dtype: torch.tensor(x, dtype=dtype, device=device)  # noqa: E731
-        return rewards_at_eos(seqs), as_tensor(better, torch.long), as_tensor(worse, torch.long), \
-            as_tensor(weights, torch.float32)
+        """The rewards of every response of the groups (one forward pass per response, not per pair),
+        the (better, worse) index pairs of every group's ranking, and each pair's weight."""
+        seqs, better, worse, weights = comparison_batch(groups)
+        return (rewards_at_eos(model, seqs, tokenizer.pad_id, device, autocast), better.to(device), worse.to(device),
+                weights.to(device))
 
     @torch.no_grad()
     def evaluate():
@@ -231,7 +217,8 @@ def main(cfg):
     with torch.no_grad():
         model.eval()
         seqs = [p + s["ids"] + [tokenizer.eos_id] for p, s in zip(bias_prompts, samples)]
-        mean_reward = torch.cat([rewards_at_eos(seqs[i:i + 128]) for i in range(0, len(seqs), 128)]).mean()
+        mean_reward = torch.cat([rewards_at_eos(model, seqs[i:i + 128], tokenizer.pad_id, device, autocast)
+                                 for i in range(0, len(seqs), 128)]).mean()
         model.score_head.bias -= mean_reward
     accuracy = evaluate()
     save_checkpoint(ckpt_path, model, tokenizer, cfg, it, metrics={"eval/accuracy": accuracy})

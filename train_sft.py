@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from minirlhf import tasks
+from minirlhf.tasks import instruct as tasks
+from minirlhf.tasks import labelers
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
 from minirlhf.cli import check_at_least_one, print_config, run, setup_device
 from minirlhf.data import encode_sft, read_sft, sft_batch
@@ -154,7 +155,7 @@ def main(cfg):
     def loss_of(idx, targets):
         """Mean negative log-likelihood of the completion tokens (targets of -100 carry no loss)."""
         with autocast:
-            logprobs = model.token_logprobs(model.hidden_states(idx), targets)
+            logprobs = model(idx, targets=targets)
         return -logprobs.sum() / (targets != -100).sum()
 
     @torch.no_grad()

@@ -9,6 +9,7 @@ named as GPT-2 names it so that its weights load by name, plus what RLHF needs o
 - the final hidden states on request (`hidden_states`), for scalar heads and for the fused
   log-prob kernel, which reads them together with lm_head.weight instead of the logits;
 - an optional scalar head (n_embd -> 1): the same class is the reward model and the value model;
+- one forward for everything trained (logits, log-probs of targets, scalars), as DDP and FSDP want;
 - batched sampling with a KV cache (`generate`);
 - GPT-2 weights from a local Hugging Face directory (`GPT.from_pretrained`).
 
@@ -64,17 +65,20 @@ def attention(q, k, v, key_start, impl):
 
 
 class KVCache:
-    """Keys and values of every layer for batched decoding, preallocated for max_len positions.
+    """Keys and values of every layer for batched decoding, room for max_len positions.
     All rows advance together (prompts are left-padded), so one length serves the batch."""
 
-    def __init__(self, config, batch_size, max_len, device, dtype):
-        shape = (config.n_layer, batch_size, config.n_head, max_len, config.n_embd // config.n_head)
-        self.k = torch.empty(shape, device=device, dtype=dtype)  # (L, B, nh, max_len, hs)
-        self.v = torch.empty(shape, device=device, dtype=dtype)
+    def __init__(self, config, batch_size, max_len):
+        self.shape = (config.n_layer, batch_size, config.n_head, max_len, config.n_embd // config.n_head)
+        self.k = self.v = None  # (L, B, nh, max_len, hs), allocated by the first update
         self.len = 0  # positions filled so far
 
     def update(self, layer, k, v):
         """Append this step's k, v (B, nh, T, hs) of one layer; return all of them so far."""
+        if self.k is None:
+            # in the dtype c_attn produced them in, not the weights': under autocast that is bf16
+            # (fp16), the dtype of q too, and attention needs q, k, v alike
+            self.k, self.v = k.new_empty(self.shape), v.new_empty(self.shape)
         end = self.len + k.size(2)
         self.k[layer, :, :, self.len:end] = k
         self.v[layer, :, :, self.len:end] = v
@@ -195,28 +199,47 @@ class GPT(nn.Module):
             cache.len += T
         return self.transformer.ln_f(x)
 
-    def forward(self, idx, start=None, cache=None):
-        """Logits (B, T, V) for tokens idx (B, T); see hidden_states for start and cache."""
-        return self.lm_head(self.hidden_states(idx, start, cache))
+    def forward(self, idx, start=None, *, last=None, targets=None, temperature=1.0, return_entropy=False):
+        """What the model computes for tokens idx (B, T) at the final `last` positions (all if None):
+        - a model with a scalar head: its scalars (B, last), fp32: rewards (read at the EOS) or values;
+        - with targets (B, last): the log-probs of the targets there (token_logprobs: the SFT loss,
+          PPO's log-probs; with return_entropy also the entropies), fp32;
+        - otherwise: the logits (B, last, V).
+        Training goes through here, and only here, so that DistributedDataParallel and FSDP, which
+        hook forward, see every pass. start: left padding, as in hidden_states."""
+        h = self.hidden_states(idx, start, last=last)
+        if self.score_head is not None:
+            return self.score_head(h).squeeze(-1).float()
+        if targets is not None:
+            return self.token_logprobs(h, targets, temperature=temperature, return_entropy=return_entropy)
+        return self.lm_head(h)
 
     def token_logprobs(self, hidden, targets, temperature=1.0, return_entropy=False):
         """log p(targets) under softmax(lm_head(hidden) / temperature), fp32, for hidden (..., C)
         and targets (...); a target of -100 gives 0 and no gradient. With return_entropy, also the
         entropy of each position's distribution. SFT's loss is minus their mean, PPO's ratios their
         differences. On CUDA the fused Triton op works through the tokens in chunks, so the
-        (..., V) logits never exist; elsewhere the plain-PyTorch reference materializes them."""
-        impl = self.config.logprob_impl
-        if impl == "triton" or (impl == "auto" and hidden.is_cuda):
-            op = kernels.logprobs.linear_token_logprobs
-        else:
-            op = kernels.logprobs.linear_token_logprobs_reference
-        return op(hidden, self.lm_head.weight, targets, temperature=temperature, return_entropy=return_entropy)
+        (..., V) logits never exist; elsewhere the plain-PyTorch reference materializes them.
+        The logits are computed in the weights' dtype (fp32), outside autocast, here as in
+        generate: PPO's old log-probs (from sampling) and its new ones (from this) must agree, or
+        the first minibatch's ratio is not 1 (a classic bug: verl#2996)."""
+        op = kernels.logprobs.linear_token_logprobs if self._triton_logprobs(hidden) else \
+            kernels.logprobs.linear_token_logprobs_reference
+        weight = self.lm_head.weight
+        with torch.autocast(hidden.device.type, enabled=False):
+            return op(hidden.to(weight.dtype), weight, targets, temperature=temperature, return_entropy=return_entropy)
 
-    def scores(self, idx, start=None):
-        """The scalar head at every position (B, T): rewards (read at the EOS token) or values."""
-        if self.score_head is None:
-            raise ValueError("this GPT has no scalar head (GPTConfig.scalar_head=False)")
-        return self.score_head(self.hidden_states(idx, start)).squeeze(-1)
+    def _triton_logprobs(self, x):
+        return self.config.logprob_impl == "triton" or (self.config.logprob_impl == "auto" and x.is_cuda)
+
+    def head_logits(self, h):
+        """Logits (B, V) of hidden states h (B, C) in the weights' dtype, outside autocast (as
+        token_logprobs forms them). Computed as (V, C) @ (C, B), transposed: with a handful of rows
+        this order reads the lm_head weight in one sequential sweep (on a 2-core CPU half the time
+        of h @ W.T and a row-wise softmax)."""
+        weight = self.lm_head.weight
+        with torch.autocast(h.device.type, enabled=False):
+            return (weight @ h.to(weight.dtype).T).T
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, *, start=None, temperature=1.0, top_k=None, top_p=None,
@@ -237,7 +260,9 @@ class GPT(nn.Module):
             raise ValueError("generate: eos_id needs a pad_id for the rows that have stopped")
         if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
             raise ValueError(f"generate: bad sampling settings temperature={temperature}, top_k={top_k}, top_p={top_p}")
-        cache = KVCache(self.config, B, T + max_new_tokens, idx.device, self.lm_head.weight.dtype) if use_cache else None
+        cache = KVCache(self.config, B, T + max_new_tokens) if use_cache else None
+        logprobs_op = kernels.logprobs.token_logprobs if self._triton_logprobs(idx) else \
+            kernels.logprobs.token_logprobs_reference  # the log-softmax that token_logprobs runs
         seq, step_in = idx, idx  # all tokens so far; what the next forward reads
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
         tokens, masks, logprobs = [], [], []
@@ -246,14 +271,9 @@ class GPT(nn.Module):
                 h = self.hidden_states(step_in, start, cache, last=1)[:, -1]  # (B, C): only the newest position
             else:
                 h = self.hidden_states(seq, start, last=1)[:, -1]
-            # logits as (V, C) @ (C, B): with a handful of rows this order reads the lm_head weight in
-            # one sequential sweep, and the softmax runs over contiguous memory; on a 2-core CPU the
-            # two together take half the time of lm_head(h) and a log_softmax over its rows
-            logits_vb = (self.lm_head.weight @ h.T).float()  # (V, B)
-            logp = F.log_softmax(logits_vb / temperature if temperature > 0 else logits_vb, dim=0).T  # (B, V)
-            logits = logits_vb.T  # (B, V)
-            tok = _sample(logits, temperature, top_k, top_p, generator)  # (B,)
-            lp = logp.gather(-1, tok[:, None]).squeeze(-1)
+            logits = self.head_logits(h)  # (B, V)
+            tok = _sample(logits.float(), temperature, top_k, top_p, generator)  # (B,)
+            lp = logprobs_op(logits, tok, temperature=temperature if temperature > 0 else 1.0)  # (B,) fp32
             if eos_id is not None:
                 tok = tok.masked_fill(done, pad_id)
             tokens.append(tok)

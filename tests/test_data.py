@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minirlhf import tasks
+from minirlhf.tasks import instruct as tasks
 from minirlhf.data import (IGNORE_INDEX, encode_comparison, encode_prompt, encode_sft, left_pad,
                            read_comparisons, read_prompts, read_sft, sft_batch, write_jsonl)
 from minirlhf.tokenizer import get_tokenizer
@@ -206,6 +206,6 @@ def test_exported_files_round_trip_through_the_readers(tmp_path):
 
 
 def test_exporter_command_line(tmp_path):
-    tasks.main(["--out_dir", str(tmp_path), "--n_sft", "5", "--n_prompts", "5", "--n_comparisons", "5",
-                "--n_eval", "5"])
+    from minirlhf.tasks.__main__ import main
+    main(["--task=instruct", f"--out_dir={tmp_path}", "--n_sft=5", "--n_prompts=5", "--n_comparisons=5", "--n_eval=5"])
     assert len(read_sft(str(tmp_path / "sft_eval.jsonl"))) == 5

@@ -91,13 +91,22 @@ def test_scalar_head_and_hidden_states():
     idx = torch.randint(0, V, (2, 7))
     h = model.hidden_states(idx)
     assert h.shape == (2, 7, 32)
-    torch.testing.assert_close(model(idx), h @ model.lm_head.weight.T)
-    assert model.scores(idx).shape == (2, 7)
+    torch.testing.assert_close(model(idx), (h @ model.score_head.weight.T).squeeze(-1) + model.score_head.bias)
+    torch.testing.assert_close(model(idx, last=3), model(idx)[:, -3:])
     assert model.transformer.wte.weight is model.lm_head.weight  # tied embeddings
     std = model.score_head.weight.std().item()
     assert 0.5 / 33 ** 0.5 < std < 2 / 33 ** 0.5  # N(0, 1/sqrt(n_embd + 1))
-    with pytest.raises(ValueError, match="no scalar head"):
-        make_model().scores(idx)
+
+
+def test_forward_with_targets_gives_their_logprobs():
+    model = make_model(9)
+    idx = torch.randint(0, EOS, (2, 7))
+    targets = torch.randint(0, EOS, (2, 4))
+    targets[1, 2:] = -100
+    logits = model(idx)[:, -4:]
+    expect = torch.log_softmax(logits / 0.8, -1).gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)
+    expect = expect.masked_fill(targets == -100, 0.0)
+    torch.testing.assert_close(model(idx, last=4, targets=targets, temperature=0.8), expect, atol=1e-5, rtol=1e-5)
 
 
 def test_too_long_inputs_are_errors():

@@ -5,8 +5,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minirlhf import tasks
-from minirlhf.tasks import KINDS, answer, demonstrate, gold_score, make_prompt, rank
+from minirlhf.tasks import instruct as tasks
+from minirlhf.tasks import labelers
+from minirlhf.tasks.instruct import KINDS, LABELER_TEMPERATURE, answer, demonstrate, gold_score, make_prompt
 
 seeds = st.integers(0, 2**32 - 1)
 kinds = st.sampled_from(KINDS)
@@ -121,19 +122,20 @@ def test_demonstrator_rates_match_the_settings(error_rate, ramble_rate):
 
 def test_labelers_agree_about_73_percent_on_the_reference_distribution():
     groups = tasks.reference_groups(4000, seed=1)  # another seed than the calibration's
-    assert abs(tasks.labeler_agreement(groups, random.Random(0)) - tasks.TARGET_AGREEMENT) < 0.03
+    assert abs(labelers.labeler_agreement(groups, random.Random(0), LABELER_TEMPERATURE) - labelers.TARGET_AGREEMENT) < 0.03
     # agreement falls with labeler noise: from 1 with noiseless labelers towards 1/2 with random ones
-    a_noisy = tasks.labeler_agreement(groups[:1000], random.Random(0), temperature=100.0)
-    assert a_noisy < tasks.labeler_agreement(groups[:1000], random.Random(0)) < 1.0
+    a_noisy = labelers.labeler_agreement(groups[:1000], random.Random(0), temperature=100.0)
+    assert a_noisy < labelers.labeler_agreement(groups[:1000], random.Random(0), LABELER_TEMPERATURE) < 1.0
     # one labeler agrees with the truth more often than with another labeler: the RM's real ceiling
-    assert tasks.gold_agreement(groups, random.Random(0)) > tasks.labeler_agreement(groups, random.Random(0))
+    assert (labelers.gold_agreement(groups, random.Random(0), LABELER_TEMPERATURE)
+            > labelers.labeler_agreement(groups, random.Random(0), LABELER_TEMPERATURE))
     distinct = [g for g in groups if len(set(g)) == len(g)]
-    assert tasks.labeler_agreement(distinct, random.Random(0), temperature=0) == 1.0
+    assert labelers.labeler_agreement(distinct, random.Random(0), temperature=0) == 1.0
 
 
 @given(st.lists(st.floats(0, 1), min_size=1, max_size=9), st.floats(0, 2), seeds)
 def test_rank_is_a_permutation(scores, temperature, seed):
-    order = rank(scores, random.Random(seed), temperature)
+    order = labelers.rank(scores, random.Random(seed), temperature)
     assert sorted(order) == list(range(len(scores)))
 
 
@@ -141,14 +143,14 @@ def test_rank_is_a_permutation(scores, temperature, seed):
 def test_noiseless_labeler_sorts_by_score(points, seed):
     scores = [x / 100 for x in points]
     best_first = sorted(range(len(scores)), key=lambda i: -scores[i])
-    assert rank(scores, random.Random(seed), temperature=0) == best_first
+    assert labelers.rank(scores, random.Random(seed), temperature=0) == best_first
     # the limit, not just the special case: gaps of 0.01 at temperature 1e-4 swap with probability e^-100
-    assert rank(scores, random.Random(seed), temperature=1e-4) == best_first
+    assert labelers.rank(scores, random.Random(seed), temperature=1e-4) == best_first
 
 
 def test_labeler_prefers_better_responses():
     rng = random.Random(0)
-    firsts = [rank([0.2, 0.9, 0.5, 0.0], rng)[0] for _ in range(2000)]
+    firsts = [labelers.rank([0.2, 0.9, 0.5, 0.0], rng, LABELER_TEMPERATURE)[0] for _ in range(2000)]
     assert firsts.count(1) / len(firsts) > 0.8  # best picked first far more often than 1/4
 
 
@@ -164,7 +166,7 @@ def test_bad_settings_are_value_errors():
     with pytest.raises(ValueError, match="ramble_rate"):
         demonstrate("add 1 2\n", random.Random(0), ramble_rate=-0.1)
     with pytest.raises(ValueError, match="temperature"):
-        rank([0.1, 0.2], random.Random(0), temperature=-1.0)
+        labelers.rank([0.1, 0.2], random.Random(0), temperature=-1.0)
     with pytest.raises(ValueError, match="k >= 2"):
         tasks.comparison_records(1, "train", k=1)
     with pytest.raises(ValueError, match="unknown task kind"):

@@ -1,5 +1,5 @@
 """
-The built-in task: short instructions a tiny byte-level GPT can learn in minutes on a CPU, plus
+The built-in instruct task (InstructGPT): short instructions a tiny byte-level GPT can learn in minutes on a CPU, plus
 three stand-ins for InstructGPT's people, so the whole recipe runs without a single human label.
 
 A prompt is one instruction line ending in SEP ("\\n"); the completion is just the answer (the data
@@ -21,24 +21,27 @@ The stand-ins:
     demonstrate  a labeler writing an SFT demonstration, with realistic content mistakes and a chatty
                  habit at set rates, so that SFT alone stays clearly imperfect and PPO has room
                  to improve on it
-    rank         a labeler ranking K responses by Plackett-Luce sampling on the gold scores, noisy
-                 enough that two labelers agree on ~73% of pairs (InstructGPT, Ouyang et al. 2022)
+    labelers     rank K responses by Plackett-Luce sampling on the gold scores (tasks/labelers.py) at
+                 LABELER_TEMPERATURE, noisy enough that two labelers agree on ~73% of pairs
+                 (InstructGPT, Ouyang et al. 2022)
 
 Prompts fall in the train or the eval split by a hash of their text, so the splits are disjoint by
 construction, whoever generates them and with whatever seed.
 
 Export the built-in data as JSONL (the formats of minirlhf/data.py):
-    python -m minirlhf.tasks --out_dir data/builtin [--n_sft 20000 --seed 0 ...]
-    python -m minirlhf.tasks --calibrate            # re-derive LABELER_TEMPERATURE
+    python -m minirlhf.tasks --task=instruct --out_dir=data/instruct [--n_sft=20000 --seed=0 ...]
+    python -m minirlhf.tasks --task=instruct --calibrate     # re-derive LABELER_TEMPERATURE
 """
-import argparse
 import hashlib
-import math
 import os
 import random
 import re
 import string
 from collections import Counter
+
+from minirlhf.tasks.labelers import rank
+
+NAME = "instruct"
 
 KINDS = ("sort", "reverse", "upper", "add", "count")
 SEP = "\n"  # ends every prompt: the model keys on it to start answering
@@ -64,13 +67,13 @@ DEMO_RAMBLE_RATE = 0.6
 REFERENCE_ERROR_RATE = 0.4
 REFERENCE_RAMBLE_RATE = DEMO_RAMBLE_RATE
 REFERENCE_K = 4
-TARGET_AGREEMENT = 0.73  # InstructGPT: labelers agreed with each other ~73% of the time
 
-# Plackett-Luce temperature on gold scores in [0, 1]. Obtained with calibrate_temperature() (also
-# `python -m minirlhf.tasks --calibrate`): bisection so that two independent labelers order the same
-# pair alike 73% of the time, over all C(K,2) pairs of 20,000 reference groups (K=4, responses from
-# demonstrate() at the REFERENCE_* rates, seed 0) gave 0.1445. Pairs with equal gold
-# scores count too (mostly two right answers): labelers agree on them only half the time.
+# Plackett-Luce temperature on gold scores in [0, 1]. Obtained with labelers.calibrate_temperature() on
+# reference_groups() (`python -m minirlhf.tasks --task=instruct --calibrate`): bisection so that two
+# independent labelers order the same pair alike 73% of the time, over all C(K,2) pairs of 20,000
+# reference groups (K=4, responses from demonstrate() at the REFERENCE_* rates, seed 0) gave 0.1445.
+# Pairs with equal gold scores count too (mostly two right answers): labelers agree on them only
+# half the time.
 LABELER_TEMPERATURE = 0.144
 
 EVAL_PERCENT = 10  # share of the prompt space that is held out
@@ -211,7 +214,8 @@ def _numeric_score(response, right, scale):
 
 def gold_score(prompt, response, ended):
     """
-    The gold reward of `response` (the text generated before EOS) to a built-in `prompt`, in [0, 1].
+    The gold reward of `response` (the text generated before EOS) to a built-in `prompt` (its text,
+    or a {"prompt": ...} record), in [0, 1].
     `ended` says whether the response ended with EOS. Scores 1 exactly when the response is the
     right answer and ended; a missing EOS multiplies the score by MISSING_EOS_FACTOR (0.5).
 
@@ -228,7 +232,7 @@ def gold_score(prompt, response, ended):
     rambling and leading zeros cost their length. No integer scores 0.
     Raises ValueError for a prompt that is not a built-in instruction.
     """
-    kind, right = parse(prompt)
+    kind, right = parse(prompt["prompt"] if isinstance(prompt, dict) else prompt)
     if not isinstance(response, str):
         raise ValueError(f"response must be a str, not {type(response).__name__}")
     if response == "":
@@ -350,71 +354,9 @@ def demonstrate(prompt, rng, error_rate=DEMO_ERROR_RATE, ramble_rate=DEMO_RAMBLE
     return out
 
 
-# ----------------------------------------------------------------------------------------------
-# simulated labelers
-
-
-def rank(gold_scores, rng, temperature=LABELER_TEMPERATURE):
-    """
-    A labeler's ranking of K responses to one prompt: indices, best first. Plackett-Luce sampling:
-    the best is picked with probability proportional to exp(score / temperature), then the next
-    among the rest, and so on. temperature=0 gives the sorted order (ties by index).
-    """
-    if temperature < 0:
-        raise ValueError(f"labeler temperature must be >= 0, got {temperature}")
-    scores = [float(s) for s in gold_scores]
-    left = list(range(len(scores)))
-    if temperature == 0:
-        return sorted(left, key=lambda i: -scores[i])
-    order = []
-    while left:
-        top = max(scores[i] for i in left)  # subtract the max: exp never overflows, one weight is 1
-        weights = [math.exp((scores[i] - top) / temperature) for i in left]
-        u = rng.random() * sum(weights)
-        j = 0
-        while j < len(left) - 1 and u >= weights[j]:
-            u -= weights[j]
-            j += 1
-        order.append(left.pop(j))
-    return order
-
-
-def labeler_agreement(score_groups, rng, temperature=LABELER_TEMPERATURE):
-    """
-    The share of pairs that two independent labelers order the same way, over all C(K,2) pairs of
-    every group of gold scores (one group = the K responses to one prompt): InstructGPT's ~73%, the
-    yardstick for a reward model's accuracy on comparisons labeled this way. (A reward model that
-    knew the gold scores would do better, gold_agreement: one labeler agrees with the truth more
-    often than with another labeler.)
-    """
-    agree = total = 0
-    for scores in score_groups:
-        pos1 = {i: r for r, i in enumerate(rank(scores, rng, temperature))}
-        pos2 = {i: r for r, i in enumerate(rank(scores, rng, temperature))}
-        for i in range(len(scores)):
-            for j in range(i + 1, len(scores)):
-                agree += (pos1[i] < pos1[j]) == (pos2[i] < pos2[j])
-                total += 1
-    return agree / total
-
-
-def gold_agreement(score_groups, rng, temperature=LABELER_TEMPERATURE):
-    """
-    The share of pairs one labeler orders as the gold scores do (pairs with equal scores count 1/2):
-    the accuracy, against that labeler's rankings, of a reward model that knew the gold scores. It is
-    above labeler_agreement, since two noisy labelers agree less often than one agrees with the truth.
-    """
-    agree = total = 0
-    for scores in score_groups:
-        pos = {i: r for r, i in enumerate(rank(scores, rng, temperature))}
-        for i in range(len(scores)):
-            for j in range(i + 1, len(scores)):
-                if scores[i] == scores[j]:
-                    agree += 0.5
-                else:
-                    agree += (pos[i] < pos[j]) == (scores[i] > scores[j])
-                total += 1
-    return agree / total
+def kind_of(record):
+    """The kind of a prompt record ({"prompt": ...}): sort, reverse, upper, add or count."""
+    return parse(record["prompt"])[0]
 
 
 def reference_groups(n, seed=0, k=REFERENCE_K, error_rate=REFERENCE_ERROR_RATE, ramble_rate=REFERENCE_RAMBLE_RATE):
@@ -422,20 +364,6 @@ def reference_groups(n, seed=0, k=REFERENCE_K, error_rate=REFERENCE_ERROR_RATE, 
     rng = random.Random(f"reference:{seed}")
     return [[gold_score(p, demonstrate(p, rng, error_rate, ramble_rate), True) for _ in range(k)]
             for p in make_prompts(n, "train", rng)]
-
-
-def calibrate_temperature(target=TARGET_AGREEMENT, n_groups=20000, seed=0, iters=30):
-    """The labeler temperature at which two labelers agree on `target` of the reference pairs (bisection)."""
-    groups = reference_groups(n_groups, seed)
-    lo, hi = 1e-3, 10.0  # agreement falls as the temperature rises
-    for _ in range(iters):
-        mid = math.sqrt(lo * hi)
-        # the same random numbers at every temperature, so the measured curve is monotone
-        if labeler_agreement(groups, random.Random(seed), mid) > target:
-            lo = mid
-        else:
-            hi = mid
-    return math.sqrt(lo * hi)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -486,36 +414,3 @@ def export(out_dir, n_sft=20000, n_prompts=20000, n_comparisons=10000, n_eval=10
     for name, records in files.items():
         write_jsonl(os.path.join(out_dir, name), records)
     return {name: len(records) for name, records in files.items()}
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m minirlhf.tasks", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--out_dir", help="where to write the JSONL files")
-    ap.add_argument("--n_sft", type=int, default=20000, help="SFT demonstrations in sft_train.jsonl")
-    ap.add_argument("--n_prompts", type=int, default=20000, help="PPO prompts in prompts_train.jsonl")
-    ap.add_argument("--n_comparisons", type=int, default=10000, help="K-way rankings in comparisons_train.jsonl")
-    ap.add_argument("--n_eval", type=int, default=1000, help="records in each *_eval.jsonl (held-out prompts)")
-    ap.add_argument("--k", type=int, default=REFERENCE_K, help="responses ranked per comparison prompt")
-    ap.add_argument("--error_rate", type=float, default=DEMO_ERROR_RATE, help="demonstrator's content-mistake rate for SFT data")
-    ap.add_argument("--ramble_rate", type=float, default=DEMO_RAMBLE_RATE, help="demonstrator's rambling rate for SFT data")
-    ap.add_argument("--seed", type=int, default=0, help="seed of every generator")
-    ap.add_argument("--calibrate", action="store_true", help="re-derive the labeler temperature and exit")
-    args = ap.parse_args(argv)
-    if args.calibrate:
-        t = calibrate_temperature(seed=args.seed)
-        groups = reference_groups(20000, args.seed)
-        print(f"temperature for {TARGET_AGREEMENT:.0%} agreement: {t:.4f}; at LABELER_TEMPERATURE = "
-              f"{LABELER_TEMPERATURE}: labelers agree {labeler_agreement(groups, random.Random(args.seed)):.4f}, "
-              f"a labeler agrees with gold {gold_agreement(groups, random.Random(args.seed)):.4f}")
-        return
-    if args.out_dir is None:
-        ap.error("--out_dir is required (or --calibrate)")
-    counts = export(args.out_dir, args.n_sft, args.n_prompts, args.n_comparisons, args.n_eval, args.seed,
-                    args.error_rate, args.k, args.ramble_rate)
-    for name, n in counts.items():
-        print(f"{os.path.join(args.out_dir, name)}: {n} records")
-
-
-if __name__ == "__main__":
-    main()

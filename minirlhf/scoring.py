@@ -1,0 +1,84 @@
+"""
+Scoring responses with the models, laid out as a PPO rollout lays them out: a batch of
+sequences seq (B, P + R), each a left-padded prompt of P columns followed by a response of R
+columns (padding after its EOS). Shared by PPO's rollout and update, the reward model's training
+and every evaluation, so that all of them read the same positions the same way.
+
+    response_logprobs   log pi(token) of each response token (and entropies)     policy, reference
+    response_values     the value model's estimate at each response position      value model
+    reward_scores       the reward model's score of each response, at its EOS     reward model
+    response_batch      prompts and sampled responses -> that layout
+    comparison_batch    ranked responses -> sequences, (better, worse) pairs, pair weights
+"""
+import torch
+
+from minirlhf.data import IGNORE_INDEX, left_pad
+from minirlhf.rl import ranking_pairs
+
+
+def response_logprobs(model, seq, start, P, targets, temperature, autocast, entropy=False):
+    """Log-probs (B, R) of the response tokens seq[:, P:] at the sampling temperature (and, with
+    entropy, each position's entropy). The hidden state at position t predicts token t + 1, so
+    they are read at positions P-1 ... T-2: the last token of seq is never fed, and the final block
+    runs at the response positions only. targets: the response tokens, -100 where there is none."""
+    with autocast:
+        return model(seq[:, :-1], start, last=seq.size(1) - P, targets=targets, temperature=temperature,
+                     return_entropy=entropy)
+
+
+def response_values(model, seq, start, P, autocast):
+    """The value model's estimate (B, R) at each response position, from the same hidden states
+    that response_logprobs reads: the state before each token is chosen."""
+    with autocast:
+        return model(seq[:, :-1], start, last=seq.size(1) - P)
+
+
+def reward_scores(reward_model, seq, start, P, lengths, autocast):
+    """The reward model's score (B,) of each response seq[:, P:], read at its last token: the EOS,
+    or the last token of a response that ran out of budget (lengths (B,) counts the EOS)."""
+    with autocast:
+        scores = reward_model(seq, start, last=seq.size(1) - P)  # (B, R)
+    return scores[torch.arange(len(seq), device=seq.device), lengths - 1]
+
+
+def response_batch(prompts, responses, tokenizer, device):
+    """Prompts (token lists) and their sampled responses (sample_responses dicts) laid out as a
+    rollout lays them out: seq (B, P + R) left-padded prompt then response, start (B,), P, targets
+    (B, R) with -100 after each response, lengths (B,) with the EOS counted, ended (B,)."""
+    prompt_idx, start = left_pad(prompts, tokenizer.pad_id)
+    resp = [r["ids"] + [tokenizer.eos_id] * r["ended"] for r in responses]
+    lengths = torch.tensor([len(r) for r in resp])
+    tokens = torch.full((len(resp), max(int(lengths.max()), 1)), tokenizer.pad_id, dtype=torch.long)
+    for b, r in enumerate(resp):
+        tokens[b, :len(r)] = torch.tensor(r, dtype=torch.long)
+    targets = tokens.masked_fill(torch.arange(tokens.size(1))[None, :] >= lengths[:, None], IGNORE_INDEX)
+    ended = torch.tensor([r["ended"] for r in responses])
+    seq = torch.cat([prompt_idx, tokens], 1)
+    return (seq.to(device), start.to(device), prompt_idx.size(1), targets.to(device), lengths.to(device),
+            ended.to(device))
+
+
+def comparison_batch(groups):
+    """The reward model's batch for ranked groups (prompt ids, [response ids ending in EOS], ranking
+    best first): one sequence per response, not per pair (InstructGPT, section 3.5: one forward per
+    response, all C(K, 2) pairs of a prompt in one batch element). Returns the sequences, the
+    indices of the better and the worse response of every pair, and each pair's weight 1 / C(K, 2),
+    so that every prompt weighs as one whatever its K."""
+    seqs, better, worse, weights = [], [], [], []
+    for prompt, responses, ranking in groups:
+        offset = len(seqs)
+        seqs += [prompt + r for r in responses]
+        pairs = ranking_pairs(ranking)
+        better += [offset + b for b, _ in pairs]
+        worse += [offset + w for _, w in pairs]
+        weights += [1.0 / len(pairs)] * len(pairs)
+    return seqs, torch.tensor(better, dtype=torch.long), torch.tensor(worse, dtype=torch.long), \
+        torch.tensor(weights, dtype=torch.float32)
+
+
+def rewards_at_eos(reward_model, seqs, pad_id, device, autocast):
+    """The reward (n,) of each token sequence (prompt + response + EOS), read at its last token.
+    Left padding puts every last token in the last column, so only it goes through the final block."""
+    idx, start = left_pad(seqs, pad_id)
+    with autocast:
+        return reward_model(idx.to(device), start.to(device), last=1).view(-1)
