@@ -35,7 +35,7 @@ from minirlhf.data import IGNORE_INDEX, encode_prompt, encode_sft, left_pad, rea
 from minirlhf.rl import (AdaptiveKLController, eos_penalty, explained_variance, gae, kl_penalty, masked_mean,
                          masked_whiten, ppo_policy_loss, ppo_value_loss, shaped_rewards)
 from minirlhf.sampling import format_eta, sample_responses
-from minirlhf.scoring import response_batch, response_logprobs, response_values, reward_scores
+from minirlhf.scoring import minibatch_rows, response_batch, response_logprobs, response_values, reward_scores
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -245,9 +245,8 @@ def main(cfg):
         for epoch in range(cfg.ppo_epochs):
             perm = torch.randperm(cfg.batch_size, device=device)
             for mb in perm.split(minibatch_size):
-                # the minibatch's prompt columns: drop columns that are padding in every row
-                mb_P = P - int(start[mb].min())
-                mb_seq, mb_start, mb_mask = seq[mb, P - mb_P:], start[mb] - (P - mb_P), mask[mb]
+                mb_seq, mb_start, mb_P = minibatch_rows(mb, seq, start, P)
+                mb_mask = mask[mb]
                 logprobs, entropy = response_logprobs(policy, mb_seq, mb_start, mb_P, targets[mb], cfg.temperature,
                                                       autocast, entropy=True)
                 values = response_values(value_model, mb_seq, mb_start, mb_P, autocast)

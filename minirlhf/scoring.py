@@ -8,6 +8,7 @@ and every evaluation, so that all of them read the same positions the same way.
     response_values     the value model's estimate at each response position      value model
     reward_scores       the reward model's score of each response, at its EOS     reward model
     response_batch      prompts and sampled responses -> that layout
+    minibatch_rows      some rows of a batch, without the prompt columns that are padding in all of them
     comparison_batch    ranked responses -> sequences, (better, worse) pairs, pair weights
 """
 import torch
@@ -56,6 +57,14 @@ def response_batch(prompts, responses, tokenizer, device):
     seq = torch.cat([prompt_idx, tokens], 1)
     return (seq.to(device), start.to(device), prompt_idx.size(1), targets.to(device), lengths.to(device),
             ended.to(device))
+
+
+def minibatch_rows(rows, seq, start, P):
+    """Rows (a LongTensor of indices) of a left-padded batch, with the prompt columns that are
+    padding in every one of them dropped: a PPO minibatch's forward then skips work no row needs
+    (the prompts of the whole batch are padded to its longest). Returns seq, start, P of the rows."""
+    drop = int(start[rows].min())  # leading columns that are padding in every row
+    return seq[rows, drop:], start[rows] - drop, P - drop
 
 
 def comparison_batch(groups):
