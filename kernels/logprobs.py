@@ -22,7 +22,10 @@ Conventions:
   and no gradient through the logprob. The entropy is still computed for such rows (it does not
   depend on the target); mask it yourself if padding rows must not contribute.
 - logits may hold -inf (masked vocabulary entries) as long as every row has a finite maximum;
-  the entropy uses 0 * log 0 = 0 there.
+  the entropy uses 0 * log 0 = 0 there. The -inf entries may fill whole blocks, leading ones
+  included: the running max m starts at -inf and stays -inf until the row's first finite logit
+  (0 stands in for it only inside the exponentials), so the max that m and log s are taken
+  against is the row's true max, however far below 0 it lies.
 - log-probs and entropies are fp32 whatever the input dtype.
 
 Derivation of the online entropy. With d_j = z_j - m, s = sum_j e^{d_j}, t = sum_j e^{d_j} d_j,
@@ -78,12 +81,15 @@ def _online_update(x, m, s, t, inv_temperature, COMPUTE_ENTROPY: tl.constexpr):
     """Folds one block of raw logits x (fp32, -inf on masked lanes) into the running max m,
     s = sum exp(d) and t = sum exp(d) * d, where d = (x - m) / T. Returns the new (m, s, t)."""
     m_new = tl.maximum(m, tl.max(x, axis=0))
-    # m_new stays -inf only while every logit seen is -inf; 0 then serves as the reference
-    # point so that no -inf - (-inf) = NaN appears (the sums are all 0 at that point anyway)
-    m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
-    delta = (m - m_new) * inv_temperature  # <= 0; -inf on the first block, so e^delta = 0
+    # m_new is -inf while every logit seen so far is -inf, and x - m_new would then be
+    # -inf - (-inf) = NaN: subtract 0 instead (s and t are still 0, so no reference point is
+    # wrong). Only the subtraction uses 0; the running max itself stays -inf, because a stored 0
+    # would floor the max of every later block at 0, and a row of finite logits far below 0
+    # (under about -88 T) would underflow s to 0 (the verl bug, PR #7439).
+    m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+    delta = (m - m_sub) * inv_temperature  # <= 0; -inf while m = -inf, so e^delta = 0
     alpha = tl.exp(delta)
-    d = (x - m_new) * inv_temperature  # <= 0; -inf on masked lanes, so e^d = 0 there
+    d = (x - m_sub) * inv_temperature  # <= 0; -inf on masked lanes, so e^d = 0 there
     e = tl.exp(d)
     if COMPUTE_ENTROPY:
         # t' = e^delta (t + delta * s). The wheres keep 0 * -inf = NaN out: delta is -inf only
@@ -125,8 +131,9 @@ def _token_logprobs_fwd_kernel(
     # The max is tracked on the raw logits (dividing by T > 0 keeps the argmax) and each
     # difference x - m is scaled afterwards: x - m is exact for nearby values, whereas x / T
     # rounds at the magnitude of x (1e4 / 0.7 already has an ulp of 1e-3).
-    # m starts at -inf, not 0: with 0, a row whose logits are all negative would use 0 as its
-    # "max" and a row of large negative logits underflows s to 0 (the verl bug, PR #7439).
+    # m starts at -inf, not 0, and stays -inf until a finite logit comes (see _online_update):
+    # with 0, a row whose logits are all far below 0 would use 0 as its "max" and underflow s
+    # to 0 (the verl bug, PR #7439), whether its first logits are finite or -inf.
     m = tl.full((), float("-inf"), tl.float32)
     s = tl.zeros((), tl.float32)
     t = tl.zeros((), tl.float32)

@@ -275,6 +275,73 @@ def test_all_negative_rows_verl_bug():
     assert torch.isfinite(entropy).all()
 
 
+# Rows whose first whole block (or more) is -inf and whose finite logits all lie far below 0.
+# A running max that is stored as 0 while only -inf has been seen is floored at 0 for the rest of
+# the row: s = sum exp((x - 0) / T) underflows to 0, and the log-prob comes out +inf, the entropy
+# and the gradients NaN (the verl bug of PR #7439, reached through masked vocabulary entries).
+# V crosses two block boundaries, so the -inf prefixes below fill whole blocks whatever the
+# alignment shift of a row (the kernel's first block holds at most BLOCK_V columns of the row).
+MASKED_PREFIX_V = 3 * BLOCK_V + 5
+MASKED_PREFIX_TEMPERATURES = [1.0, 0.25, 2.5]
+
+
+def make_masked_prefix_logits(dtype, gen):
+    """(6, MASKED_PREFIX_V) logits and targets (each target on a finite logit, or ignored)."""
+    V = MASKED_PREFIX_V
+    inf = float("-inf")
+    x = torch.full((6, V), inf)
+    x[0, BLOCK_V:] = -200 + 3 * torch.randn(V - BLOCK_V, generator=gen)  # one -inf block
+    x[1, BLOCK_V + 37:] = -1e4 + 3 * torch.randn(V - BLOCK_V - 37, generator=gen)  # one block and some
+    x[1, BLOCK_V + 37:][torch.rand(V - BLOCK_V - 37, generator=gen) < 0.3] = inf  # and -inf among the finite ones
+    x[2, 2 * BLOCK_V + 3:] = -1e3 - 1.9e4 * torch.rand(V - 2 * BLOCK_V - 3, generator=gen)  # two blocks, spread
+    x[3, V - 1] = -500.0  # -inf but for one column, in the last block: logprob 0, entropy 0
+    x[4, BLOCK_V:] = -1e4 + 3 * torch.randn(V - BLOCK_V, generator=gen)  # ignored target, entropy still counted
+    x[5] = -300 + 3 * torch.randn(V, generator=gen)  # no -inf at all, for comparison
+    targets = []
+    for row in x[:4]:
+        finite = torch.isfinite(row).nonzero().squeeze(-1)
+        targets.append(finite[torch.randint(len(finite), (1,), generator=gen)].item())
+    targets += [IGNORE_INDEX, V // 2]
+    return x.to(dtype).to(DEVICE), torch.tensor(targets, device=DEVICE)
+
+
+def shifted_reference(x, targets, temperature):
+    """token_logprobs_reference of x - rowmax(x) in fp32: the same function (it is
+    shift-invariant) and the same gradient w.r.t. x, but without the reference's rounding of
+    x / T at the size of x, so it can be held to fp32 tolerances on rows near -1e4."""
+    row_max = x.detach().float().amax(-1, keepdim=True)
+    return token_logprobs_reference(x.float() - row_max, targets, temperature=temperature, return_entropy=True)
+
+
+@pytest.mark.parametrize("temperature", MASKED_PREFIX_TEMPERATURES)
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+def test_masked_leading_blocks_with_very_negative_logits(dtype, atol, rtol, temperature):
+    gen = torch.Generator().manual_seed(5)
+    logits, targets = make_masked_prefix_logits(dtype, gen)
+    N, V = logits.shape
+    grad_logprobs, grad_entropy = torch.randn(N, generator=gen).to(DEVICE), torch.randn(N, generator=gen).to(DEVICE)
+    results = []
+    for op in (token_logprobs, shifted_reference):
+        x = logits.clone().requires_grad_()
+        if op is token_logprobs:
+            logprobs, entropy = op(x, targets, temperature=temperature, return_entropy=True)
+        else:
+            logprobs, entropy = op(x, targets, temperature)
+        # each output's gradient on its own: the kernel skips the work of an unused one
+        (grad_lp,) = torch.autograd.grad(logprobs, x, grad_logprobs, retain_graph=True)
+        (grad_ent,) = torch.autograd.grad(entropy, x, grad_entropy)
+        results.append((logprobs, entropy, grad_lp, grad_ent))
+    (logprobs, entropy, grad_lp, grad_ent), (logprobs_ref, entropy_ref, grad_lp_ref, grad_ent_ref) = results
+
+    assert_close(logprobs, logprobs_ref, 1e-5, 1e-5, "logprobs")
+    assert_close(entropy, entropy_ref, 1e-5 * (1 + math.log(V)), 1e-5, "entropy")
+    assert logprobs[3] == 0 and entropy[3] == 0  # one finite logit: probability 1
+    assert grad_lp.dtype == grad_ent.dtype == dtype
+    assert_close(grad_lp, grad_lp_ref, atol, rtol, "logits grad of the logprobs")
+    assert_close(grad_ent, grad_ent_ref, atol, rtol, "logits grad of the entropy")
+    assert (grad_lp[~torch.isfinite(logits)] == 0).all() and (grad_ent[~torch.isfinite(logits)] == 0).all()
+
+
 def test_vocabulary_of_one():
     x = torch.randn(3, 1, device=DEVICE, requires_grad=True)
     logprobs, entropy = token_logprobs(x, torch.tensor([0, IGNORE_INDEX, 0], device=DEVICE), return_entropy=True)
@@ -353,6 +420,47 @@ def test_linear_token_logprobs_default_chunks_leading_dims_and_frozen_weight():
     assert (grad_h[0, :2] == 0).all()
     with torch.no_grad():  # the reference / old-policy pass of PPO
         assert_close(linear_token_logprobs(hidden, weight, targets, temperature=0.9), logprobs_ref, 1e-4, 1e-4, "no_grad")
+
+
+@pytest.mark.parametrize("masked", ["leading_block", "all_but_last"])
+@pytest.mark.parametrize("temperature", MASKED_PREFIX_TEMPERATURES)
+@pytest.mark.parametrize("dtype, atol, rtol", LINEAR_DTYPES)
+def test_linear_masked_leading_blocks_with_very_negative_logits(dtype, atol, rtol, temperature, masked):
+    # hidden @ weight.T is -inf where the product overflows the dtype (as an fp16 lm_head can):
+    # hidden rows [a, b] with a in {2, 3}, weight rows [-big, c] for the masked words and [0, c]
+    # for the others, big * 2 past the dtype's max and c around -200, so that the logits are
+    # -inf on the masked words and b * c (-200 to -1e4) on the others. The masked words are the
+    # first BLOCK_V + 10 (a whole -inf block at the start of every row) or all but the last.
+    # Every row has the same masked words, so that -big only ever meets a zero gradient:
+    # d/dhidden and d/dweight stay finite and free of cancellation.
+    gen = torch.Generator().manual_seed(6)
+    V = 2 * BLOCK_V + 76
+    n_masked = BLOCK_V + 10 if masked == "leading_block" else V - 1
+    weight = torch.zeros(V, 2)
+    weight[:n_masked, 0] = -0.9 * torch.finfo(dtype).max
+    weight[:, 1] = -200 + 3 * torch.randn(V, generator=gen)
+    hidden = torch.tensor([[2.0, 1.0], [3.0, 50.0], [2.0, 20.0], [3.0, 1.0]])
+    weight, hidden = weight.to(dtype).to(DEVICE), hidden.to(dtype).to(DEVICE)
+    targets = torch.tensor([n_masked, V - 1, V - 1 - (masked == "leading_block"), IGNORE_INDEX], device=DEVICE)
+    N = len(targets)
+    grads = [torch.randn(N, generator=gen).to(DEVICE) for _ in range(2)]
+    logits = hidden @ weight.t()
+    assert torch.isinf(logits[:, :n_masked]).all() and torch.isfinite(logits[:, n_masked:]).all()  # as constructed
+
+    results = []
+    for op, kwargs in ((linear_token_logprobs, dict(chunk_size=3)), (linear_token_logprobs_reference, {})):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        logprobs, entropy = op(h, w, targets, temperature=temperature, return_entropy=True, **kwargs)
+        grad_h, grad_w = torch.autograd.grad([logprobs, entropy], (h, w), grads)
+        results.append((logprobs, entropy, grad_h, grad_w))
+    (logprobs, entropy, grad_h, grad_w), (logprobs_ref, entropy_ref, grad_h_ref, grad_w_ref) = results
+
+    # the reference rounds x / T at |x / T| up to 4e4: a few ulp of fp32 there
+    slack = reference_slack(logits, temperature)
+    assert_close(logprobs, logprobs_ref, atol + slack, rtol, "logprobs")
+    assert_close(entropy, entropy_ref, atol + slack * (1 + math.log(V)), rtol, "entropy")
+    assert_close(grad_h, grad_h_ref, atol, rtol, "grad hidden")
+    assert_close(grad_w, grad_w_ref, atol, rtol, "grad weight")
 
 
 # ----------------------------------------------------------------------------------------------
