@@ -243,14 +243,15 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, *, start=None, temperature=1.0, top_k=None, top_p=None,
-                 eos_id=None, pad_id=None, use_cache=True, generator=None):
+                 eos_id=None, pad_id=None, use_cache=True, generator=None, on_token=None):
         """Sample up to max_new_tokens after the left-padded prompts idx (B, T).
 
         temperature 0 is greedy decoding. top_k / top_p cut the sampling distribution; the returned
         logprobs are of the tempered, uncut distribution over the whole vocabulary: what PPO's
         policy is, and what a forward pass at that temperature gives (PPO's old log-probs, with no
         second pass). A row stops at eos_id and emits pad_id after it; the loop ends when every row
-        has stopped.
+        has stopped. on_token, if given, is called after every step with that step's tokens (B,),
+        pad_id already in place for stopped rows, e.g. to print a reply as it is sampled.
         Returns Generation(tokens (B, n), mask (B, n), logprobs (B, n)) with n <= max_new_tokens."""
         B, T = idx.size()
         if T + max_new_tokens > self.config.block_size:
@@ -276,6 +277,8 @@ class GPT(nn.Module):
             lp = logprobs_op(logits, tok, temperature=temperature if temperature > 0 else 1.0)  # (B,) fp32
             if eos_id is not None:
                 tok = tok.masked_fill(done, pad_id)
+            if on_token is not None:
+                on_token(tok)
             tokens.append(tok)
             masks.append(~done)
             logprobs.append(lp.masked_fill(done, 0.0))
