@@ -295,7 +295,9 @@ class GPT(nn.Module):
         """GPT-2 weights (any size, gpt2 ... gpt2-xl) from a local Hugging Face directory holding
         config.json and model.safetensors or pytorch_model.bin. Never touches the network.
         vocab_size: at least this many embedding rows; more than the weights have grows the
-        embedding (new rows: the mean embedding), e.g. to make room for a pad token; overrides set other GPTConfig fields (dropout, attn_impl, scalar_head)."""
+        embedding (new rows: the mean embedding), e.g. to make room for a pad token; overrides set other GPTConfig fields (dropout, attn_impl, scalar_head).
+        A reward or value model exported by minirlhf.export names its scalar head in config.json
+        ("minirlhf_scalar_head"): it is read back, unless scalar_head=False is asked for."""
         if not os.path.isdir(path):
             raise ValueError(f"from_pretrained: {path!r} is not a directory (expected a Hugging Face GPT-2 directory "
                              "with config.json and model.safetensors or pytorch_model.bin)")
@@ -305,6 +307,11 @@ class GPT(nn.Module):
                 hf = json.load(f)
             if hf.get("model_type", "gpt2") != "gpt2":
                 raise ValueError(f"model_type is {hf['model_type']!r}, not 'gpt2'")
+            head = hf.get("minirlhf_scalar_head")  # {"file": "score_head.safetensors", ...}
+            if head is not None and not (isinstance(head, dict) and isinstance(head.get("file"), str)
+                                         and head["file"] == os.path.basename(head["file"])):
+                raise ValueError(f"minirlhf_scalar_head is {head!r}, not {{\"file\": a file name in the directory}}")
+            overrides = {"scalar_head": head is not None, **overrides}
             config = GPTConfig(block_size=hf.get("n_positions", hf.get("n_ctx", 1024)), vocab_size=hf["vocab_size"],
                                n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
                                layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5), **overrides)
@@ -337,6 +344,14 @@ class GPT(nn.Module):
                                  f"config.json implies {tuple(ours[key].shape)}")
             with torch.no_grad():
                 ours[key].copy_(theirs[key])
+        if config.scalar_head and head is not None:
+            sd = _read_hf_weights(path, head["file"])
+            shapes, want = {k: tuple(v.shape) for k, v in sd.items()}, {"weight": (1, config.n_embd), "bias": (1,)}
+            if shapes != want:
+                raise ValueError(f"from_pretrained: {os.path.join(path, head['file'])} holds {shapes}, expected {want}")
+            with torch.no_grad():
+                model.score_head.weight.copy_(sd["weight"])
+                model.score_head.bias.copy_(sd["bias"])
         if vocab_size is not None and vocab_size > config.vocab_size:
             model.resize_vocab(vocab_size)
         return model
@@ -369,20 +384,22 @@ def _sample(logits, temperature, top_k, top_p, generator):
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _read_hf_weights(path):
-    st, binf = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
+def _read_hf_weights(path, name=None):
+    """The tensors of model.safetensors, else pytorch_model.bin, in path; with name, of that safetensors file alone."""
+    st = os.path.join(path, name or "model.safetensors")
+    binf = os.path.join(path, "pytorch_model.bin") if name is None else None  # a named file has no fallback
     if os.path.isfile(st):
         try:
             from safetensors.torch import load_file
         except ImportError:
-            if not os.path.isfile(binf):
+            if binf is None or not os.path.isfile(binf):
                 raise ValueError(f"from_pretrained: {st} needs the safetensors package (pip install safetensors)") from None
         else:
             try:
                 return load_file(st)
             except Exception as e:
                 raise ValueError(f"from_pretrained: cannot read {st}: {e}") from None
-    if os.path.isfile(binf):
+    if binf is not None and os.path.isfile(binf):
         try:
             sd = torch.load(binf, map_location="cpu", weights_only=True)
         except Exception as e:
@@ -390,4 +407,6 @@ def _read_hf_weights(path):
         if not isinstance(sd, dict):
             raise ValueError(f"from_pretrained: {binf} does not hold a state dict")
         return sd
+    if binf is None:
+        raise ValueError(f"from_pretrained: {st} does not exist")
     raise ValueError(f"from_pretrained: {path} has neither model.safetensors nor pytorch_model.bin")
