@@ -12,7 +12,7 @@ setup(
         "torch>=2.3",
         "triton>=3.0; platform_system == 'Linux'",  # the kernels; the CPU paths run without it
         "numpy",
-        "tiktoken>=0.7",
+        "tiktoken>=0.11",  # 0.11: single-byte token ids read from vocab.json
     ],
     extras_require={
         "dev": ["pytest", "hypothesis", "safetensors"],  # safetensors: tests read GPT-2 weights in that format

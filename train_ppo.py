@@ -1,7 +1,10 @@
 """
 Step 3 of InstructGPT: PPO against the reward model, with a KL penalty to the SFT policy.
 
-    python train_ppo.py          # the whole default run: SFT and RM first if missing, PPO, a report
+    python train_ppo.py                  # the whole default run: SFT and RM first if missing, PPO, a report
+    python train_ppo.py --task=chat      # the same on the built-in dialogue task
+    python train_ppo.py --resume         # continue the unfinished run in --out_dir
+    torchrun --nproc_per_node=4 train_ppo.py --sft_ckpt=... --rm_ckpt=...   # 4 GPUs (DDP; --fsdp to shard)
     python train_ppo.py --help
 
 Each iteration (Ziegler et al. 2019; InstructGPT, Ouyang et al. 2022; "The N+ implementation
@@ -15,9 +18,8 @@ details of RLHF with PPO", Huang et al. 2024):
                bonus, + PPO-ptx), gradient clipping
   6. log       one line per iteration, and a metrics JSONL
 At the end the SFT and PPO policies answer the same held-out prompts, and out/ppo/report.md and
-summary.json compare them (on the built-in task, by the gold scorer that the labelers stand in for).
+summary.json compare them (on the built-in tasks, by the gold scorer the labelers stand in for).
 """
-import json
 import os
 import random
 import subprocess
@@ -27,40 +29,50 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from minirlhf.tasks import instruct as tasks
-from minirlhf.tasks import labelers
-from minirlhf.checkpoint import load_checkpoint, save_checkpoint
-from minirlhf.cli import check_at_least_one, print_config, run, setup_device
+from minirlhf import distributed, evaluate, runs
+from minirlhf.checkpoint import load_checkpoint, model_from, read_checkpoint, save_checkpoint
+from minirlhf.cli import RunOptions, check, check_at_least_one, check_files, print_config, run, setup_device, \
+    task_config_defaults
 from minirlhf.data import IGNORE_INDEX, encode_prompt, encode_sft, left_pad, read_prompts, read_sft, sft_batch
-from minirlhf.rl import (AdaptiveKLController, eos_penalty, explained_variance, gae, kl_penalty, masked_mean,
-                         masked_whiten, ppo_policy_loss, ppo_value_loss, shaped_rewards)
-from minirlhf.sampling import format_eta, sample_responses
-from minirlhf.scoring import minibatch_rows, response_batch, response_logprobs, response_values, reward_scores
+from minirlhf.report import write_ppo_report
+from minirlhf.rl import (AdaptiveKLController, eos_penalty, explained_variance, gae, kl_penalty, masked_whiten,
+                         ppo_policy_loss, ppo_value_loss, shaped_rewards, token_mean)
+from minirlhf.sampling import format_eta
+from minirlhf.scoring import minibatch_rows, response_logprobs, response_values, reward_scores
+from minirlhf.tasks import get_task
+from minirlhf.tokenizer import get_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @dataclass
-class Config:
+class Config(RunOptions):
     """PPO (InstructGPT step 3): the policy maximizes the reward model's score minus a KL penalty to the SFT policy."""
     out_dir: str = "out/ppo"
-    """where ckpt.pt (the policy), value.pt, metrics.jsonl, report.md and summary.json are written"""
+    """where ckpt.pt (policy and value model), metrics.jsonl, report.md and summary.json are written"""
     sft_ckpt: str = "out/sft/ckpt.pt"
-    """the SFT checkpoint: the initial policy and the frozen reference"""
+    """the finished SFT checkpoint: the initial policy and the frozen reference"""
     rm_ckpt: str = "out/rm/ckpt.pt"
-    """the reward model checkpoint: the reward, and the initial value model"""
+    """the finished reward model checkpoint: the reward, and the initial value model"""
     train_missing: bool = True
-    """with the built-in prompts, run train_sft.py / train_rm.py first when their checkpoints are missing"""
+    """with the built-in prompts and the default sft_ckpt / rm_ckpt, train (or finish) those first with
+    train_sft.py / train_rm.py"""
+    init_from: str = ""
+    """a PPO checkpoint to start from (its policy and value model) instead of the SFT policy and the RM"""
+    tokenizer: str = ""
+    """the tokenizer, when the one the checkpoints recorded has moved (the same vocabulary; empty: theirs)"""
     prompts: str = "builtin"
     """"builtin" or comma-separated JSONL files of {"prompt"} (or chat {"messages"}) records"""
     eval_prompts: str = ""
     """held-out prompts JSONL for the final comparison (with builtin: the held-out split)"""
+    prompt_seed: int = -1
+    """built-in: seed of the training prompts (-1: seed + 1)"""
     n_eval: int = 500
     """held-out prompts in the final SFT vs PPO comparison"""
     iterations: int = 200
     """PPO iterations (rollout + update)"""
     batch_size: int = 64
-    """prompts (and so responses) per rollout"""
+    """prompts (and so responses) per rollout, over all ranks"""
     max_new_tokens: int = 24
     """response budget; a response without EOS by then gets eos_penalty_score"""
     temperature: float = 1.0
@@ -101,68 +113,91 @@ class Config:
     ptx_data: str = "builtin"
     """demonstrations for PPO-ptx: "builtin" or SFT JSONL files"""
     learning_rate: float = 5e-5
-    """Adam learning rate, policy and value model alike"""
+    """Adam learning rate, policy and value model alike (0 checks that nothing moves: approx_kl and clipfrac stay 0)"""
     adam_eps: float = 1e-5
     """Adam epsilon (the N+ implementation details)"""
     grad_clip: float = 1.0
     """clip the global gradient norm to this (0: off)"""
+    max_bad_steps: int = 10
+    """stop with an error after this many skipped updates in a row (non-finite rewards, loss or gradient)"""
     save_interval: int = 20
     """iterations between checkpoints"""
-    seed: int = 1337
-    """seed of the prompts order and the sampling"""
-    device: str = "auto"
-    """auto (cuda if available, else cpu), cpu, cuda, ..."""
-    threads: int = 0
-    """torch CPU threads (0: torch's default)"""
 
     def __post_init__(self):
-        check_at_least_one(self, "iterations", "batch_size", "max_new_tokens", "ppo_epochs", "n_minibatches",
-                           "save_interval")
+        super().__post_init__()
+        check_at_least_one(self, "n_eval", "iterations", "batch_size", "max_new_tokens", "ppo_epochs", "n_minibatches",
+                           "kl_horizon", "max_bad_steps", "save_interval")
         if self.batch_size % self.n_minibatches:
             raise ValueError(f"--batch_size={self.batch_size} is not divisible by --n_minibatches={self.n_minibatches}")
-        if self.temperature <= 0:
-            raise ValueError(f"--temperature must be > 0 (PPO needs the policy's probabilities), got {self.temperature}")
-        if self.kl_estimator not in ("k1", "k3"):
-            raise ValueError(f"--kl_estimator must be k1 or k3, got {self.kl_estimator!r}")
+        check(self, "temperature", lambda x: x > 0, "> 0 (PPO needs the policy's probabilities)")
+        check(self, "kl_estimator", lambda x: x in ("k1", "k3"), "k1 or k3")
+        for name in ("kl_coef", "vf_coef", "ent_coef", "ptx_coef", "learning_rate", "grad_clip"):
+            check(self, name, lambda x: x >= 0, ">= 0")
+        for name in ("clip_range", "vf_clip_range", "kl_target", "adam_eps"):
+            check(self, name, lambda x: x > 0, "> 0")
+        for name in ("gamma", "lam"):
+            check(self, name, lambda x: 0 <= x <= 1, "in [0, 1]")
         if self.prompts != "builtin" and not self.eval_prompts:
             raise ValueError("--eval_prompts is required with JSONL --prompts (held-out prompts for the report)")
+        check_files(self, "prompts", "eval_prompts", "ptx_data")
 
 
-def ensure_checkpoint(path, script, out_dir, what, cfg):
-    """Train a missing SFT or RM checkpoint of the default run, saying so."""
-    if os.path.isfile(path):
+def ensure_stage(cfg, d, what, script):
+    """The SFT or RM checkpoint PPO needs, finished. In the default pipeline (built-in prompts, the
+    default path) a missing one is trained and an unfinished one resumed, with `python script`;
+    otherwise either is an error that says what to do."""
+    path = getattr(cfg, f"{what}_ckpt")
+    out_dir = os.path.dirname(path) or "."
+    default = task_config_defaults(cfg.task, "ppo").get(f"{what}_ckpt", Config.__dataclass_fields__[f"{what}_ckpt"].default)
+    exists = os.path.isfile(path)
+    finished = exists and read_checkpoint(path, mmap=True)["finished"]
+    if finished:
         return
-    if not (cfg.train_missing and cfg.prompts == "builtin"):
-        raise ValueError(f"--{what}_ckpt={path}: no such checkpoint (train it with python {script})")
-    print(f"no {what.upper()} checkpoint at {path}: training it first with `python {script} --out_dir={out_dir}`", flush=True)
-    done = subprocess.run([sys.executable, os.path.join(HERE, script), f"--out_dir={out_dir}"]
-                          + ([f"--sft_ckpt={cfg.sft_ckpt}"] if script == "train_rm.py" else []) + [f"--device={cfg.device}"])
-    if done.returncode != 0 or not os.path.isfile(path):
+    auto = cfg.train_missing and cfg.prompts == "builtin" and path == default and d.world == 1
+    fix = f"python {script} --task={cfg.task} --out_dir={out_dir}" + (" --resume" if exists else "")
+    if not auto:
+        problem = "is an unfinished run" if exists else "does not exist"
+        raise ValueError(f"--{what}_ckpt={path} {problem}: first run `{fix}`")
+    print(f"{what.upper()} checkpoint {path} {'is unfinished' if exists else 'is missing'}: running `{fix}`", flush=True)
+    args = [f"--task={cfg.task}", f"--out_dir={out_dir}", f"--device={cfg.device}", f"--dtype={cfg.dtype}",
+            f"--kernels={cfg.kernels}", f"--threads={cfg.threads}"] + (["--resume"] if exists else [])
+    if script == "train_rm.py":
+        args.append(f"--sft_ckpt={cfg.sft_ckpt}")
+    done = subprocess.run([sys.executable, os.path.join(HERE, script), *args])
+    if done.returncode != 0:
         raise ValueError(f"{script} failed (exit status {done.returncode}); see its output above")
 
 
 def main(cfg):
+    d, device = distributed.setup(cfg.device)
     print_config(cfg)
     t_start = time.time()
-    device, autocast = setup_device(cfg)
-    ensure_checkpoint(cfg.sft_ckpt, "train_sft.py", os.path.dirname(cfg.sft_ckpt) or ".", "sft", cfg)
-    ensure_checkpoint(cfg.rm_ckpt, "train_rm.py", os.path.dirname(cfg.rm_ckpt) or ".", "rm", cfg)
+    device, autocast = setup_device(cfg, device)
+    resume = runs.start(cfg, d.is_main)
+    ensure_stage(cfg, d, "sft", "train_sft.py")
+    ensure_stage(cfg, d, "rm", "train_rm.py")
     t_ppo = time.time()
     torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)  # prompt order and PPO-ptx batches: the same on every rank
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + d.rank)  # each rank samples its own rollouts
+    task = get_task(cfg.task)
 
     # the four models: policy and frozen reference from SFT, reward and value model from the RM
-    policy, tokenizer, _ = load_checkpoint(cfg.sft_ckpt, device=device)
-    ref_policy, _, _ = load_checkpoint(cfg.sft_ckpt, tokenizer, device=device)
-    reward_model, _, _ = load_checkpoint(cfg.rm_ckpt, tokenizer, device=device)
-    value_model, _, _ = load_checkpoint(cfg.rm_ckpt, tokenizer, device=device)  # InstructGPT: value init from the RM
+    kernels = dict(attn_impl=cfg.kernels, logprob_impl=cfg.kernels)
+    tokenizer = get_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
+    ref_policy, tokenizer, _ = load_checkpoint(cfg.sft_ckpt, tokenizer, device=device, **kernels)
+    reward_model, _, _ = load_checkpoint(cfg.rm_ckpt, tokenizer, device=device, **kernels)
     if reward_model.score_head is None:
         raise ValueError(f"--rm_ckpt={cfg.rm_ckpt} has no scalar head: not a reward model checkpoint")
+    start_path = os.path.join(cfg.out_dir, "ckpt.pt") if resume else cfg.init_from
+    if start_path:  # the policy and the value model of an earlier PPO run (or of this one, resumed)
+        policy, _, start = load_checkpoint(start_path, tokenizer, device=device, **kernels)
+        value_model = model_from(start, start_path, "value_model", device=device, **kernels)
+    else:  # InstructGPT: the policy starts as the SFT policy, the value model as the reward model
+        policy, _, _ = load_checkpoint(cfg.sft_ckpt, tokenizer, device=device, **kernels)
+        value_model, _, _ = load_checkpoint(cfg.rm_ckpt, tokenizer, device=device, **kernels)
     for m in (ref_policy, reward_model):
         m.requires_grad_(False).eval()
-    policy.train()
-    value_model.train()
     block_size = policy.config.block_size
     max_prompt = block_size - cfg.max_new_tokens
     if max_prompt < 1:
@@ -171,40 +206,76 @@ def main(cfg):
     # prompts (token ids) for the rollouts, and the held-out ones for the report
     builtin = cfg.prompts == "builtin"
     if builtin:
-        train_prompts = tasks.prompt_records(cfg.iterations * cfg.batch_size, "train", cfg.seed + 1)
-        eval_prompts = tasks.prompt_records(cfg.n_eval, "eval", cfg.seed + 2)
+        prompt_seed = cfg.seed + 1 if cfg.prompt_seed < 0 else cfg.prompt_seed
+        train_prompts = task.prompt_records(cfg.iterations * cfg.batch_size, "train", prompt_seed)
+        eval_prompts = task.prompt_records(cfg.n_eval, "eval", cfg.seed + 2)
     else:
         train_prompts = [r for path in cfg.prompts.split(",") for r in read_prompts(path)]
         eval_prompts = [r for path in cfg.eval_prompts.split(",") for r in read_prompts(path)][:cfg.n_eval]
     train_ids = [encode_prompt(tokenizer, r, max_prompt) for r in train_prompts]
-    eval_ids = [encode_prompt(tokenizer, r, max_prompt) for r in eval_prompts]
-
+    for r in eval_prompts:
+        encode_prompt(tokenizer, r, max_prompt)  # a prompt too long for the report is an error now, not at the end
     ptx = []
     if cfg.ptx_coef > 0:
-        records = (tasks.sft_records(20000, "train", cfg.seed) if cfg.ptx_data == "builtin"
+        records = (task.sft_records(20000, "train", cfg.seed) if cfg.ptx_data == "builtin"
                    else [r for path in cfg.ptx_data.split(",") for r in read_sft(path)])
         ptx = [encode_sft(tokenizer, r, block_size) for r in records]
 
-    params = list(policy.parameters()) + list(value_model.parameters())
-    optimizer = torch.optim.Adam(params, lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
+    local_batch = distributed.share(cfg.batch_size, d, "batch_size")
+    if local_batch % cfg.n_minibatches:
+        raise ValueError(f"--batch_size={cfg.batch_size} over {d.world} ranks gives {local_batch} prompts per rank, "
+                         f"not divisible by --n_minibatches={cfg.n_minibatches}")
+    minibatch_size = local_batch // cfg.n_minibatches
+    policy_train = distributed.wrap(policy, d, cfg.fsdp)  # what the update's forward and backward go through
+    value_train = distributed.wrap(value_model, d, cfg.fsdp)
+    params = list(policy_train.parameters()) + list(value_train.parameters())
+    optimizers = [torch.optim.Adam(m.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=not cfg.fsdp)
+                  for m in (policy_train, value_train)]
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else None
     kl_coef = cfg.kl_coef
-    minibatch_size = cfg.batch_size // cfg.n_minibatches
 
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    ckpt_path, value_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "value.pt")
-    metrics_file = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "w")
-    history, skipped = [], 0
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    state = resume["state"] if resume else {}
+    metrics = runs.Metrics(cfg.out_dir, state.get("metrics", []), owned=d.is_main and not cfg.overwrite)
+    skipped, bad_in_row = state.get("skipped", 0), state.get("bad_in_row", 0)
     order = list(range(len(train_ids)))
     rng.shuffle(order)
-    for it in range(1, cfg.iterations + 1):
+    if resume:
+        for m, opt, s in zip((policy_train, value_train), optimizers, state["optimizers"]):
+            distributed.load_optimizer_state(m, opt, s, cfg.fsdp)
+        runs.set_rng_state(runs.rank_state(state["rng"], d), rng, gen)
+        kl_coef = kl_ctl.value = state["kl_coef"] if kl_ctl else cfg.kl_coef
+        print(f"resuming {cfg.out_dir} at iteration {resume['step']} of {cfg.iterations}")
+
+    def save(it, finished):
+        """Policy and value model in one file: a crash can never pair one iteration's policy with
+        another's value model. Every rank calls it (FSDP gathers the shards); rank 0 writes."""
+        weights = [distributed.model_state(m, cfg.fsdp) for m in (policy_train, value_train)]
+        train_state = None if finished else {
+            "optimizers": [distributed.optimizer_state(m, opt, cfg.fsdp)
+                           for m, opt in zip((policy_train, value_train), optimizers)],
+            "rng": distributed.all_gather_objects(runs.rng_state(rng, gen)), "kl_coef": kl_coef,
+            "metrics": metrics.rows, "skipped": skipped, "bad_in_row": bad_in_row}
+        if d.is_main:
+            save_checkpoint(ckpt_path, policy, tokenizer, cfg, it, finished=finished, state=train_state,
+                            value_model=value_model, weights=weights[0], value_weights=weights[1],
+                            total_steps=cfg.iterations)
+            metrics.own()
+
+    def mean(x):
+        """The mean over all ranks of a per-rank mean (every rank holds an equal share of the batch)."""
+        return distributed.all_sum(torch.as_tensor(x, dtype=torch.float32, device=device)) / d.world
+
+    start_it = resume["step"] + 1 if resume else 1
+    for it in range(start_it, cfg.iterations + 1):
         t_it = time.time()
         # 1. rollout: a response per prompt from the current policy, at the sampling temperature
-        batch = [order[((it - 1) * cfg.batch_size + i) % len(order)] for i in range(cfg.batch_size)]
+        batch = distributed.my_slice([order[((it - 1) * cfg.batch_size + i) % len(order)]
+                                      for i in range(cfg.batch_size)], d)
         prompt_idx, start = left_pad([train_ids[i] for i in batch], tokenizer.pad_id)
         prompt_idx, start = prompt_idx.to(device), start.to(device)
         policy.eval()
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), distributed.full_weights(policy_train), autocast():
             out = policy.generate(prompt_idx, cfg.max_new_tokens, start=start, temperature=cfg.temperature,
                                   eos_id=tokenizer.eos_id if cfg.stop_at_eos else None, pad_id=tokenizer.pad_id,
                                   generator=gen)
@@ -218,11 +289,13 @@ def main(cfg):
         t_rollout = time.time() - t_it
 
         # 2. score: reward at the EOS token, log-probs of the reference, values. The policy's own
-        # log-probs at the sampling temperature came with the samples: no second forward pass
+        # log-probs at the sampling temperature came with the samples, from the op and precision the
+        # update uses (GPT.generate): no second forward pass, and a first ratio of exactly 1
         old_logprobs = out.logprobs
         with torch.no_grad():
             ref_logprobs = response_logprobs(ref_policy, seq, start, P, targets, cfg.temperature, autocast)
-            old_values = response_values(value_model, seq, start, P, autocast)
+            with distributed.full_weights(value_train):
+                old_values = response_values(value_train, seq, start, P, autocast)
             rm_scores = reward_scores(reward_model, seq, start, P, lengths, autocast)
             scores = eos_penalty(rm_scores, ended, cfg.eos_penalty_score) if cfg.stop_at_eos else rm_scores  # the EOS trick
 
@@ -230,212 +303,124 @@ def main(cfg):
             kl = kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator) * mask
             rewards = shaped_rewards(scores, kl, mask, kl_coef)
 
-            # 4. GAE; returns = advantages + values; advantages whitened over the batch
+            # 4. GAE; returns = advantages + values; advantages whitened over the whole batch (all ranks)
             advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-            advantages = masked_whiten(advantages, mask)
+            advantages = masked_whiten(advantages, mask, reduce=distributed.all_sum)
         t_score = time.time() - t_it - t_rollout
 
-        if not (torch.isfinite(rewards).all() and torch.isfinite(advantages).all()):
-            skipped += 1
-            print(f"iteration {it}: non-finite rewards or advantages; skipping this update (the last checkpoint is kept)")
-            continue
-
-        # 5. update: epochs over shuffled minibatches
+        finite = distributed.all_sum(torch.stack([rewards.isfinite().all(), advantages.isfinite().all()]).all().float())
         stats = {k: [] for k in ("pg_loss", "vf_loss", "entropy", "approx_kl", "clipfrac", "vf_clipfrac", "ptx_loss")}
-        for epoch in range(cfg.ppo_epochs):
-            perm = torch.randperm(cfg.batch_size, device=device)
-            for mb in perm.split(minibatch_size):
-                mb_seq, mb_start, mb_P = minibatch_rows(mb, seq, start, P)
-                mb_mask = mask[mb]
-                logprobs, entropy = response_logprobs(policy, mb_seq, mb_start, mb_P, targets[mb], cfg.temperature,
-                                                      autocast, entropy=True)
-                values = response_values(value_model, mb_seq, mb_start, mb_P, autocast)
-                pg_loss, clipfrac, approx_kl = ppo_policy_loss(logprobs, old_logprobs[mb], advantages[mb], mb_mask,
-                                                               cfg.clip_range)
-                vf_loss, vf_clipfrac = ppo_value_loss(values, old_values[mb], returns[mb], mb_mask, cfg.vf_clip_range)
-                entropy = masked_mean(entropy, mb_mask)
-                loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
-                if ptx:  # PPO-ptx: keep the demonstrations' likelihood (InstructGPT, eq. 2)
-                    ptx_idx, ptx_targets = sft_batch([ptx[rng.randrange(len(ptx))] for _ in range(minibatch_size)],
-                                                     tokenizer.pad_id)
-                    ptx_idx, ptx_targets = ptx_idx.to(device), ptx_targets.to(device)
-                    with autocast:
-                        ptx_lp = policy(ptx_idx, targets=ptx_targets)
-                    ptx_loss = -ptx_lp.sum() / (ptx_targets != IGNORE_INDEX).sum()
-                    loss = loss + cfg.ptx_coef * ptx_loss
-                    stats["ptx_loss"].append(ptx_loss.detach())
-                if not torch.isfinite(loss):
-                    print(f"iteration {it}: non-finite loss ({loss.item()}); skipping this minibatch")
-                    skipped += 1
-                    continue
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                for k, v in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("entropy", entropy), ("approx_kl", approx_kl),
-                             ("clipfrac", clipfrac), ("vf_clipfrac", vf_clipfrac)):
-                    stats[k].append(v.detach())
+        first_error = None
+        if finite.item() < d.world:  # a rank with non-finite rewards: every rank skips, so they stay in step
+            skipped, bad_in_row = skipped + 1, bad_in_row + 1
+            print(f"iteration {it}: non-finite rewards or advantages; skipping this update (the last checkpoint is kept)")
+        else:
+            # 5. update: epochs over shuffled minibatches of this rank's share
+            for epoch in range(cfg.ppo_epochs):
+                perm = torch.randperm(local_batch, device=device)
+                for mb in perm.split(minibatch_size):
+                    mb_seq, mb_start, mb_P = minibatch_rows(mb, seq, start, P)
+                    mb_mask = mask[mb]
+                    # losses are token means over the minibatch of all ranks (rl.token_mean)
+                    n_tokens = distributed.all_sum(mb_mask.sum()).float() / d.world
+                    logprobs, entropy = response_logprobs(policy_train, mb_seq, mb_start, mb_P, targets[mb],
+                                                          cfg.temperature, autocast, entropy=True)
+                    values = response_values(value_train, mb_seq, mb_start, mb_P, autocast)
+                    if first_error is None:  # the first minibatch sees the rollout's own weights: ratio 1
+                        first_error = ((logprobs - old_logprobs[mb]).abs() * mb_mask).max().detach()
+                    pg_loss, clipfrac, approx_kl = ppo_policy_loss(logprobs, old_logprobs[mb], advantages[mb], mb_mask,
+                                                                   cfg.clip_range, n_tokens)
+                    vf_loss, vf_clipfrac = ppo_value_loss(values, old_values[mb], returns[mb], mb_mask,
+                                                          cfg.vf_clip_range, n_tokens)
+                    entropy = token_mean(entropy, mb_mask, n_tokens)
+                    loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
+                    if ptx:  # PPO-ptx: keep the demonstrations' likelihood (InstructGPT, eq. 2)
+                        picks = [ptx[rng.randrange(len(ptx))] for _ in range(minibatch_size * d.world)]
+                        ptx_idx, ptx_targets = sft_batch(distributed.my_slice(picks, d), tokenizer.pad_id)
+                        ptx_idx, ptx_targets = ptx_idx.to(device), ptx_targets.to(device)
+                        with autocast():
+                            ptx_lp = policy_train(ptx_idx, targets=ptx_targets)
+                        n_ptx = distributed.all_sum((ptx_targets != IGNORE_INDEX).sum()).float() / d.world
+                        ptx_loss = -ptx_lp.sum() / n_ptx
+                        loss = loss + cfg.ptx_coef * ptx_loss
+                        stats["ptx_loss"].append(ptx_loss.detach())
+                    for opt in optimizers:
+                        opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                    if not torch.isfinite(distributed.local(grad_norm)):  # the same on every rank: gradients are shared
+                        print(f"iteration {it}: non-finite loss or gradient; skipping this minibatch")
+                        continue
+                    for opt in optimizers:
+                        opt.step()
+                    for k, v in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("entropy", entropy), ("approx_kl", approx_kl),
+                                 ("clipfrac", clipfrac), ("vf_clipfrac", vf_clipfrac)):
+                        stats[k].append(v.detach())
+            bad_in_row = 0 if stats["pg_loss"] else bad_in_row + 1
+            skipped += not stats["pg_loss"]
         t_update = time.time() - t_it - t_rollout - t_score
 
-        # the adaptive controller sees the KL per response (Ziegler et al. 2019)
-        mean_kl = kl.sum(1).mean().item()
+        # the adaptive controller sees the KL per response of the whole batch (Ziegler et al. 2019)
+        mean_kl = mean(kl.sum(1).mean()).item()
         if kl_ctl is not None:
             kl_coef = kl_ctl.update(mean_kl, cfg.batch_size)
 
-        # 6. log
+        # 6. log: every number is over the whole batch (all ranks)
         row = {"iteration": it,
-               "objective/rm_score": rm_scores.mean().item(), "objective/score": scores.mean().item(),
+               "objective/rm_score": mean(rm_scores.mean()).item(), "objective/score": mean(scores.mean()).item(),
                "objective/kl": mean_kl, "objective/kl_coef": kl_coef,
-               "objective/rlhf_reward": (scores - kl_coef * kl.sum(1)).mean().item(),
-               "policy/entropy": _mean(stats["entropy"]), "losses/pg_loss": _mean(stats["pg_loss"]),
-               "losses/vf_loss": _mean(stats["vf_loss"]), "policy/approx_kl": _mean(stats["approx_kl"]),
-               "policy/clipfrac": _mean(stats["clipfrac"]), "val/clipfrac": _mean(stats["vf_clipfrac"]),
-               "val/explained_variance": explained_variance(old_values, returns, mask),
-               "charts/response_length": lengths.float().mean().item(), "charts/ended": ended.float().mean().item(),
-               "charts/tokens_per_s": seq.numel() / (time.time() - t_it),
+               "objective/rlhf_reward": mean((scores - kl_coef * kl.sum(1)).mean()).item(),
+               "val/explained_variance": explained_variance(old_values, returns, mask, distributed.all_sum),
+               "charts/response_length": mean(lengths.float().mean()).item(),
+               "charts/ended": mean(ended.float().mean()).item(),
+               "charts/tokens_per_s": seq.numel() * d.world / (time.time() - t_it),
+               "charts/skipped_updates": skipped,
                "time/rollout": t_rollout, "time/score": t_score, "time/update": t_update,
                "time/iteration": time.time() - t_it}
-        if stats["ptx_loss"]:
-            row["losses/ptx_loss"] = _mean(stats["ptx_loss"])
+        if stats["pg_loss"]:
+            for key, name in (("policy/entropy", "entropy"), ("losses/pg_loss", "pg_loss"), ("losses/vf_loss", "vf_loss"),
+                              ("policy/approx_kl", "approx_kl"), ("policy/clipfrac", "clipfrac"),
+                              ("val/clipfrac", "vf_clipfrac"), ("losses/ptx_loss", "ptx_loss")):
+                if stats[name]:
+                    row[key] = mean(torch.stack(stats[name]).mean()).item()
+            # max |log pi - log pi_old| at the first minibatch: fp noise unless the rollout and the update disagree
+            row["debug/first_minibatch_logprob_error"] = distributed.all_max(first_error).item()
         if builtin:
             texts = [tokenizer.decode([t for t, m in zip(toks, msk) if m]) for toks, msk in zip(out.tokens.tolist(), mask.tolist())]
-            row["objective/gold"] = sum(tasks.gold_score(train_prompts[i]["prompt"], t, e)
-                                        for i, t, e in zip(batch, texts, ended.tolist())) / len(batch)
-        history.append(row)
-        metrics_file.write(json.dumps(row) + "\n")
-        metrics_file.flush()
-        eta = (time.time() - t_ppo) / it * (cfg.iterations - it)
+            row["objective/gold"] = mean(sum(task.gold_score(train_prompts[i], t, e)
+                                             for i, t, e in zip(batch, texts, ended.tolist())) / len(batch)).item()
+        metrics.append(row)
+        eta = (time.time() - t_ppo) / (it - start_it + 1) * (cfg.iterations - it)
         print(f"iter {it:>{len(str(cfg.iterations))}}/{cfg.iterations} | rm {row['objective/rm_score']:+.3f}"
               + (f" | gold {row['objective/gold']:.3f}" if builtin else "")
-              + f" | kl {mean_kl:.2f} | ent {row['policy/entropy']:.3f} | pg {row['losses/pg_loss']:+.4f}"
-              f" | vf {row['losses/vf_loss']:.4f} | clip {row['policy/clipfrac']:.3f} | len {row['charts/response_length']:.1f}"
+              + f" | kl {mean_kl:.2f} | ent {row.get('policy/entropy', float('nan')):.3f}"
+              f" | pg {row.get('losses/pg_loss', float('nan')):+.4f} | vf {row.get('losses/vf_loss', float('nan')):.4f}"
+              f" | clip {row.get('policy/clipfrac', float('nan')):.3f} | len {row['charts/response_length']:.1f}"
               f" | {row['charts/tokens_per_s']:,.0f} tok/s | eta {format_eta(eta)}", flush=True)
+        if bad_in_row >= cfg.max_bad_steps:
+            raise ValueError(f"{bad_in_row} iterations in a row could not update (non-finite rewards, loss or gradient); "
+                             f"stopped at iteration {it}, the last checkpoint is kept")
         if it % cfg.save_interval == 0 or it == cfg.iterations:
-            save_checkpoint(ckpt_path, policy, tokenizer, cfg, it, metrics=row)
-            save_checkpoint(value_path, value_model, tokenizer, cfg, it, metrics=row)
-    metrics_file.close()
+            save(it, finished=False)
 
-    # the report: SFT and PPO answer the same held-out prompts
-    sft_policy, _, _ = load_checkpoint(cfg.sft_ckpt, tokenizer, device=device)
-    report = compare(cfg, policy, sft_policy, reward_model, tokenizer, eval_prompts, eval_ids, builtin, gen, autocast)
-    summary = {**report, "iterations": cfg.iterations, "skipped_updates": skipped,
+    # the report: SFT and PPO answer the same held-out prompts (and, on the built-in tasks, the gold scorer judges)
+    result = evaluate.compare({"sft": ref_policy, "ppo": policy_train}, tokenizer, eval_prompts, reference=ref_policy,
+                              reward_model=reward_model, task=task, temperature=cfg.temperature,
+                              max_new_tokens=cfg.max_new_tokens, eos_penalty_score=cfg.eos_penalty_score,
+                              seed=cfg.seed + 3, d=d, device=device, autocast=autocast)
+    summary = {**result, "iterations": cfg.iterations, "skipped_updates": skipped,
                "ppo_seconds": time.time() - t_ppo, "total_seconds": time.time() - t_start,
                "checkpoint": ckpt_path, "config": asdict(cfg)}
-    with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    png = plot_curves(history, os.path.join(cfg.out_dir, "curves.png"))
-    write_report(os.path.join(cfg.out_dir, "report.md"), summary, history, png)
-    print(open(os.path.join(cfg.out_dir, "report.md")).read())
+    if d.is_main:
+        runs.write_json(os.path.join(cfg.out_dir, "summary.json"), summary)
+        png = evaluate.plot_curves(metrics.rows, os.path.join(cfg.out_dir, "curves.png"))
+        report = write_ppo_report(os.path.join(cfg.out_dir, "report.md"), summary, task, png)
+        print(report)
+    save(cfg.iterations, finished=True)
     print(f"done in {format_eta(time.time() - t_start)} (PPO {format_eta(summary['ppo_seconds'])}): "
           f"{cfg.out_dir}/report.md, {cfg.out_dir}/summary.json")
-
-
-def _mean(xs):
-    """The mean of a list of 0-d tensors as a float (one device sync for the lot); nan if empty."""
-    return torch.stack(xs).mean().item() if xs else float("nan")
-
-
-@torch.no_grad()
-def compare(cfg, policy, sft, reward_model, tokenizer, records, ids, builtin, gen, autocast):
-    """Held-out comparison of the PPO and SFT policies: both sample at the training temperature
-    (the policies as trained), and greedy decoding as a second view."""
-    policy.eval()
-    result = {"n_prompts": len(ids), "temperature": cfg.temperature}
-    samples = {}
-    for name, model in (("ppo", policy), ("sft", sft)):
-        for mode, temperature in (("sampled", cfg.temperature), ("greedy", 0.0)):
-            with autocast:
-                samples[name, mode] = sample_responses(model, tokenizer, ids, max_new_tokens=cfg.max_new_tokens,
-                                                       temperature=temperature, generator=gen)
-        rs = samples[name, "sampled"]
-        result[f"{name}_mean_length"] = sum(len(r["ids"]) + r["ended"] for r in rs) / len(rs)
-        result[f"{name}_ended"] = sum(r["ended"] for r in rs) / len(rs)
-        # the reward model's score, with the EOS trick as in training; on PPO's samples also
-        # KL(PPO || SFT) per response: the sum over its tokens of log pi - log pi_sft
-        scores, kls = [], []
-        for i in range(0, len(ids), 256):
-            seq, start, P, targets, lengths, ended = response_batch(ids[i:i + 256], rs[i:i + 256], tokenizer,
-                                                                    policy.lm_head.weight.device)
-            rm = reward_scores(reward_model, seq, start, P, lengths, autocast)
-            scores += eos_penalty(rm, ended, cfg.eos_penalty_score).tolist()
-            if name == "ppo":
-                lp = response_logprobs(policy, seq, start, P, targets, cfg.temperature, autocast)
-                lp_sft = response_logprobs(sft, seq, start, P, targets, cfg.temperature, autocast)
-                kls += (lp - lp_sft).sum(1).tolist()
-        result[f"{name}_rm_score"] = sum(scores) / len(scores)
-        if name == "ppo":
-            result["kl_ppo_sft"] = sum(kls) / len(kls)
-    if builtin:
-        texts = [r["prompt"] for r in records]
-        golds = {key: [tasks.gold_score(p, r["text"], r["ended"]) for p, r in zip(texts, rs)]
-                 for key, rs in samples.items()}
-        for (name, mode), g in golds.items():
-            result[f"{name}_gold_{mode}"] = sum(g) / len(g)
-            result[f"{name}_exact_{mode}"] = sum(x == 1.0 for x in g) / len(g)
-        for mode in ("sampled", "greedy"):
-            wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(golds["ppo", mode], golds["sft", mode]))
-            result[f"win_rate_{mode}"] = wins / len(texts)
-        result["examples"] = [{"prompt": texts[i], "sft": samples["sft", "sampled"][i]["text"],
-                               "ppo": samples["ppo", "sampled"][i]["text"]} for i in range(min(8, len(texts)))]
-    policy.train()
-    return result
-
-
-def plot_curves(history, path):
-    """A PNG of the training curves when matplotlib (the `plot` extra) is installed; None otherwise."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    keys = [k for k in ("objective/gold", "objective/rm_score", "objective/kl", "policy/entropy",
-                        "charts/response_length", "val/explained_variance") if history and k in history[0]]
-    if not keys:  # every update was skipped: nothing to draw
-        return None
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8))
-    for ax, k in zip(axes, keys):
-        ax.plot([h["iteration"] for h in history], [h[k] for h in history])
-        ax.set_title(k, fontsize=9)
-        ax.set_xlabel("iteration", fontsize=8)
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def write_report(path, s, history, png):
-    lines = ["# PPO vs SFT on held-out prompts", "",
-             f"{s['n_prompts']} held-out prompts; responses sampled at temperature {s['temperature']} "
-             f"(the policies as trained), and greedy.", "",
-             "| | SFT | PPO |", "|---|---|---|"]
-    if "ppo_gold_sampled" in s:
-        lines += [f"| gold score, sampled | {s['sft_gold_sampled']:.3f} | {s['ppo_gold_sampled']:.3f} |",
-                  f"| gold score, greedy | {s['sft_gold_greedy']:.3f} | {s['ppo_gold_greedy']:.3f} |",
-                  f"| exactly right (gold 1), sampled | {s['sft_exact_sampled']:.1%} | {s['ppo_exact_sampled']:.1%} |",
-                  f"| exactly right (gold 1), greedy | {s['sft_exact_greedy']:.1%} | {s['ppo_exact_greedy']:.1%} |"]
-    lines += [f"| reward model score | {s['sft_rm_score']:+.3f} | {s['ppo_rm_score']:+.3f} |",
-              f"| mean response length (tokens, EOS included) | {s['sft_mean_length']:.1f} | {s['ppo_mean_length']:.1f} |",
-              f"| responses that ended with EOS | {s['sft_ended']:.1%} | {s['ppo_ended']:.1%} |", ""]
-    if "win_rate_sampled" in s:
-        lines += [f"**Gold win rate of PPO over SFT** (ties count half): **{s['win_rate_sampled']:.1%}** sampled, "
-                  f"{s['win_rate_greedy']:.1%} greedy.", ""]
-    lines += [f"KL(PPO || SFT): {s['kl_ppo_sft']:.2f} nats per response (estimated on PPO's samples).", "",
-              f"{s['iterations']} PPO iterations in {s['ppo_seconds']:.0f} s ({s['skipped_updates']} skipped updates); "
-              f"whole run {s['total_seconds']:.0f} s.", ""]
-    if png:
-        lines += [f"![training curves]({os.path.basename(png)})", ""]
-    if "examples" in s:
-        lines += ["| prompt | SFT | PPO |", "|---|---|---|"]
-        esc = lambda t: t.replace("\n", "\\n").replace("|", "\\|")  # noqa: E731
-        lines += [f"| `{esc(e['prompt'])}` | `{esc(e['sft'])}` | `{esc(e['ppo'])}` |" for e in s["examples"]]
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(path + ".tmp", path)
+    distributed.shutdown()
 
 
 if __name__ == "__main__":
-    run(main, Config, "train_ppo.py")
+    run(main, Config, "train_ppo.py", task_defaults="ppo")

@@ -2,14 +2,16 @@
 Step 1 of InstructGPT: supervised fine-tuning on demonstrations.
 
 The loss is next-token cross-entropy on the completion (or the assistant turns) only: the prompt is
-given, not learned. On the built-in task the demonstrations come from a noisy demonstrator, so the
+given, not learned. On the built-in tasks the demonstrations come from noisy demonstrators, so the
 SFT policy is good but clearly imperfect, which is what leaves room for the reward model and PPO.
 
-    python train_sft.py                                  # the built-in task, from scratch, a few CPU minutes
+    python train_sft.py                                  # the built-in instruct task, from scratch, a few CPU minutes
+    python train_sft.py --task=chat                      # the built-in dialogue task
     python train_sft.py --data=train.jsonl --eval_data=eval.jsonl --init_from=path/to/gpt2 --tokenizer=path/to/gpt2
+    python train_sft.py --resume                         # continue the unfinished run in --out_dir
+    torchrun --nproc_per_node=4 train_sft.py             # 4 GPUs (DDP; --fsdp to shard the model)
     python train_sft.py --help
 """
-import json
 import math
 import os
 import random
@@ -18,23 +20,23 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from minirlhf.tasks import instruct as tasks
-from minirlhf.tasks import labelers
+from minirlhf import distributed, evaluate, runs
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
-from minirlhf.cli import check_at_least_one, print_config, run, setup_device
-from minirlhf.data import encode_sft, read_sft, sft_batch
+from minirlhf.cli import RunOptions, check, check_at_least_one, check_files, print_config, run, setup_device
+from minirlhf.data import IGNORE_INDEX, encode_sft, read_sft, sft_batch
 from minirlhf.model import GPT, GPTConfig
-from minirlhf.sampling import Progress, format_eta, sample_responses
+from minirlhf.sampling import Progress, format_eta
+from minirlhf.tasks import get_task
 from minirlhf.tokenizer import get_tokenizer
 
 
 @dataclass
-class Config:
+class Config(RunOptions):
     """Supervised fine-tuning (InstructGPT step 1): next-token loss on the demonstrations' completions."""
     out_dir: str = "out/sft"
     """where ckpt.pt, metrics.jsonl and summary.json are written"""
     data: str = "builtin"
-    """"builtin" (the built-in task's noisy demonstrations) or comma-separated JSONL files of {"prompt", "completion"} or {"messages"} records"""
+    """"builtin" (the task's noisy demonstrations) or comma-separated JSONL files of {"prompt", "completion"} or {"messages"} records"""
     eval_data: str = ""
     """held-out JSONL for the eval loss; with data=builtin, empty means the built-in held-out split"""
     init_from: str = "scratch"
@@ -52,14 +54,14 @@ class Config:
     """longest sequence (prompt + response) of a model trained from scratch"""
     n_builtin: int = 50000
     """built-in demonstrations to train on"""
-    demo_error_rate: float = tasks.DEMO_ERROR_RATE
-    """share of built-in demonstrations with a content mistake in them"""
-    demo_ramble_rate: float = tasks.DEMO_RAMBLE_RATE
-    """share of built-in demonstrations with a chatty word tacked on (labelers dislike it)"""
+    demo_error_rate: float = -1.0
+    """share of built-in demonstrations with a content mistake in them (-1: the task's default)"""
+    demo_ramble_rate: float = -1.0
+    """share of built-in demonstrations with a chatty word tacked on, which labelers dislike (-1: the task's default)"""
     max_iters: int = 900
     """optimizer steps"""
     batch_size: int = 64
-    """sequences per step"""
+    """sequences per step (over all ranks)"""
     learning_rate: float = 2e-3
     """peak learning rate (AdamW), reached after warmup_iters, then cosine decay to min_lr"""
     min_lr: float = 1e-4
@@ -72,6 +74,8 @@ class Config:
     """Adam epsilon; 1e-5 as in the original RLHF code (the N+ implementation details)"""
     grad_clip: float = 1.0
     """clip the global gradient norm to this (0: off)"""
+    max_bad_steps: int = 10
+    """stop with an error after this many steps in a row with a non-finite loss or gradient (each is skipped)"""
     log_interval: int = 50
     """steps between progress lines"""
     eval_interval: int = 500
@@ -82,21 +86,23 @@ class Config:
     """held-out built-in prompts for the final gold scores (0: skip)"""
     max_new_tokens: int = 24
     """response budget when sampling for the gold scores"""
-    seed: int = 1337
-    """seed of the data order, the initialization and the sampling"""
-    device: str = "auto"
-    """auto (cuda if available, else cpu), cpu, cuda, cuda:1, ..."""
-    threads: int = 0
-    """torch CPU threads (0: torch's default)"""
 
     def __post_init__(self):
-        check_at_least_one(self, "max_iters", "batch_size", "log_interval", "eval_interval", "eval_batches",
-                           "max_new_tokens")
+        super().__post_init__()
+        check_at_least_one(self, "n_layer", "n_head", "n_embd", "block_size", "n_builtin", "max_iters", "batch_size",
+                           "max_bad_steps", "log_interval", "eval_interval", "eval_batches", "max_new_tokens")
+        check(self, "n_gold_eval", lambda x: x >= 0, ">= 0")
         for name in ("demo_error_rate", "demo_ramble_rate"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.learning_rate <= 0 or self.min_lr < 0:
-            raise ValueError("--learning_rate must be > 0 and --min_lr >= 0")
+            check(self, name, lambda x: x == -1 or 0 <= x <= 1, "in [0, 1] (or -1: the task's default)")
+        check(self, "learning_rate", lambda x: x > 0, "> 0")
+        check(self, "min_lr", lambda x: 0 <= x <= self.learning_rate, "in [0, learning_rate]")
+        check(self, "warmup_iters", lambda x: x >= 0, ">= 0")
+        check(self, "weight_decay", lambda x: x >= 0, ">= 0")
+        check(self, "adam_eps", lambda x: x > 0, "> 0")
+        check(self, "grad_clip", lambda x: x >= 0, ">= 0 (0: off)")
+        if self.data == "builtin" and self.eval_data:
+            raise ValueError("--eval_data goes with JSONL --data; the built-in data has its own held-out split")
+        check_files(self, "data", "eval_data")
 
 
 def lr_at(it, cfg):
@@ -108,129 +114,168 @@ def lr_at(it, cfg):
 
 
 def main(cfg):
+    d, device = distributed.setup(cfg.device)
     print_config(cfg)
     t_start = time.time()
-    device, autocast = setup_device(cfg)
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
+    device, autocast = setup_device(cfg, device)
+    resume = runs.start(cfg, d.is_main)  # the checkpoint to go on from, or None
+    torch.manual_seed(cfg.seed)  # the same initialization on every rank
+    rng = random.Random(cfg.seed)  # the data order: the same on every rank, each takes its share of a batch
+    task = get_task(cfg.task)
 
     # the model and its tokenizer
-    if cfg.init_from == "scratch":
+    kernels = dict(attn_impl=cfg.kernels, logprob_impl=cfg.kernels)
+    if resume is not None:
+        tokenizer = get_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
+        model, tokenizer, _ = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), tokenizer, **kernels)
+    elif cfg.init_from == "scratch":
         tokenizer = get_tokenizer(cfg.tokenizer or "bytes")
         model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tokenizer.vocab_size, n_layer=cfg.n_layer,
-                              n_head=cfg.n_head, n_embd=cfg.n_embd))
+                              n_head=cfg.n_head, n_embd=cfg.n_embd, **kernels))
     elif os.path.isdir(cfg.init_from):
         tokenizer = get_tokenizer(cfg.tokenizer or cfg.init_from)
-        model = GPT.from_pretrained(cfg.init_from, vocab_size=tokenizer.vocab_size)  # room for the pad token
+        model = GPT.from_pretrained(cfg.init_from, vocab_size=tokenizer.vocab_size, **kernels)  # room for the pad token
     elif os.path.isfile(cfg.init_from):
-        model, tokenizer, _ = load_checkpoint(cfg.init_from, get_tokenizer(cfg.tokenizer) if cfg.tokenizer else None)
+        model, tokenizer, _ = load_checkpoint(cfg.init_from, get_tokenizer(cfg.tokenizer) if cfg.tokenizer else None,
+                                              **kernels)
     else:
         raise ValueError(f"--init_from={cfg.init_from!r}: not 'scratch', a GPT-2 directory or a checkpoint file")
+    if model.score_head is not None:
+        raise ValueError(f"--init_from={cfg.init_from}: a reward/value model (it has a scalar head), not a language model")
     model.to(device)
     block_size = model.config.block_size
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, {model.config.n_layer} layers, "
-          f"{model.config.n_embd} wide, block {block_size}; tokenizer {tokenizer}; device {device}")
+          f"{model.config.n_embd} wide, block {block_size}; tokenizer {tokenizer}; device {device}"
+          + (f"; {d.world} ranks ({'FSDP' if cfg.fsdp else 'DDP'})" if d.world > 1 else ""))
 
     # the data: (ids, loss_mask) per example
     builtin = cfg.data == "builtin"
     if builtin:
-        train_records = tasks.sft_records(cfg.n_builtin, "train", cfg.seed, cfg.demo_error_rate, cfg.demo_ramble_rate)
-        eval_records = tasks.sft_records(1000, "eval", cfg.seed, cfg.demo_error_rate, cfg.demo_ramble_rate)
+        rates = {k: v for k, v in (("error_rate", cfg.demo_error_rate), ("ramble_rate", cfg.demo_ramble_rate)) if v >= 0}
+        train_records = task.sft_records(cfg.n_builtin, "train", cfg.seed, **rates)
+        eval_records = task.sft_records(1000, "eval", cfg.seed, **rates)
     else:
         train_records = [r for path in cfg.data.split(",") for r in read_sft(path)]
-        eval_records = None
-    gold_demonstrations = (sum(tasks.gold_score(r["prompt"], r["completion"], True) for r in eval_records)
-                           / len(eval_records)) if builtin else None
-    if cfg.eval_data:
-        eval_records = [r for path in cfg.eval_data.split(",") for r in read_sft(path)]
+        eval_records = [r for path in cfg.eval_data.split(",") for r in read_sft(path)] if cfg.eval_data else []
     train = [encode_sft(tokenizer, r, block_size) for r in train_records]
-    evals = [encode_sft(tokenizer, r, block_size) for r in eval_records] if eval_records else []
+    evals = [encode_sft(tokenizer, r, block_size) for r in eval_records]
     n_loss_tokens = sum(sum(m) for _, m in train)
     print(f"data: {len(train)} training examples ({n_loss_tokens} loss tokens), {len(evals)} held-out")
+    distributed.share(cfg.batch_size, d, "batch_size")
 
-    def batch(examples):
-        idx, targets = sft_batch([examples[rng.randrange(len(examples))] for _ in range(cfg.batch_size)], tokenizer.pad_id)
+    def batch(examples, rng):
+        """This rank's share of a batch drawn with rng (which every rank draws alike)."""
+        picks = [examples[rng.randrange(len(examples))] for _ in range(cfg.batch_size)]
+        idx, targets = sft_batch(distributed.my_slice(picks, d), tokenizer.pad_id)
         return idx.to(device), targets.to(device)
 
+    train_model = distributed.wrap(model, d, cfg.fsdp)  # what forward and backward go through
+
     def loss_of(idx, targets):
-        """Mean negative log-likelihood of the completion tokens (targets of -100 carry no loss)."""
-        with autocast:
-            logprobs = model(idx, targets=targets)
-        return -logprobs.sum() / (targets != -100).sum()
+        """Mean negative log-likelihood of the completion tokens of the whole batch (all ranks');
+        targets of -100 carry no loss."""
+        n_tokens = distributed.all_sum((targets != IGNORE_INDEX).sum())
+        with autocast():
+            logprobs = train_model(idx, targets=targets)
+        return -logprobs.sum() / n_tokens * d.world  # DDP and FSDP average the gradients over ranks
 
     @torch.no_grad()
     def eval_loss():
+        """The loss on the same eval_batches held-out batches every time."""
         if not evals:
             return None
         model.eval()
-        losses = [loss_of(*batch(evals)).item() for _ in range(cfg.eval_batches)]
+        eval_rng = random.Random(cfg.seed + 1)
+        losses = [loss_of(*batch(evals, eval_rng)) / d.world for _ in range(cfg.eval_batches)]
         model.train()
-        return sum(losses) / len(losses)
+        return torch.stack(losses).mean().item()
 
     # AdamW with weight decay on matrices only (as nanoGPT); Adam eps 1e-5 (the N+ implementation details)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wpe" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "wpe" in n]
+    decay = [p for n, p in train_model.named_parameters() if p.dim() >= 2 and "wpe" not in n]
+    no_decay = [p for n, p in train_model.named_parameters() if p.dim() < 2 or "wpe" in n]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=cfg.learning_rate, betas=(0.9, 0.99), eps=cfg.adam_eps, fused=True)
+                                  lr=cfg.learning_rate, betas=(0.9, 0.99), eps=cfg.adam_eps,
+                                  fused=not cfg.fsdp)  # the fused kernel does not take FSDP's sharded tensors
 
-    os.makedirs(cfg.out_dir, exist_ok=True)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    metrics_file = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "w")
-    progress, n_tokens, losses = Progress(cfg.max_iters), 0, []
+    state = resume["state"] if resume else {}
+    metrics = runs.Metrics(cfg.out_dir, state.get("metrics", []), owned=d.is_main and not cfg.overwrite)
+    skipped, bad_in_row = state.get("skipped", 0), state.get("bad_in_row", 0)
+    if resume:
+        distributed.load_optimizer_state(train_model, optimizer, state["optimizer"], cfg.fsdp)
+        runs.set_rng_state(runs.rank_state(state["rng"], d), rng)
+        print(f"resuming {cfg.out_dir} at step {resume['step']} of {cfg.max_iters}")
+
+    def save(step, finished):
+        """Every rank calls it (FSDP gathers the shards); rank 0 writes."""
+        weights = distributed.model_state(train_model, cfg.fsdp)
+        train_state = None if finished else {
+            "optimizer": distributed.optimizer_state(train_model, optimizer, cfg.fsdp),
+            "rng": distributed.all_gather_objects(runs.rng_state(rng)), "metrics": metrics.rows,
+            "skipped": skipped, "bad_in_row": bad_in_row}
+        if d.is_main:
+            save_checkpoint(ckpt_path, model, tokenizer, cfg, step, finished=finished, state=train_state,
+                            weights=weights, total_steps=cfg.max_iters)
+            metrics.own()
+
+    start_it = resume["step"] + 1 if resume else 1
+    progress, n_tokens, losses = Progress(cfg.max_iters, start_it - 1), 0, []
     model.train()
-    for it in range(1, cfg.max_iters + 1):
+    for it in range(start_it, cfg.max_iters + 1):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(it - 1, cfg)
-        idx, targets = batch(train)
+        idx, targets = batch(train, rng)
         loss = loss_of(idx, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        optimizer.step()
-        n_tokens += idx.numel()
-        losses.append(loss.detach())  # no device sync per step: read at the log interval
+        grad_norm = torch.nn.utils.clip_grad_norm_(train_model.parameters(),
+                                                   cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        # a non-finite loss or gradient skips the step; one device sync per step buys that guard
+        if torch.isfinite(distributed.local(grad_norm)):
+            optimizer.step()
+            bad_in_row = 0
+        else:
+            skipped, bad_in_row = skipped + 1, bad_in_row + 1
+            print(f"step {it}: non-finite loss or gradient, step skipped ({bad_in_row} in a row)")
+            if bad_in_row >= cfg.max_bad_steps:
+                raise ValueError(f"{bad_in_row} steps in a row had a non-finite loss or gradient (is --learning_rate="
+                                 f"{cfg.learning_rate} too high?); stopped at step {it}, the last checkpoint is kept")
+        n_tokens += idx.numel() * d.world
+        losses.append(loss.detach() / d.world)  # no device sync per step: read at the log interval
 
         if it % cfg.log_interval == 0 or it == cfg.max_iters:
             row = {"step": it, "train/loss": torch.stack(losses).mean().item(), "train/lr": lr_at(it - 1, cfg),
-                   "train/grad_norm": grad_norm.item(), "time": time.time() - t_start}
+                   "train/grad_norm": distributed.local(grad_norm).item(), "train/skipped_steps": skipped,
+                   "time": time.time() - t_start}
             losses = []
             if it % cfg.eval_interval == 0 or it == cfg.max_iters:
                 row["eval/loss"] = eval_loss()
-                save_checkpoint(ckpt_path, model, tokenizer, cfg, it, metrics=row)
-            metrics_file.write(json.dumps(row) + "\n")
-            metrics_file.flush()
+            metrics.append(row)
+            if "eval/loss" in row:
+                save(it, finished=False)
             shown = {"loss": row["train/loss"], "lr": row["train/lr"]}
             if row.get("eval/loss") is not None:
                 shown["eval_loss"] = row["eval/loss"]
             print(progress.line(it, n_tokens, **shown))
-    metrics_file.close()
 
     # what SFT reached: eval loss, and on the built-in task the gold score of held-out responses
-    summary = {"steps": cfg.max_iters, "eval_loss": eval_loss(), "train_seconds": time.time() - t_start,
-               "checkpoint": ckpt_path, "parameters": model.num_params()}
+    summary = {"steps": cfg.max_iters, "eval_loss": eval_loss(), "skipped_steps": skipped,
+               "train_seconds": time.time() - t_start, "checkpoint": ckpt_path, "parameters": model.num_params()}
     if builtin and cfg.n_gold_eval > 0:
-        prompts = [r["prompt"] for r in tasks.prompt_records(cfg.n_gold_eval, "eval", cfg.seed)]
-        ids = [tokenizer.encode(p) for p in prompts]
-        gen = torch.Generator(device=device).manual_seed(cfg.seed)
-        untrained = GPT(model.config).to(device)
-
-        def gold(m, temperature):
-            responses = sample_responses(m, tokenizer, ids, max_new_tokens=cfg.max_new_tokens,
-                                         temperature=temperature, generator=gen)
-            return sum(tasks.gold_score(p, r["text"], r["ended"]) for p, r in zip(prompts, responses)) / len(prompts)
-        summary.update(gold_greedy=gold(model, 0.0), gold_sampled=gold(model, 1.0),
-                       gold_untrained_greedy=gold(untrained, 0.0),
-                       gold_demonstrations=gold_demonstrations,
-                       n_gold_prompts=len(prompts))
+        records = task.prompt_records(cfg.n_gold_eval, "eval", cfg.seed)
+        summary.update(evaluate.sft_gold(train_model, tokenizer, task, records, eval_records, seed=cfg.seed, d=d,
+                                         max_new_tokens=cfg.max_new_tokens, device=device, autocast=autocast))
         print(f"held-out gold score: greedy {summary['gold_greedy']:.3f}, sampled (T=1) {summary['gold_sampled']:.3f}, "
               f"untrained model {summary['gold_untrained_greedy']:.3f}, "
               f"the demonstrations themselves {summary['gold_demonstrations']:.3f}")
     summary["total_seconds"] = time.time() - t_start
-    with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
-        json.dump({"config": asdict(cfg), **summary}, f, indent=2)
+    if d.is_main:
+        runs.write_json(os.path.join(cfg.out_dir, "summary.json"), {"config": asdict(cfg), **summary})
+    save(cfg.max_iters, finished=True)
     print(f"done in {format_eta(summary['total_seconds'])}: {ckpt_path}, {cfg.out_dir}/summary.json")
+    distributed.shutdown()
 
 
 if __name__ == "__main__":
-    run(main, Config, "train_sft.py")
+    run(main, Config, "train_sft.py", task_defaults="sft")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from minirlhf.checkpoint import load_checkpoint
-from minirlhf.cli import run, setup_device
+from minirlhf.cli import DTYPES, check_device, run, setup_device
 from minirlhf.data import encode_prompt
 from minirlhf.tasks.instruct import SEP
 
@@ -57,10 +57,15 @@ class Config:
     """seed of the sampling"""
     device: str = "auto"
     """auto (cuda if available, else cpu), cpu, cuda, ..."""
+    dtype: str = "auto"
+    """autocast dtype: auto (bf16 on CUDA, fp32 on the CPU), fp32, bf16, fp16"""
     threads: int = 0
     """torch CPU threads (0: torch's default)"""
 
     def __post_init__(self):
+        check_device(self.device)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.mode not in MODES:
             raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.temperature < 0:
@@ -175,7 +180,7 @@ class Conversation:
         self.system, self.max_new_tokens = system, max_new_tokens
         self.sampling = dict(temperature=temperature, top_p=top_p if top_p < 1 else None, top_k=top_k or None,
                              generator=generator)
-        self.autocast = autocast or nullcontext()  # bf16 autocast on CUDA, as the training scripts run
+        self.autocast = autocast or nullcontext  # a context factory: bf16 autocast on CUDA, as the training scripts run
         self.budget = model.config.block_size - max_new_tokens  # prompt tokens that leave room for the reply
         self.history = []  # chat mode: user and assistant turns so far, oldest first
 
@@ -207,7 +212,7 @@ class Conversation:
         stream = Streamer(self.tokenizer, self.out)
         self.out.write(BOT)
         self.out.flush()
-        with self.autocast:
+        with self.autocast():
             gen = self.model.generate(torch.tensor([ids], device=device), self.max_new_tokens,
                                       eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
                                       on_token=stream, **self.sampling)
@@ -246,19 +251,8 @@ def respond(conv, line):
     return True
 
 
-def resolve_device(cfg):
-    """(device, autocast) as the training scripts set them up, with a clear error for a device that is not there."""
-    if cfg.device != "auto":
-        try:
-            torch.empty(0, device=cfg.device)
-        except (RuntimeError, AssertionError) as e:
-            hint = " (no CUDA GPU here: use --device=cpu)" if cfg.device.startswith("cuda") else ""
-            raise ValueError(f"--device={cfg.device}: cannot use it{hint}: {str(e).splitlines()[0]}") from None
-    return setup_device(cfg)
-
-
 def main(cfg):
-    device, autocast = resolve_device(cfg)
+    device, autocast = setup_device(cfg)
     model, tokenizer, ckpt = load_checkpoint(cfg.ckpt, device=device)
     if model.config.scalar_head:
         raise ValueError(f"checkpoint {cfg.ckpt} is a reward or value model (it has a scalar head), not a policy: "

@@ -1,9 +1,25 @@
 """
-Checkpoints: one file holding the model config, the weights, the tokenizer, the training config
-and the step. Written atomically, so a crash mid-save leaves the previous checkpoint intact;
-read with torch.load(weights_only=True), so loading one never runs code from it.
+Checkpoints: one file holding everything a stage of the recipe leaves behind or needs to go on.
+
+    format          "minirlhf-checkpoint-v2"
+    model_config    the GPTConfig of the model, as a dict
+    model           its weights (the policy's, in PPO)
+    tokenizer       what tokenizer.spec() says: name, sizes, a fingerprint of the vocabulary
+    train_config    the script's whole config
+    step            steps (SFT, RM) or iterations (PPO) done, of total_steps
+    finished        True once the stage is complete: trained, evaluated, summarized. Later stages
+                    take only finished checkpoints, so a killed run is never taken for a result.
+    value_model     PPO: the value model's config and weights, saved with the policy in one file so
+                    that a crash can never leave a policy beside another iteration's value model
+    state           while unfinished: what resuming needs to go on exactly (optimizer, RNG states,
+                    data position, metrics so far, ...); dropped from the finished checkpoint
+
+Written atomically (a temporary file in the same directory, then a rename), so a crash mid-save
+leaves the previous checkpoint intact; never with non-finite weights; read with
+torch.load(weights_only=True), so loading one never runs code from it.
 """
 import os
+import re
 from dataclasses import asdict, is_dataclass
 
 import torch
@@ -11,27 +27,50 @@ import torch
 from minirlhf.model import GPT, GPTConfig
 from minirlhf.tokenizer import check_tokenizer, tokenizer_from_spec
 
-FORMAT = "minirlhf-checkpoint-v1"
+FORMAT = "minirlhf-checkpoint-v2"
+OLD_FORMATS = ("minirlhf-checkpoint-v1",)  # no "finished" flag: read as finished, as they were used
 
 
-def save_checkpoint(path, model, tokenizer, train_config, step, **extra):
-    """Write the checkpoint to path via a temporary file in the same directory and a rename."""
+def _weights(model, state_dict=None):
+    """The model's state dict (or the one given: an FSDP model's gathered weights) on the CPU; a
+    ValueError naming the first non-finite tensor."""
+    sd = {k: v.detach().cpu() for k, v in (model.state_dict() if state_dict is None else state_dict).items()}
+    for name, w in sd.items():
+        if w.is_floating_point() and not torch.isfinite(w).all():
+            raise ValueError(f"refusing to save a checkpoint: {name} holds non-finite values")
+    return sd
+
+
+def save_checkpoint(path, model, tokenizer, train_config, step, *, finished=True, state=None, value_model=None,
+                    weights=None, value_weights=None, **extra):
+    """Write the checkpoint to path atomically. A model (or value model) with a non-finite weight is
+    a ValueError, and the file at path stays as it was. weights / value_weights: the state dicts to
+    save instead of the models' own (gathered from FSDP shards)."""
     ckpt = {
         "format": FORMAT,
         "model_config": asdict(model.config),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": _weights(model, weights),
         "tokenizer": tokenizer.spec(),
         "train_config": asdict(train_config) if is_dataclass(train_config) else dict(train_config),
         "step": step,
+        "finished": bool(finished),
         **extra,
     }
+    if value_model is not None:
+        ckpt["value_model"] = {"model_config": asdict(value_model.config), "model": _weights(value_model, value_weights)}
+    if state is not None:
+        ckpt["state"] = state
     atomic_save(ckpt, path)
+
+
+def _temporary(path):
+    return f"{path}.tmp{os.getpid()}"
 
 
 def atomic_save(obj, path):
     """torch.save to path such that path holds either the old file or the whole new one."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = _temporary(path)
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
@@ -44,39 +83,76 @@ def atomic_save(obj, path):
         raise
 
 
-def read_checkpoint(path):
-    """The checkpoint dict at path, checked to be a minirlhf checkpoint."""
+def atomic_write_text(path, text):
+    """Write a text file (a summary, a report, metrics) so that it is complete or absent."""
+    tmp = _temporary(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def remove_stale_temporaries(directory):
+    """Delete the temporary files (NAME.tmpPID) that a process killed mid-write left in directory.
+    Those of a process still alive (another run writing there right now) are left alone."""
+    removed = []
+    for name in os.listdir(directory):
+        m = re.fullmatch(r".+\.tmp(\d+)", name)
+        if m is None:
+            continue
+        pid = int(m.group(1))
+        try:
+            os.kill(pid, 0)
+            alive = pid != os.getpid()
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+        if not alive:
+            os.remove(os.path.join(directory, name))
+            removed.append(name)
+    return removed
+
+
+def read_checkpoint(path, mmap=False):
+    """The checkpoint dict at path, checked to be a minirlhf checkpoint. mmap: map the file instead
+    of reading it (cheap when only the small entries are looked at)."""
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
-        raise ValueError(f"checkpoint {path} cannot be read (truncated or not a torch file?): {type(e).__name__}: {e}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"checkpoint {path} cannot be read (truncated, not a torch file, or holding code "
+                         f"weights_only=True refuses to run): {type(e).__name__}: {e}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in (FORMAT, *OLD_FORMATS):
         raise ValueError(f"{path} is not a minirlhf checkpoint (no format {FORMAT!r})")
     for key in ("model_config", "model", "tokenizer", "train_config", "step"):
         if key not in ckpt:
             raise ValueError(f"checkpoint {path} has no {key!r} entry")
+    ckpt.setdefault("finished", True)
     return ckpt
 
 
-def load_checkpoint(path, tokenizer=None, device="cpu", **overrides):
-    """(model, tokenizer, ckpt) from the checkpoint at path. If tokenizer is given it must be the
-    one the checkpoint was trained with; otherwise the checkpoint's tokenizer is rebuilt.
-    overrides change GPTConfig fields: dropout, attn_impl, or scalar_head=True to put a freshly
-    initialized scalar head on a language model (how the reward model starts from the SFT model)."""
-    ckpt = read_checkpoint(path)
-    if tokenizer is None:
-        tokenizer = tokenizer_from_spec(ckpt["tokenizer"], f"checkpoint {path}")
-    else:
-        check_tokenizer(tokenizer, ckpt["tokenizer"], f"checkpoint {path}")
+def model_from(ckpt, path, which="model", device="cpu", **overrides):
+    """Build the model stored in a checkpoint dict: which="model", or "value_model" (PPO's).
+    overrides change GPTConfig fields: dropout, attn_impl, logprob_impl, or scalar_head=True to put
+    a freshly initialized scalar head on a language model (how the reward model starts from SFT)."""
+    entry = ckpt if which == "model" else ckpt.get(which)
+    if entry is None:
+        raise ValueError(f"checkpoint {path} holds no {which}")
     try:
-        config = GPTConfig(**{**ckpt["model_config"], **overrides})
+        config = GPTConfig(**{**entry["model_config"], **overrides})
     except TypeError as e:
         raise ValueError(f"checkpoint {path}: bad model config: {e}") from None
     model = GPT(config)
     try:
-        missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+        missing, unexpected = model.load_state_dict(entry["model"], strict=False)
     except RuntimeError as e:
         raise ValueError(f"checkpoint {path}: weights do not fit its model config: {e}") from None
     # a scalar head asked for on a language model starts fresh (the reward model from the SFT model)
@@ -84,4 +160,26 @@ def load_checkpoint(path, tokenizer=None, device="cpu", **overrides):
     if missing or unexpected:
         raise ValueError(f"checkpoint {path}: weights do not fit its model config: missing {missing}, "
                          f"unexpected {unexpected}")
-    return model.to(device), tokenizer, ckpt
+    return model.to(device)
+
+
+def load_checkpoint(path, tokenizer=None, device="cpu", **overrides):
+    """(model, tokenizer, ckpt) from the checkpoint at path. If tokenizer is given it must be the
+    one the checkpoint was trained with; otherwise the checkpoint's tokenizer is rebuilt.
+    overrides: see model_from."""
+    ckpt = read_checkpoint(path)
+    if tokenizer is None:
+        tokenizer = tokenizer_from_spec(ckpt["tokenizer"], f"checkpoint {path}")
+    else:
+        check_tokenizer(tokenizer, ckpt["tokenizer"], f"checkpoint {path}")
+    return model_from(ckpt, path, device=device, **overrides), tokenizer, ckpt
+
+
+def require_finished(path, what, fix):
+    """The checkpoint at path, which must be a finished run of `what`; else a ValueError ending
+    with `fix` (what to do about it)."""
+    ckpt = read_checkpoint(path, mmap=True)
+    if not ckpt["finished"]:
+        raise ValueError(f"{path} is an unfinished {what} run (stopped at step {ckpt['step']} of "
+                         f"{ckpt.get('total_steps', '?')}): {fix}")
+    return ckpt

@@ -18,9 +18,8 @@ read it; so does GPT.from_pretrained):
   inside text as plain text, never as the special tokens.
   The byte tokenizer is GPT-2 BPE with no merges: vocab.json maps byte b (spelled in GPT-2's
   byte-to-character table) to id b, merges.txt lists no merges, and Hugging Face encodes to our ids.
-  get_tokenizer cannot read that directory back: tiktoken's GPT-2 reader gives the 256 bytes ids in
-  GPT-2's order (printable characters first) and checks vocab.json against it; train from it with
-  --tokenizer=bytes. GPT-2 tokenizers ("gpt2", a GPT-2 directory) read back to the same tokenizer.
+  get_tokenizer reads it back as the same tokenizer (the same fingerprint), as it does GPT-2
+  tokenizers ("gpt2", a GPT-2 directory).
   merges.txt is recovered from the token ranks: each token of two or more bytes is the pair that
   BPE on its own bytes joins last.
 - a reward or value model (scalar_head=True) also has score_head.safetensors, weight (1, n_embd)

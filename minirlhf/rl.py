@@ -11,28 +11,41 @@ import torch
 import torch.nn.functional as F
 
 
-def masked_mean(x, mask, dim=None):
-    """Mean of x over the positions where mask is true (over dim, or over everything)."""
+def masked_mean(x, mask, dim=None, reduce=None):
+    """Mean of x over the positions where mask is true (over dim, or over everything). reduce: a
+    function summing a tensor over all ranks (distributed.all_sum), for the mean of the global batch."""
     mask = mask.to(x.dtype)
-    if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1)
-    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+    if dim is not None:
+        return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+    reduce = reduce or (lambda t: t)
+    return reduce((x * mask).sum()) / reduce(mask.sum()).clamp(min=1)
 
 
-def masked_var(x, mask):
-    """Unbiased variance of x over the masked positions."""
-    mean = masked_mean(x, mask)
-    n = mask.sum().clamp(min=2)
-    return ((x - mean) ** 2 * mask).sum() / (n - 1)
+def masked_var(x, mask, reduce=None):
+    """Unbiased variance of x over the masked positions (of all ranks, with reduce)."""
+    reduce = reduce or (lambda t: t)
+    mean = masked_mean(x, mask, reduce=reduce)
+    n = reduce(mask.sum()).clamp(min=2)
+    return reduce(((x - mean) ** 2 * mask).sum()) / (n - 1)
 
 
-def masked_whiten(x, mask, shift_mean=True):
-    """x scaled to unit variance (and zero mean) over the masked positions; 0 off the mask."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+def masked_whiten(x, mask, shift_mean=True, reduce=None):
+    """x scaled to unit variance (and zero mean) over the masked positions; 0 off the mask. With
+    reduce, the statistics are those of the global batch over all ranks."""
+    mean, var = masked_mean(x, mask, reduce=reduce), masked_var(x, mask, reduce=reduce)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
     return whitened * mask
+
+
+def token_mean(x, mask, n_tokens=None):
+    """The sum of x over the masked positions divided by n_tokens (default: their count). Losses
+    pass n_tokens = global token count / world size, so that averaging the gradients over ranks
+    gives the gradient of the global batch's mean."""
+    if n_tokens is None:
+        return masked_mean(x, mask)
+    return (x * mask.to(x.dtype)).sum() / n_tokens
 
 
 # --- reward model -----------------------------------------------------------------------------
@@ -99,27 +112,27 @@ def gae(rewards, values, mask, gamma=1.0, lam=0.95):
     return advantages, (advantages + values) * mask
 
 
-def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip_range=0.2):
-    """PPO's clipped surrogate (Schulman et al. 2017), averaged over response tokens.
-    Returns (pg_loss, clipfrac, approx_kl): clipfrac is the share of tokens where the clip bound
-    is the one in force; approx_kl = mean of (log ratio)^2 / 2, as the N+ details log it."""
+def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip_range=0.2, n_tokens=None):
+    """PPO's clipped surrogate (Schulman et al. 2017), averaged over response tokens (see token_mean
+    for n_tokens). Returns (pg_loss, clipfrac, approx_kl): clipfrac is the share of tokens where the
+    clip bound is the one in force; approx_kl = mean of (log ratio)^2 / 2, as the N+ details log it."""
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     pg_losses = -advantages * ratio
     pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    pg_loss = masked_mean(torch.max(pg_losses, pg_losses_clipped), mask)
-    clipfrac = masked_mean((pg_losses_clipped > pg_losses).float(), mask)
-    approx_kl = masked_mean(0.5 * log_ratio ** 2, mask)
+    pg_loss = token_mean(torch.max(pg_losses, pg_losses_clipped), mask, n_tokens)
+    clipfrac = token_mean((pg_losses_clipped > pg_losses).to(logprobs.dtype), mask, n_tokens)
+    approx_kl = token_mean(0.5 * log_ratio ** 2, mask, n_tokens)
     return pg_loss, clipfrac.detach(), approx_kl.detach()
 
 
-def ppo_value_loss(values, old_values, returns, mask, clip_range=0.2):
+def ppo_value_loss(values, old_values, returns, mask, clip_range=0.2, n_tokens=None):
     """Clipped value loss: the new value may move at most clip_range from the rollout's value
     before its error stops counting (the N+ details). Returns (vf_loss, vf_clipfrac)."""
     values_clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
     losses, losses_clipped = (values - returns) ** 2, (values_clipped - returns) ** 2
-    vf_loss = 0.5 * masked_mean(torch.max(losses, losses_clipped), mask)
-    return vf_loss, masked_mean((losses_clipped > losses).float(), mask).detach()
+    vf_loss = 0.5 * token_mean(torch.max(losses, losses_clipped), mask, n_tokens)
+    return vf_loss, token_mean((losses_clipped > losses).to(values.dtype), mask, n_tokens).detach()
 
 
 class AdaptiveKLController:
@@ -136,7 +149,7 @@ class AdaptiveKLController:
         return self.value
 
 
-def explained_variance(values, returns, mask):
+def explained_variance(values, returns, mask, reduce=None):
     """1 - Var[returns - values] / Var[returns] over the masked positions (1 is perfect)."""
-    var_returns = masked_var(returns, mask)
-    return (1.0 - masked_var(returns - values, mask) / var_returns).item() if var_returns > 0 else float("nan")
+    var_returns = masked_var(returns, mask, reduce)
+    return (1.0 - masked_var(returns - values, mask, reduce) / var_returns).item() if var_returns > 0 else float("nan")

@@ -38,15 +38,16 @@ def format_eta(seconds):
 class Progress:
     """One readable line per interval: step, the metrics given, throughput and ETA."""
 
-    def __init__(self, total):
-        self.total, self.t0, self.last_t, self.last_n = total, time.time(), time.time(), 0
+    def __init__(self, total, start=0):
+        """total steps; start: steps done before this process began (a resumed run)."""
+        self.total, self.start, self.t0, self.last_t, self.last_n = total, start, time.time(), time.time(), 0
 
     def line(self, step, n_items, unit="tok", **metrics):
         """n_items: items (tokens, pairs...) processed since the start, for the throughput."""
         now = time.time()
         rate = (n_items - self.last_n) / max(now - self.last_t, 1e-9)
         self.last_t, self.last_n = now, n_items
-        eta = (now - self.t0) / max(step, 1) * (self.total - step)
+        eta = (now - self.t0) / max(step - self.start, 1) * (self.total - step)
         parts = [f"step {step:>{len(str(self.total))}}/{self.total}"]
         parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()]
         parts += [f"{rate:,.0f} {unit}/s", f"eta {format_eta(eta)}"]

@@ -22,7 +22,7 @@ def response_logprobs(model, seq, start, P, targets, temperature, autocast, entr
     entropy, each position's entropy). The hidden state at position t predicts token t + 1, so
     they are read at positions P-1 ... T-2: the last token of seq is never fed, and the final block
     runs at the response positions only. targets: the response tokens, -100 where there is none."""
-    with autocast:
+    with autocast():
         return model(seq[:, :-1], start, last=seq.size(1) - P, targets=targets, temperature=temperature,
                      return_entropy=entropy)
 
@@ -30,14 +30,14 @@ def response_logprobs(model, seq, start, P, targets, temperature, autocast, entr
 def response_values(model, seq, start, P, autocast):
     """The value model's estimate (B, R) at each response position, from the same hidden states
     that response_logprobs reads: the state before each token is chosen."""
-    with autocast:
+    with autocast():
         return model(seq[:, :-1], start, last=seq.size(1) - P)
 
 
 def reward_scores(reward_model, seq, start, P, lengths, autocast):
     """The reward model's score (B,) of each response seq[:, P:], read at its last token: the EOS,
     or the last token of a response that ran out of budget (lengths (B,) counts the EOS)."""
-    with autocast:
+    with autocast():
         scores = reward_model(seq, start, last=seq.size(1) - P)  # (B, R)
     return scores[torch.arange(len(seq), device=seq.device), lengths - 1]
 
@@ -89,5 +89,5 @@ def rewards_at_eos(reward_model, seqs, pad_id, device, autocast):
     """The reward (n,) of each token sequence (prompt + response + EOS), read at its last token.
     Left padding puts every last token in the last column, so only it goes through the final block."""
     idx, start = left_pad(seqs, pad_id)
-    with autocast:
+    with autocast():
         return reward_model(idx.to(device), start.to(device), last=1).view(-1)

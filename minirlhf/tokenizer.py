@@ -75,7 +75,10 @@ def get_tokenizer(name="bytes"):
             raise ValueError(f"tokenizer directory {name!r} has no {', '.join(os.path.basename(p) for p in missing)} "
                              "(a GPT-2 tokenizer directory needs vocab.json and merges.txt)")
         try:
-            ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(merges, vocab, _sha256(merges), _sha256(vocab))
+            # the single bytes take their ids from vocab.json (GPT-2's follow its byte table; an exported
+            # byte tokenizer has byte b at id b)
+            ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(merges, vocab, _sha256(merges), _sha256(vocab),
+                                                                  clobber_one_byte_tokens=True)
         except Exception as e:
             raise ValueError(f"tokenizer directory {name!r}: cannot read vocab.json/merges.txt as GPT-2 BPE: {e}") from e
         # GPT-2 keeps <|endoftext|> in vocab.json at id 50256; a vocabulary without it gets EOS after its last token

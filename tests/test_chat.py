@@ -114,7 +114,7 @@ def bad(ckpts):
         (["--mode=poem"], "--mode"),
         ([f"--ckpt={ckpts / 'instruct.pt'}", "--system=Be brief."], "--system needs chat mode"),
         (["--system=two\nlines"], "--system must be one line"),
-        (["--device=nowhere"], "--device=nowhere"),
+        (["--device=nowhere"], "--device must be auto, cpu, cuda or cuda:N"),
         (["--colour=red"], "unknown option --colour"),
     ]
     if not torch.cuda.is_available():

@@ -83,7 +83,7 @@ def test_safetensors_file_reads_back_identically(tmp_path_factory, shapes, dtype
 
 def test_language_model_round_trip(tmp_path):
     model, tok = tiny(0), get_tokenizer("bytes")
-    out = exported(tmp_path, model, tok, value_model={"x": torch.zeros(2)}, state={"it": 3}, finished=True)
+    out = exported(tmp_path, model, tok, value_model=tiny(1, scalar_head=True), state={"it": 3}, finished=False)
     assert sorted(os.listdir(tmp_path)) == ["hf", "hf.pt"]  # no temporary directory left behind
     loaded = GPT.from_pretrained(str(out), attn_impl="torch").eval()
     assert loaded.config == model.config and loaded.score_head is None
@@ -111,6 +111,9 @@ def test_language_model_round_trip(tmp_path):
     assert hf["scale_attn_weights"] is True and not hf["scale_attn_by_inverse_layer_idx"] and not hf["reorder_and_upcast_attn"]
     assert (hf["bos_token_id"], hf["eos_token_id"], hf["pad_token_id"]) == (256, 256, 257)
     assert "minirlhf_scalar_head" not in hf
+    # the byte tokenizer reads back from the directory as itself (byte b at id b, the same fingerprint)
+    back = get_tokenizer(str(out))
+    assert back.fingerprint == tok.fingerprint and back.encode("héllo <|pad|>") == tok.encode("héllo <|pad|>")
 
 
 def test_reward_model_round_trip(tmp_path):

@@ -1,4 +1,4 @@
-"""The real scripts, end to end, as subprocesses with tiny settings."""
+"""The real scripts, end to end, as subprocesses with tiny settings: each stage learns something."""
 import json
 import os
 import subprocess
@@ -9,10 +9,11 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MODEL = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=64"]
+SMALL_MODEL = ["--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=64"]
 
 
-def run(script, *args, ok=True):
-    env = {**os.environ, "PYTHONPATH": ROOT}
+def run(script, *args, ok=True, env=None):
+    env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1", **(env or {})}
     done = subprocess.run([sys.executable, os.path.join(ROOT, script), "--device=cpu", *args], capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=600)
     if ok:
@@ -20,80 +21,120 @@ def run(script, *args, ok=True):
     return done
 
 
+def rows(path):
+    return [json.loads(line) for line in open(path)]
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    """SFT -> RM -> PPO on the built-in task, tiny."""
+    """SFT -> RM -> PPO on the built-in task, small enough for CI, large enough to learn: SFT on the
+    built-in demonstrations; a reward model on the built-in SFT samples (the default pipeline's
+    path) and one on exported labeled comparisons (a clear signal, to show it learns); PPO on the latter."""
     out = tmp_path_factory.mktemp("run")
-    sft = run("train_sft.py", f"--out_dir={out}/sft", *TINY_MODEL, "--max_iters=6", "--log_interval=3",
-              "--eval_interval=3", "--n_builtin=300", "--n_gold_eval=8", "--batch_size=8")
+    from minirlhf.tasks.__main__ import main as export
+    export(["--task=instruct", f"--out_dir={out}/data", "--n_sft=10", "--n_prompts=10", "--n_comparisons=300",
+            "--n_eval=100"])
+    sft = run("train_sft.py", f"--out_dir={out}/sft", *SMALL_MODEL, "--max_iters=150", "--warmup_iters=10",
+              "--learning_rate=3e-3", "--log_interval=25", "--eval_interval=75", "--n_builtin=3000",
+              "--n_gold_eval=32", "--batch_size=32")
     rm = run("train_rm.py", f"--out_dir={out}/rm", f"--sft_ckpt={out}/sft/ckpt.pt", "--n_prompts=12",
              "--n_eval_prompts=6", "--k=3", "--batch_size=4", "--log_interval=1", "--eval_interval=2",
              "--n_bias_samples=8")
-    ppo = run("train_ppo.py", f"--out_dir={out}/ppo", f"--sft_ckpt={out}/sft/ckpt.pt", f"--rm_ckpt={out}/rm/ckpt.pt",
-              "--iterations=2", "--batch_size=8", "--n_minibatches=2", "--ppo_epochs=2", "--n_eval=8",
-              "--ptx_coef=0.1", "--adaptive_kl=true", "--kl_estimator=k3")
-    return out, sft, rm, ppo
+    rmj = run("train_rm.py", f"--out_dir={out}/rmj", f"--sft_ckpt={out}/sft/ckpt.pt",
+              f"--data={out}/data/comparisons_train.jsonl", f"--eval_data={out}/data/comparisons_eval.jsonl",
+              "--batch_size=16", "--log_interval=10", "--eval_interval=20", "--n_bias_samples=16",
+              "--learning_rate=1e-3")
+    ppo = run("train_ppo.py", f"--out_dir={out}/ppo", f"--sft_ckpt={out}/sft/ckpt.pt", f"--rm_ckpt={out}/rmj/ckpt.pt",
+              "--iterations=10", "--batch_size=16", "--n_minibatches=2", "--ppo_epochs=2", "--n_eval=16",
+              "--learning_rate=3e-4", "--save_interval=5", "--ptx_coef=0.1", "--adaptive_kl=true", "--kl_estimator=k3")
+    return out, sft, rm, rmj, ppo
 
 
-def test_sft_end_to_end(pipeline):
-    out, sft, _, _ = pipeline
+def test_sft_learns(pipeline):
+    out, sft, _, _, _ = pipeline
     summary = json.loads((out / "sft" / "summary.json").read_text())
-    for key in ("eval_loss", "gold_greedy", "gold_sampled", "gold_untrained_greedy", "gold_demonstrations"):
-        assert key in summary and summary[key] is not None
-    assert 0 <= summary["gold_greedy"] <= 1
-    rows = [json.loads(line) for line in (out / "sft" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [3, 6] and all("eval/loss" in r for r in rows)
+    metrics = rows(out / "sft" / "metrics.jsonl")
+    assert [r["step"] for r in metrics] == [25, 50, 75, 100, 125, 150]
+    # the loss falls well below where it starts (ln 258 = 5.55 for an untrained byte model)
+    assert metrics[-1]["train/loss"] < 0.5 * metrics[0]["train/loss"]
+    assert metrics[-1]["eval/loss"] < metrics[2]["eval/loss"] < 3.0
+    # and the samples are better answers than an untrained model's, judged by the gold scorer
+    assert summary["gold_greedy"] > summary["gold_untrained_greedy"] + 0.1
     ckpt = torch.load(out / "sft" / "ckpt.pt", weights_only=True)
-    assert ckpt["step"] == 6 and ckpt["train_config"]["max_iters"] == 6 and ckpt["tokenizer"]["name"] == "bytes"
+    assert ckpt["step"] == 150 and ckpt["finished"] and "state" not in ckpt
+    assert ckpt["train_config"]["max_iters"] == 150 and ckpt["tokenizer"]["name"] == "bytes"
     assert "eta" in sft.stdout and "tok/s" in sft.stdout
 
 
-def test_rm_end_to_end(pipeline):
-    out, _, rm, _ = pipeline
+def test_rm_builtin_mechanics(pipeline):
+    out, _, rm, _, _ = pipeline
     summary = json.loads((out / "rm" / "summary.json").read_text())
     assert 0 <= summary["eval_accuracy"] <= 1 and 0 <= summary["labeler_agreement"] <= 1
     assert summary["n_train_pairs"] == 12 * 3  # C(3, 2) pairs for each of the 12 prompts
+    # the bias step: the SFT samples score 0 on average afterwards
+    assert abs(summary["sft_mean_reward_before_bias"]) > 1e-3 and abs(summary["sft_mean_reward_after_bias"]) < 1e-4
     ckpt = torch.load(out / "rm" / "ckpt.pt", weights_only=True)
-    assert ckpt["model_config"]["scalar_head"] and "score_head.weight" in ckpt["model"]
+    assert ckpt["model_config"]["scalar_head"] and "score_head.weight" in ckpt["model"] and ckpt["finished"]
     assert "pairs/s" in rm.stdout
 
 
-def test_ppo_end_to_end(pipeline):
-    out, _, _, ppo = pipeline
+def test_rm_beats_chance(pipeline):
+    out = pipeline[0]
+    summary = json.loads((out / "rmj" / "summary.json").read_text())
+    metrics = rows(out / "rmj" / "metrics.jsonl")
+    # 300 labeled comparisons of 4 responses; on 100 held-out ones (600 pairs) chance is 50%
+    assert summary["eval_accuracy"] > 0.62
+    assert metrics[-1]["train/loss"] < metrics[0]["train/loss"]
+
+
+def test_ppo_learns(pipeline):
+    out, _, _, _, ppo = pipeline
+    metrics = rows(out / "ppo" / "metrics.jsonl")
+    assert [r["iteration"] for r in metrics] == list(range(1, 11))
+    # iteration 1: the policy is the reference, and the rollout's log-probs are the update's
+    assert abs(metrics[0]["objective/kl"]) < 1e-4
+    assert all(r["debug/first_minibatch_logprob_error"] < 1e-4 for r in metrics)
+    # the policy moves away from the reference, toward what the reward model likes
+    assert metrics[-1]["objective/kl"] > 0.1
+    first, last = [r["objective/rm_score"] for r in metrics[:3]], [r["objective/rm_score"] for r in metrics[-3:]]
+    assert sum(last) / 3 > sum(first) / 3 + 0.2
+    for key in ("objective/gold", "objective/kl_coef", "policy/entropy", "losses/pg_loss", "losses/vf_loss",
+                "policy/approx_kl", "policy/clipfrac", "val/explained_variance", "charts/response_length",
+                "charts/tokens_per_s", "losses/ptx_loss"):
+        assert all(r[key] is not None for r in metrics), key
+    coefs = [r["objective/kl_coef"] for r in metrics]
+    assert len(set(coefs)) == len(coefs)  # the adaptive controller moved it every iteration
+
     summary = json.loads((out / "ppo" / "summary.json").read_text())
-    for key in ("win_rate_sampled", "ppo_gold_sampled", "sft_gold_sampled", "kl_ppo_sft", "ppo_rm_score",
-                "ppo_mean_length", "sft_mean_length"):
-        assert key in summary
-    assert 0 <= summary["win_rate_sampled"] <= 1
+    for key in ("win_rate_ppo_sampled", "ppo_gold_sampled", "sft_gold_sampled", "ppo_kl", "ppo_rm_score",
+                "ppo_mean_length", "sft_mean_length", "by_kind", "examples"):
+        assert key in summary, key
+    assert summary["ppo_rm_score"] > summary["sft_rm_score"]  # on held-out prompts too
+    assert summary["ppo_kl"] > 0
     report = (out / "ppo" / "report.md").read_text()
-    assert "win rate" in report and "KL(PPO || SFT)" in report
-    rows = [json.loads(line) for line in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 2
-    for key in ("objective/rm_score", "objective/gold", "objective/kl", "objective/kl_coef", "policy/entropy",
-                "losses/pg_loss", "losses/vf_loss", "policy/approx_kl", "policy/clipfrac", "val/explained_variance",
-                "charts/response_length", "charts/tokens_per_s", "losses/ptx_loss"):
-        assert key in rows[0], key
-    start_coef = summary["config"]["kl_coef"]
-    assert rows[0]["objective/kl_coef"] != start_coef != rows[1]["objective/kl_coef"]  # the adaptive controller moved it
-    assert (out / "ppo" / "ckpt.pt").exists() and (out / "ppo" / "value.pt").exists()
+    assert "win rate" in report and "KL(PPO || SFT)" in report and "By kind of prompt" in report
+    ckpt = torch.load(out / "ppo" / "ckpt.pt", weights_only=True)
+    assert ckpt["finished"] and ckpt["value_model"]["model_config"]["scalar_head"]
+    assert not os.path.exists(out / "ppo" / "value.pt")
 
 
 def test_non_finite_rewards_skip_the_update_and_keep_the_checkpoint(tmp_path, pipeline):
     out = pipeline[0]
     from minirlhf.checkpoint import load_checkpoint, save_checkpoint
-    rm, tokenizer, ckpt = load_checkpoint(str(out / "rm" / "ckpt.pt"))
-    with torch.no_grad():
-        rm.score_head.bias.fill_(float("nan"))  # every reward (and every initial value) is NaN
-    save_checkpoint(str(tmp_path / "rm_nan.pt"), rm, tokenizer, ckpt["train_config"], ckpt["step"])
-    good = tmp_path / "ppo" / "ckpt.pt"  # a good policy checkpoint from an earlier run, in the out_dir
-    good.parent.mkdir()
-    good.write_bytes((out / "ppo" / "ckpt.pt").read_bytes())
-    before = good.read_bytes()
-    done = run("train_ppo.py", f"--out_dir={tmp_path}/ppo", f"--sft_ckpt={out}/sft/ckpt.pt", f"--rm_ckpt={tmp_path}/rm_nan.pt",
-               "--iterations=2", "--batch_size=4", "--n_minibatches=2", "--ppo_epochs=1", "--n_eval=4", "--save_interval=1")
+    rm, tokenizer, ckpt = load_checkpoint(str(out / "rmj" / "ckpt.pt"))
+    state = rm.state_dict()
+    state["score_head.bias"] = torch.full_like(state["score_head.bias"], float("nan"))
+    torch.save({**ckpt, "model": state}, tmp_path / "rm_nan.pt")  # every reward (and initial value) is NaN
+    done = run("train_ppo.py", f"--out_dir={tmp_path}/ppo", f"--sft_ckpt={out}/sft/ckpt.pt",
+               f"--rm_ckpt={tmp_path}/rm_nan.pt", "--iterations=3", "--batch_size=4", "--n_minibatches=2",
+               "--ppo_epochs=1", "--n_eval=4", "--save_interval=5", "--max_bad_steps=2", ok=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stdout.count("non-finite rewards or advantages; skipping this update") == 2
-    assert json.loads((tmp_path / "ppo" / "summary.json").read_text())["skipped_updates"] == 2
-    assert good.read_bytes() == before  # no update happened, so nothing overwrote the last good checkpoint
+    assert "2 iterations in a row could not update" in done.stderr
+    metrics = rows(tmp_path / "ppo" / "metrics.jsonl")  # valid JSON: no NaN in it
+    assert [r["charts/skipped_updates"] for r in metrics] == [1, 2]
+    # it stopped before its first checkpoint, so nothing was saved
+    assert not os.path.exists(tmp_path / "ppo" / "ckpt.pt")
 
 
 def test_jsonl_data_and_chat(tmp_path):
@@ -117,32 +158,8 @@ def test_jsonl_data_and_chat(tmp_path):
     run("train_ppo.py", f"--out_dir={tmp_path}/ppo", f"--sft_ckpt={tmp_path}/sft/ckpt.pt",
         f"--rm_ckpt={tmp_path}/rm/ckpt.pt", f"--prompts={prompts}", f"--eval_prompts={prompts}", "--iterations=1",
         "--batch_size=2", "--n_minibatches=1", "--ppo_epochs=1")
-    assert "win_rate_sampled" not in json.loads((tmp_path / "ppo" / "summary.json").read_text())
-
-
-def test_bad_input_is_a_clear_error(tmp_path, pipeline):
-    out = pipeline[0]
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n{oops\n")
-    done = run("train_sft.py", f"--out_dir={tmp_path}/x", f"--data={bad}", ok=False)
-    assert done.returncode == 2 and f"{bad}:2" in done.stderr and "Traceback" not in done.stderr
-
-    done = run("train_sft.py", "--max_iterz=3", ok=False)
-    assert done.returncode == 2 and "unknown option --max_iterz" in done.stderr
-    done = run("train_ppo.py", "--batch_size=ten", ok=False)
-    assert done.returncode == 2 and "--batch_size: expected int" in done.stderr
-    done = run("train_ppo.py", "--batch_size=10", "--n_minibatches=4", ok=False)
-    assert done.returncode == 2 and "not divisible" in done.stderr
-
-    done = run("train_ppo.py", f"--sft_ckpt={tmp_path}/none.pt", "--train_missing=false", ok=False)
-    assert done.returncode == 2 and "none.pt" in done.stderr
-    done = run("train_rm.py", f"--sft_ckpt={tmp_path}/none.pt", f"--out_dir={tmp_path}/rm", ok=False)
-    assert done.returncode == 2 and "does not exist" in done.stderr
-
-    # a checkpoint with a different tokenizer than the one asked for
-    (tmp_path / "t.tiktoken").write_text("".join(f"{__import__('base64').b64encode(bytes([i])).decode()} {i}\n"
-                                                 for i in range(256)) + "YWI= 256\n")
-    done = run("train_sft.py", f"--init_from={out}/sft/ckpt.pt", f"--tokenizer={tmp_path}/t.tiktoken",
-               f"--out_dir={tmp_path}/y", ok=False)
-    assert done.returncode == 2 and "trained with tokenizer 'bytes'" in done.stderr
-    assert not (tmp_path / "y" / "ckpt.pt").exists()
+    summary = json.loads((tmp_path / "ppo" / "summary.json").read_text())
+    assert "win_rate_ppo_sampled" not in summary  # no gold scorer for these prompts
+    # but the report shows the responses side by side
+    assert [e["prompt"] for e in summary["examples"]] == ["add 1 2\n", "User: hi\nAssistant: "]
+    assert "| prompt | SFT | PPO |" in (tmp_path / "ppo" / "report.md").read_text()

@@ -77,6 +77,10 @@ REFERENCE_K = 4
 LABELER_TEMPERATURE = 0.144
 
 EVAL_PERCENT = 10  # share of the prompt space that is held out
+# the training scripts' defaults are this task's (a task may set others for its scripts here)
+DEFAULTS = {"sft": {}, "rm": {}, "ppo": {}}
+# what the report shows per kind of prompt: fields of assess() and their formats
+REPORT_FIELDS = [("gold", ".3f"), ("exact", ".0%"), ("rambling", ".0%"), ("length", ".1f")]
 MISSING_EOS_FACTOR = 0.5  # a response that never ended keeps half its score
 ADD_SCALE = 4.0  # add: off by 1 keeps 0.8 of the credit, a lost carry (off by 10) 0.29
 COUNT_SCALE = 1.0  # count: off by 1 keeps half
@@ -232,7 +236,7 @@ def gold_score(prompt, response, ended):
     rambling and leading zeros cost their length. No integer scores 0.
     Raises ValueError for a prompt that is not a built-in instruction.
     """
-    kind, right = parse(prompt["prompt"] if isinstance(prompt, dict) else prompt)
+    kind, right = parse(_text_of(prompt))
     if not isinstance(response, str):
         raise ValueError(f"response must be a str, not {type(response).__name__}")
     if response == "":
@@ -354,9 +358,28 @@ def demonstrate(prompt, rng, error_rate=DEMO_ERROR_RATE, ramble_rate=DEMO_RAMBLE
     return out
 
 
+def assess(prompt, response, ended):
+    """What a report counts about one response: its kind, gold score, whether it is exactly right,
+    whether it rambles (the right answer with a chatty tail), its length in characters."""
+    record = prompt if isinstance(prompt, dict) else {"prompt": prompt}
+    gold = gold_score(record, response, ended)
+    right = answer(_text_of(record))
+    return {"kind": kind_of(record), "gold": gold, "exact": gold == 1.0,
+            "rambling": response != right and response.startswith(right), "length": len(response)}
+
+
 def kind_of(record):
     """The kind of a prompt record ({"prompt": ...}): sort, reverse, upper, add or count."""
-    return parse(record["prompt"])[0]
+    return parse(_text_of(record))[0]
+
+
+def _text_of(prompt):
+    # a prompt's text, from a {"prompt": ...} record or the text itself
+    if isinstance(prompt, dict):
+        if "prompt" not in prompt:
+            raise ValueError("not a built-in task prompt: a record without a 'prompt' (a chat record?)")
+        return prompt["prompt"]
+    return prompt
 
 
 def reference_groups(n, seed=0, k=REFERENCE_K, error_rate=REFERENCE_ERROR_RATE, ramble_rate=REFERENCE_RAMBLE_RATE):

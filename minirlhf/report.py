@@ -1,0 +1,73 @@
+"""
+Markdown reports of held-out comparisons (minirlhf/evaluate.py: compare): a table of the policies
+side by side, the same broken down by kind of prompt (task kind, dialogue behaviour) where a total
+hides the story, and sample responses side by side, for the built-in tasks or any JSONL prompts.
+"""
+import os
+
+from minirlhf.checkpoint import atomic_write_text
+
+
+def _esc(text):
+    return str(text).replace("\n", "\\n").replace("|", "\\|")
+
+
+def comparison_table(s, names, labels):
+    """Markdown lines: one column per policy, a row per measure present in s."""
+    rows = [("gold score, sampled", "gold_sampled", ".3f"), ("gold score, greedy", "gold_greedy", ".3f"),
+            ("exactly right (gold 1), sampled", "exact_sampled", ".1%"),
+            ("exactly right (gold 1), greedy", "exact_greedy", ".1%"),
+            ("reward model score", "rm_score", "+.3f"), ("KL to the reference (nats per response)", "kl", ".2f"),
+            ("mean response length (tokens, EOS included)", "mean_length", ".1f"),
+            ("responses that ended with EOS", "ended", ".1%")]
+    lines = ["| | " + " | ".join(labels) + " |", "|---|" + "---|" * len(names)]
+    for label, key, fmt in rows:
+        if all(f"{n}_{key}" in s for n in names):
+            lines.append(f"| {label} | " + " | ".join(format(s[f"{n}_{key}"], fmt) for n in names) + " |")
+    return lines
+
+
+def kind_table(by_kind, names, labels, fields):
+    """Markdown lines: per kind of prompt, the chosen assessment fields of each policy, and win rates."""
+    head = ["kind", "n"] + [f"{f} {lab}" for f, _ in fields for lab in labels] + [f"win rate {lab}" for lab in labels[1:]]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for kind, e in by_kind.items():
+        cells = [kind, str(e["n"])]
+        for field, fmt in fields:
+            cells += [format(e[f"{n}_{field}"], fmt) if f"{n}_{field}" in e else "" for n in names]
+        cells += [f"{e[f'{n}_win_rate']:.1%}" for n in names[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def examples_table(examples, names, labels):
+    lines = ["| prompt | " + " | ".join(labels) + " |", "|---|" + "---|" * len(names)]
+    for e in examples:
+        cells = [f"`{_esc(e[n])}`" + (f" ({e[f'{n}_gold']:.2f})" if f"{n}_gold" in e else "") for n in names]
+        lines.append(f"| `{_esc(e['prompt'])}` | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_ppo_report(path, s, task, png=None):
+    """The SFT vs PPO report of train_ppo.py, from its summary s; returns the text written."""
+    names, labels = ["sft", "ppo"], ["SFT", "PPO"]
+    lines = ["# PPO vs SFT on held-out prompts", "",
+             f"{s['n_prompts']} held-out prompts; responses sampled at temperature {s['temperature']} "
+             f"(the policies as trained), and greedy.", ""]
+    lines += comparison_table(s, names, labels) + [""]
+    if "win_rate_ppo_sampled" in s:
+        lines += [f"**Gold win rate of PPO over SFT** (ties count half): **{s['win_rate_ppo_sampled']:.1%}** sampled, "
+                  f"{s['win_rate_ppo_greedy']:.1%} greedy.", ""]
+    lines += [f"KL(PPO || SFT): {s['ppo_kl']:.2f} nats per response (estimated on PPO's samples).", ""]
+    if s.get("by_kind"):
+        lines += [f"By kind of prompt ({task.NAME} task; sampled responses):", ""]
+        lines += kind_table(s["by_kind"], names, labels, task.REPORT_FIELDS) + [""]
+    lines += [f"{s['iterations']} PPO iterations in {s['ppo_seconds']:.0f} s ({s['skipped_updates']} skipped updates); "
+              f"whole run {s['total_seconds']:.0f} s.", ""]
+    if png:
+        lines += [f"![training curves]({os.path.basename(png)})", ""]
+    lines += ["Sample responses (sampled; gold score in brackets where the prompts are the task's):", ""]
+    lines += examples_table(s["examples"], names, labels)
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(path, text)
+    return text
