@@ -106,7 +106,10 @@ def parse_config(cls, argv=None, prog="script.py", task_defaults=None):
 def task_config_defaults(task, script):
     """The defaults a built-in task sets for a script's options (its DEFAULTS[script])."""
     from minirlhf.tasks import get_task
-    return dict(get_task(task).DEFAULTS.get(script, {}))
+    try:
+        return dict(get_task(task).DEFAULTS.get(script, {}))
+    except ValueError as e:
+        raise ValueError(f"--task={task}: {e}") from None
 
 
 def print_config(cfg):

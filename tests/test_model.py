@@ -252,3 +252,22 @@ def test_model_works_without_triton():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           cwd=__import__("os").path.dirname(__import__("os").path.dirname(__file__)) or ".")
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+@pytest.mark.parametrize("temperature", [8.0, 16.0])
+def test_rollout_logprobs_are_the_training_logprobs_under_autocast(temperature):
+    """PPO's old log-probs come from generate, its new ones from a forward with targets. Under 16-bit
+    autocast both must come from fp32 logits (the weights' dtype), or the first minibatch's ratio is
+    not 1: with logits of size ~30, fp16 logits are off by ~0.01, fp32 ones by ~1e-6."""
+    model = make_model(11)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(60.0)  # large logits, where 16-bit rounding shows (a high temperature
+        # keeps the distribution from collapsing onto one token, whose log-prob would be 0 either way)
+    idx, start = left_pad([[1, 2, 3, 4], [7, 8]])
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = model.generate(idx, 5, start=start, temperature=temperature, use_cache=False,
+                             generator=torch.Generator().manual_seed(2))
+        seq = torch.cat([idx, out.tokens], 1)
+        logprobs = model(seq[:, :-1], start, last=out.tokens.size(1), targets=out.tokens, temperature=temperature)
+    assert logprobs.dtype == out.logprobs.dtype == torch.float32
+    torch.testing.assert_close(out.logprobs, logprobs, atol=1e-4, rtol=0)
