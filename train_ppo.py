@@ -29,16 +29,16 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from minirlhf import distributed, evaluate, runs
+from minirlhf import distributed, evaluate, ppo, runs
 from minirlhf.checkpoint import load_checkpoint, model_from, read_checkpoint, save_checkpoint
 from minirlhf.cli import RunOptions, check, check_at_least_one, check_files, print_config, run, setup_device, \
     task_config_defaults
 from minirlhf.data import IGNORE_INDEX, encode_prompt, encode_sft, left_pad, read_prompts, read_sft, sft_batch
 from minirlhf.report import write_ppo_report
 from minirlhf.rl import (AdaptiveKLController, eos_penalty, explained_variance, gae, kl_penalty, masked_whiten,
-                         ppo_policy_loss, ppo_value_loss, shaped_rewards, token_mean)
+                         shaped_rewards)
 from minirlhf.sampling import format_eta
-from minirlhf.scoring import minibatch_rows, response_logprobs, response_values, reward_scores
+from minirlhf.scoring import response_logprobs, response_values, reward_scores
 from minirlhf.tasks import get_task
 from minirlhf.tokenizer import get_tokenizer
 
@@ -228,7 +228,6 @@ def main(cfg):
     minibatch_size = local_batch // cfg.n_minibatches
     policy_train = distributed.wrap(policy, d, cfg.fsdp)  # what the update's forward and backward go through
     value_train = distributed.wrap(value_model, d, cfg.fsdp)
-    params = list(policy_train.parameters()) + list(value_train.parameters())
     optimizers = [torch.optim.Adam(m.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=not cfg.fsdp)
                   for m in (policy_train, value_train)]
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else None
@@ -261,6 +260,12 @@ def main(cfg):
                             value_model=value_model, weights=weights[0], value_weights=weights[1],
                             total_steps=cfg.iterations)
             metrics.own()
+
+    def ptx_batch():
+        """This rank's share of a batch of demonstrations for PPO-ptx, as large as a minibatch."""
+        picks = [ptx[rng.randrange(len(ptx))] for _ in range(minibatch_size * d.world)]
+        idx, targets = sft_batch(distributed.my_slice(picks, d), tokenizer.pad_id)
+        return idx.to(device), targets.to(device)
 
     def mean(x):
         """The mean over all ranks of a per-rank mean (every rank holds an equal share of the batch)."""
@@ -309,55 +314,18 @@ def main(cfg):
         t_score = time.time() - t_it - t_rollout
 
         finite = distributed.all_sum(torch.stack([rewards.isfinite().all(), advantages.isfinite().all()]).all().float())
-        stats = {k: [] for k in ("pg_loss", "vf_loss", "entropy", "approx_kl", "clipfrac", "vf_clipfrac", "ptx_loss")}
-        first_error = None
+        stats = first_error = None
         if finite.item() < d.world:  # a rank with non-finite rewards: every rank skips, so they stay in step
-            skipped, bad_in_row = skipped + 1, bad_in_row + 1
             print(f"iteration {it}: non-finite rewards or advantages; skipping this update (the last checkpoint is kept)")
         else:
-            # 5. update: epochs over shuffled minibatches of this rank's share
-            for epoch in range(cfg.ppo_epochs):
-                perm = torch.randperm(local_batch, device=device)
-                for mb in perm.split(minibatch_size):
-                    mb_seq, mb_start, mb_P = minibatch_rows(mb, seq, start, P)
-                    mb_mask = mask[mb]
-                    # losses are token means over the minibatch of all ranks (rl.token_mean)
-                    n_tokens = distributed.all_sum(mb_mask.sum()).float() / d.world
-                    logprobs, entropy = response_logprobs(policy_train, mb_seq, mb_start, mb_P, targets[mb],
-                                                          cfg.temperature, autocast, entropy=True)
-                    values = response_values(value_train, mb_seq, mb_start, mb_P, autocast)
-                    if first_error is None:  # the first minibatch sees the rollout's own weights: ratio 1
-                        first_error = ((logprobs - old_logprobs[mb]).abs() * mb_mask).max().detach()
-                    pg_loss, clipfrac, approx_kl = ppo_policy_loss(logprobs, old_logprobs[mb], advantages[mb], mb_mask,
-                                                                   cfg.clip_range, n_tokens)
-                    vf_loss, vf_clipfrac = ppo_value_loss(values, old_values[mb], returns[mb], mb_mask,
-                                                          cfg.vf_clip_range, n_tokens)
-                    entropy = token_mean(entropy, mb_mask, n_tokens)
-                    loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
-                    if ptx:  # PPO-ptx: keep the demonstrations' likelihood (InstructGPT, eq. 2)
-                        picks = [ptx[rng.randrange(len(ptx))] for _ in range(minibatch_size * d.world)]
-                        ptx_idx, ptx_targets = sft_batch(distributed.my_slice(picks, d), tokenizer.pad_id)
-                        ptx_idx, ptx_targets = ptx_idx.to(device), ptx_targets.to(device)
-                        with autocast():
-                            ptx_lp = policy_train(ptx_idx, targets=ptx_targets)
-                        n_ptx = distributed.all_sum((ptx_targets != IGNORE_INDEX).sum()).float() / d.world
-                        ptx_loss = -ptx_lp.sum() / n_ptx
-                        loss = loss + cfg.ptx_coef * ptx_loss
-                        stats["ptx_loss"].append(ptx_loss.detach())
-                    for opt in optimizers:
-                        opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-                    if not torch.isfinite(distributed.local(grad_norm)):  # the same on every rank: gradients are shared
-                        print(f"iteration {it}: non-finite loss or gradient; skipping this minibatch")
-                        continue
-                    for opt in optimizers:
-                        opt.step()
-                    for k, v in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("entropy", entropy), ("approx_kl", approx_kl),
-                                 ("clipfrac", clipfrac), ("vf_clipfrac", vf_clipfrac)):
-                        stats[k].append(v.detach())
-            bad_in_row = 0 if stats["pg_loss"] else bad_in_row + 1
-            skipped += not stats["pg_loss"]
+            # 5. update: epochs over shuffled minibatches of this rank's share (minirlhf/ppo.py)
+            rollout = ppo.Rollout(seq, start, P, targets, mask, old_logprobs, old_values, advantages, returns)
+            stats, first_error = ppo.update(policy_train, value_train, optimizers, rollout, epochs=cfg.ppo_epochs,
+                                            n_minibatches=cfg.n_minibatches, clip_range=cfg.clip_range,
+                                            vf_clip_range=cfg.vf_clip_range, vf_coef=cfg.vf_coef, ent_coef=cfg.ent_coef,
+                                            temperature=cfg.temperature, grad_clip=cfg.grad_clip, autocast=autocast,
+                                            d=d, ptx_batch=ptx_batch if ptx else None, ptx_coef=cfg.ptx_coef)
+        skipped, bad_in_row = (skipped, 0) if stats else (skipped + 1, bad_in_row + 1)
         t_update = time.time() - t_it - t_rollout - t_score
 
         # the adaptive controller sees the KL per response of the whole batch (Ziegler et al. 2019)
@@ -377,14 +345,14 @@ def main(cfg):
                "charts/skipped_updates": skipped,
                "time/rollout": t_rollout, "time/score": t_score, "time/update": t_update,
                "time/iteration": time.time() - t_it}
-        if stats["pg_loss"]:
-            for key, name in (("policy/entropy", "entropy"), ("losses/pg_loss", "pg_loss"), ("losses/vf_loss", "vf_loss"),
-                              ("policy/approx_kl", "approx_kl"), ("policy/clipfrac", "clipfrac"),
-                              ("val/clipfrac", "vf_clipfrac"), ("losses/ptx_loss", "ptx_loss")):
-                if stats[name]:
-                    row[key] = mean(torch.stack(stats[name]).mean()).item()
-            # max |log pi - log pi_old| at the first minibatch: fp noise unless the rollout and the update disagree
-            row["debug/first_minibatch_logprob_error"] = distributed.all_max(first_error).item()
+        if stats:
+            row.update({"policy/entropy": stats["entropy"], "losses/pg_loss": stats["pg_loss"],
+                        "losses/vf_loss": stats["vf_loss"], "policy/approx_kl": stats["approx_kl"],
+                        "policy/clipfrac": stats["clipfrac"], "val/clipfrac": stats["vf_clipfrac"],
+                        # max |log pi - log pi_old| at the first minibatch: fp noise unless rollout and update disagree
+                        "debug/first_minibatch_logprob_error": first_error.item()})
+            if "ptx_loss" in stats:
+                row["losses/ptx_loss"] = stats["ptx_loss"]
         if builtin:
             texts = [tokenizer.decode([t for t, m in zip(toks, msk) if m]) for toks, msk in zip(out.tokens.tolist(), mask.tolist())]
             row["objective/gold"] = mean(sum(task.gold_score(train_prompts[i], t, e)

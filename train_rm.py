@@ -242,10 +242,11 @@ def main(cfg):
             it += 1
             seen_pairs += len(better) * d.world
             agree = (rewards[better] > rewards[worse]).float() + 0.5 * (rewards[better] == rewards[worse]).float()
-            # no device sync per step: read at the log interval
-            window.append(torch.stack([loss.detach() / d.world, agree.mean()]))
+            # this rank's part of the loss, its agreeing pairs and its pairs; read at the log interval
+            window.append(torch.stack([loss.detach() / d.world, agree.sum(), torch.tensor(float(len(better)))]))
             if it % cfg.log_interval == 0 or it == max_iters:
-                mean_loss, mean_acc = distributed.all_sum(torch.stack(window).mean(0)).div(d.world).tolist()
+                loss_sum, agree_sum, n = distributed.all_sum(torch.stack(window).sum(0)).tolist()
+                mean_loss, mean_acc = loss_sum / len(window), agree_sum / max(n, 1)
                 row = {"step": it, "epoch": epoch, "train/loss": mean_loss, "train/accuracy": mean_acc,
                        "train/lr": lr_at(it - 1), "train/skipped_steps": skipped, "time": time.time() - t_start}
                 window = []

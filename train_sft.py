@@ -186,9 +186,9 @@ def main(cfg):
             return None
         model.eval()
         eval_rng = random.Random(cfg.seed + 1)
-        losses = [loss_of(*batch(evals, eval_rng)) / d.world for _ in range(cfg.eval_batches)]
+        losses = [loss_of(*batch(evals, eval_rng)) / d.world for _ in range(cfg.eval_batches)]  # this rank's part
         model.train()
-        return torch.stack(losses).mean().item()
+        return distributed.all_sum(torch.stack(losses).mean()).item()
 
     # AdamW with weight decay on matrices only (as nanoGPT); Adam eps 1e-5 (the N+ implementation details)
     decay = [p for n, p in train_model.named_parameters() if p.dim() >= 2 and "wpe" not in n]
@@ -242,10 +242,11 @@ def main(cfg):
                 raise ValueError(f"{bad_in_row} steps in a row had a non-finite loss or gradient (is --learning_rate="
                                  f"{cfg.learning_rate} too high?); stopped at step {it}, the last checkpoint is kept")
         n_tokens += idx.numel() * d.world
-        losses.append(loss.detach() / d.world)  # no device sync per step: read at the log interval
+        losses.append(loss.detach() / d.world)  # this rank's part of the batch's loss; read at the log interval
 
         if it % cfg.log_interval == 0 or it == cfg.max_iters:
-            row = {"step": it, "train/loss": torch.stack(losses).mean().item(), "train/lr": lr_at(it - 1, cfg),
+            row = {"step": it, "train/loss": distributed.all_sum(torch.stack(losses).mean()).item(),
+                   "train/lr": lr_at(it - 1, cfg),
                    "train/grad_norm": distributed.local(grad_norm).item(), "train/skipped_steps": skipped,
                    "time": time.time() - t_start}
             losses = []

@@ -1,0 +1,87 @@
+"""
+PPO's update (step 5 of train_ppo.py): epochs over shuffled minibatches of a scored rollout, each
+minibatch one gradient step on the clipped surrogate + the clipped value loss (+ an entropy bonus,
++ PPO-ptx), with gradient clipping (Ziegler et al. 2019; "The N+ implementation details of RLHF with
+PPO", Huang et al. 2024). Here rather than in the script so that a test can feed the same rollout
+to one process and to several ranks and check that they take the same step.
+
+Under torchrun each rank updates on its share of the rollout; the losses are token means over the
+minibatch of all ranks (rl.token_mean), so that the average of the ranks' gradients is the gradient
+of the whole minibatch, and the statistics returned are those of the whole batch.
+"""
+from typing import NamedTuple
+
+import torch
+
+from minirlhf import distributed
+from minirlhf.rl import ppo_policy_loss, ppo_value_loss, token_mean
+from minirlhf.scoring import minibatch_rows, response_logprobs, response_values
+
+
+class Rollout(NamedTuple):
+    """A scored rollout batch (this rank's share), laid out as minirlhf/scoring.py describes."""
+    seq: torch.Tensor  # (B, P + R) left-padded prompts, then responses
+    start: torch.Tensor  # (B,) left padding of each row
+    P: int  # prompt columns
+    targets: torch.Tensor  # (B, R) response tokens, -100 after each response
+    mask: torch.Tensor  # (B, R) True on response tokens (EOS included)
+    logprobs: torch.Tensor  # (B, R) log pi_old of the response tokens, from the sampling
+    values: torch.Tensor  # (B, R) the value model's estimates at the rollout
+    advantages: torch.Tensor  # (B, R) whitened advantages
+    returns: torch.Tensor  # (B, R) advantages + values, before whitening
+
+
+def update(policy, value_model, optimizers, rollout, *, epochs, n_minibatches, clip_range, vf_clip_range, vf_coef,
+           ent_coef, temperature, grad_clip, autocast, d, ptx_batch=None, ptx_coef=0.0):
+    """PPO's epochs over one rollout. policy and value_model are what backward goes through (DDP- or
+    FSDP-wrapped under torchrun); optimizers step them. ptx_batch(): this rank's (idx, targets) of a
+    batch of demonstrations for PPO-ptx. Returns (stats, first_error): the whole batch's mean of
+    each statistic over the minibatches that stepped (None when none did), and the largest |log pi -
+    log pi_old| of the first minibatch, which sees the rollout's own weights: fp noise unless the
+    rollout's log-probs and the update's disagree."""
+    B = rollout.seq.size(0)
+    params = [p for m in (policy, value_model) for p in m.parameters()]
+    names = ("pg_loss", "vf_loss", "entropy", "approx_kl", "clipfrac", "vf_clipfrac") + (("ptx_loss",) if ptx_batch else ())
+    stats, first_error = {k: [] for k in names}, None
+    for epoch in range(epochs):
+        perm = torch.randperm(B, device=rollout.seq.device)
+        for mb in perm.split(B // n_minibatches):
+            seq, start, P = minibatch_rows(mb, rollout.seq, rollout.start, rollout.P)
+            mask, old_logprobs = rollout.mask[mb], rollout.logprobs[mb]
+            n_tokens = distributed.all_sum(mask.sum()).float() / d.world  # see rl.token_mean
+            logprobs, entropy = response_logprobs(policy, seq, start, P, rollout.targets[mb], temperature, autocast,
+                                                  entropy=True)
+            values = response_values(value_model, seq, start, P, autocast)
+            if first_error is None:
+                first_error = ((logprobs - old_logprobs).abs() * mask).max().detach()
+            pg_loss, clipfrac, approx_kl = ppo_policy_loss(logprobs, old_logprobs, rollout.advantages[mb], mask,
+                                                           clip_range, n_tokens)
+            vf_loss, vf_clipfrac = ppo_value_loss(values, rollout.values[mb], rollout.returns[mb], mask, vf_clip_range,
+                                                  n_tokens)
+            entropy = token_mean(entropy, mask, n_tokens)
+            loss = pg_loss + vf_coef * vf_loss - ent_coef * entropy
+            step = {"pg_loss": pg_loss, "vf_loss": vf_loss, "entropy": entropy, "approx_kl": approx_kl,
+                    "clipfrac": clipfrac, "vf_clipfrac": vf_clipfrac}
+            if ptx_batch is not None:  # PPO-ptx: keep the demonstrations' likelihood (InstructGPT, eq. 2)
+                idx, targets = ptx_batch()
+                with autocast():
+                    ptx_logprobs = policy(idx, targets=targets)
+                n_ptx = distributed.all_sum((targets != -100).sum()).float() / d.world
+                step["ptx_loss"] = -ptx_logprobs.sum() / n_ptx
+                loss = loss + ptx_coef * step["ptx_loss"]
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+            if not torch.isfinite(distributed.local(grad_norm)):  # the same on every rank: gradients are shared
+                print("non-finite loss or gradient: minibatch skipped")
+                continue
+            for opt in optimizers:
+                opt.step()
+            for k, v in step.items():
+                stats[k].append(v.detach())
+    # every rank's statistic is its tokens' sum over the global count (rl.token_mean): summed over ranks, the mean
+    means = {k: (distributed.all_sum(torch.stack(v).mean()) / d.world).item() if v else None for k, v in stats.items()}
+    if not stats["pg_loss"]:
+        return None, first_error
+    return means, distributed.all_max(first_error)
