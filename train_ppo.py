@@ -22,15 +22,13 @@ summary.json compare them (on the built-in tasks, by the gold scorer the labeler
 """
 import os
 import random
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 
-from minirlhf import distributed, evaluate, ppo, runs
-from minirlhf.checkpoint import load_checkpoint, model_from, read_checkpoint, save_checkpoint
+from minirlhf import distributed, evaluate, pipeline, ppo, runs
+from minirlhf.checkpoint import load_checkpoint, model_from, save_checkpoint
 from minirlhf.cli import RunOptions, check, check_at_least_one, check_files, print_config, run, setup_device, \
     task_config_defaults
 from minirlhf.data import IGNORE_INDEX, encode_prompt, encode_sft, left_pad, read_prompts, read_sft, sft_batch
@@ -46,7 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @dataclass
-class Config(RunOptions):
+class Config(pipeline.RoundOptions, RunOptions):
     """PPO (InstructGPT step 3): the policy maximizes the reward model's score minus a KL penalty to the SFT policy."""
     out_dir: str = "out/ppo"
     """where ckpt.pt (policy and value model), metrics.jsonl, report.md and summary.json are written"""
@@ -122,6 +120,11 @@ class Config(RunOptions):
     """stop with an error after this many skipped updates in a row (non-finite rewards, loss or gradient)"""
     save_interval: int = 20
     """iterations between checkpoints"""
+    snapshot_interval: int = 0
+    """keep a copy of the policy every this many iterations in out_dir/snapshots/ (0: none), e.g. to study
+    how the gold score moves with the KL along a run"""
+    kind_weights: str = ""
+    """built-in prompts: relative frequencies of the task's kinds, e.g. "add=2,sort=1" (empty: uniform)"""
 
     def __post_init__(self):
         super().__post_init__()
@@ -140,32 +143,22 @@ class Config(RunOptions):
         if self.prompts != "builtin" and not self.eval_prompts:
             raise ValueError("--eval_prompts is required with JSONL --prompts (held-out prompts for the report)")
         check_files(self, "prompts", "eval_prompts", "ptx_data")
+        check(self, "snapshot_interval", lambda x: x >= 0, ">= 0 (0: none)")
+        if self.rounds > self.iterations:
+            raise ValueError(f"--rounds={self.rounds} needs at least as many --iterations (got {self.iterations})")
+        parse_kind_weights(self.kind_weights)
 
 
-def ensure_stage(cfg, d, what, script):
-    """The SFT or RM checkpoint PPO needs, finished. In the default pipeline (built-in prompts, the
-    default path) a missing one is trained and an unfinished one resumed, with `python script`;
-    otherwise either is an error that says what to do."""
-    path = getattr(cfg, f"{what}_ckpt")
-    out_dir = os.path.dirname(path) or "."
-    default = task_config_defaults(cfg.task, "ppo").get(f"{what}_ckpt", Config.__dataclass_fields__[f"{what}_ckpt"].default)
-    exists = os.path.isfile(path)
-    finished = exists and read_checkpoint(path, mmap=True)["finished"]
-    if finished:
-        return
-    auto = cfg.train_missing and cfg.prompts == "builtin" and path == default and d.world == 1
-    fix = f"python {script} --task={cfg.task} --out_dir={out_dir}" + (" --resume" if exists else "")
-    if not auto:
-        problem = "is an unfinished run" if exists else "does not exist"
-        raise ValueError(f"--{what}_ckpt={path} {problem}: first run `{fix}`")
-    print(f"{what.upper()} checkpoint {path} {'is unfinished' if exists else 'is missing'}: running `{fix}`", flush=True)
-    args = [f"--task={cfg.task}", f"--out_dir={out_dir}", f"--device={cfg.device}", f"--dtype={cfg.dtype}",
-            f"--kernels={cfg.kernels}", f"--threads={cfg.threads}"] + (["--resume"] if exists else [])
-    if script == "train_rm.py":
-        args.append(f"--sft_ckpt={cfg.sft_ckpt}")
-    done = subprocess.run([sys.executable, os.path.join(HERE, script), *args])
-    if done.returncode != 0:
-        raise ValueError(f"{script} failed (exit status {done.returncode}); see its output above")
+def parse_kind_weights(text):
+    """{kind: weight} from "kind=w,kind=w" (checked against the task's kinds when prompts are drawn)."""
+    weights = {}
+    for part in filter(None, text.split(",")):
+        kind, eq, w = part.partition("=")
+        try:
+            weights[kind.strip()] = float(w)
+        except ValueError:
+            raise ValueError(f"--kind_weights: expected kind=weight pairs like add=2,sort=1, got {part!r}") from None
+    return weights or None
 
 
 def main(cfg):
@@ -173,9 +166,13 @@ def main(cfg):
     print_config(cfg)
     t_start = time.time()
     device, autocast = setup_device(cfg, device)
+    stages = [("sft", "train_sft.py")] + ([("rm", "train_rm.py")] if cfg.rounds == 1 else [])  # rounds train their RMs
+    for what, script in stages:
+        default = task_config_defaults(cfg.task, "ppo").get(f"{what}_ckpt", getattr(Config, f"{what}_ckpt"))
+        pipeline.ensure_stage(cfg, d, what, script, default, HERE)
+    if cfg.rounds > 1:
+        return pipeline.run_rounds(cfg, d, device, autocast, HERE)
     resume = runs.start(cfg, d.is_main)
-    ensure_stage(cfg, d, "sft", "train_sft.py")
-    ensure_stage(cfg, d, "rm", "train_rm.py")
     t_ppo = time.time()
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)  # prompt order and PPO-ptx batches: the same on every rank
@@ -207,7 +204,8 @@ def main(cfg):
     builtin = cfg.prompts == "builtin"
     if builtin:
         prompt_seed = cfg.seed + 1 if cfg.prompt_seed < 0 else cfg.prompt_seed
-        train_prompts = task.prompt_records(cfg.iterations * cfg.batch_size, "train", prompt_seed)
+        train_prompts = task.prompt_records(cfg.iterations * cfg.batch_size, "train", prompt_seed,
+                                            parse_kind_weights(cfg.kind_weights))
         eval_prompts = task.prompt_records(cfg.n_eval, "eval", cfg.seed + 2)
     else:
         train_prompts = [r for path in cfg.prompts.split(",") for r in read_prompts(path)]
@@ -370,6 +368,11 @@ def main(cfg):
                              f"stopped at iteration {it}, the last checkpoint is kept")
         if it % cfg.save_interval == 0 or it == cfg.iterations:
             save(it, finished=False)
+        if cfg.snapshot_interval and it % cfg.snapshot_interval == 0:
+            weights = distributed.model_state(policy_train, cfg.fsdp)
+            if d.is_main:
+                save_checkpoint(os.path.join(cfg.out_dir, "snapshots", f"iter_{it}.pt"), policy, tokenizer, cfg, it,
+                                weights=weights)
 
     # the report: SFT and PPO answer the same held-out prompts (and, on the built-in tasks, the gold scorer judges)
     result = evaluate.compare({"sft": ref_policy, "ppo": policy_train}, tokenizer, eval_prompts, reference=ref_policy,

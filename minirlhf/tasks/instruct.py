@@ -128,16 +128,29 @@ def split_of(prompt):
     return "eval" if h % 100 < EVAL_PERCENT else "train"
 
 
-def make_prompts(n, split, rng):
-    """n prompts of `split`, drawn with `rng`; prompts of the other split are drawn and dropped."""
+def make_prompts(n, split, rng, weights=None):
+    """n prompts of `split`, drawn with `rng`; prompts of the other split are drawn and dropped.
+    weights: {kind: relative frequency} (default: every kind alike), e.g. to over-sample the kinds a
+    policy does worst on (red-teaming, train_ppo.py --rounds)."""
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', not {split!r}")
+    kinds, w = check_weights(weights, KINDS)
     out = []
     while len(out) < n:
-        p = make_prompt(rng)
+        p = make_prompt(rng, rng.choices(kinds, w)[0] if weights else None)
         if split_of(p) == split:
             out.append(p)
     return out
+
+
+def check_weights(weights, kinds):
+    """(kinds, weights) of a {kind: weight} dict over known kinds; ValueError otherwise."""
+    if not weights:
+        return list(kinds), None
+    unknown = sorted(set(weights) - set(kinds))
+    if unknown or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"kind weights must be >= 0 over the kinds {', '.join(kinds)}, not all 0; got {weights}")
+    return list(kinds), [weights.get(k, 0.0) for k in kinds]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,9 +406,9 @@ def reference_groups(n, seed=0, k=REFERENCE_K, error_rate=REFERENCE_ERROR_RATE, 
 # records for the training scripts, and the JSONL export
 
 
-def prompt_records(n, split, seed=0):
-    """n records {"prompt": ...} of `split`."""
-    return [{"prompt": p} for p in make_prompts(n, split, random.Random(f"prompts:{seed}"))]
+def prompt_records(n, split, seed=0, weights=None):
+    """n records {"prompt": ...} of `split`; weights: {kind: relative frequency} (default: uniform)."""
+    return [{"prompt": p} for p in make_prompts(n, split, random.Random(f"prompts:{seed}"), weights)]
 
 
 def sft_records(n, split, seed=0, error_rate=DEMO_ERROR_RATE, ramble_rate=DEMO_RAMBLE_RATE):
