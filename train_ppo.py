@@ -234,7 +234,7 @@ def main(cfg):
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     state = resume["state"] if resume else {}
     metrics = runs.Metrics(cfg.out_dir, state.get("metrics", []), owned=d.is_main and not cfg.overwrite)
-    skipped, bad_in_row = state.get("skipped", 0), state.get("bad_in_row", 0)
+    skips = runs.Skips(cfg.max_bad_steps, "update", state.get("skips"))
     order = list(range(len(train_ids)))
     rng.shuffle(order)
     if resume:
@@ -252,7 +252,7 @@ def main(cfg):
             "optimizers": [distributed.optimizer_state(m, opt, cfg.fsdp)
                            for m, opt in zip((policy_train, value_train), optimizers)],
             "rng": distributed.all_gather_objects(runs.rng_state(rng, gen)), "kl_coef": kl_coef,
-            "metrics": metrics.rows, "skipped": skipped, "bad_in_row": bad_in_row}
+            "metrics": metrics.rows, "skips": skips.state()}
         if d.is_main:
             save_checkpoint(ckpt_path, policy, tokenizer, cfg, it, finished=finished, state=train_state,
                             value_model=value_model, weights=weights[0], value_weights=weights[1],
@@ -323,7 +323,6 @@ def main(cfg):
                                             vf_clip_range=cfg.vf_clip_range, vf_coef=cfg.vf_coef, ent_coef=cfg.ent_coef,
                                             temperature=cfg.temperature, grad_clip=cfg.grad_clip, autocast=autocast,
                                             d=d, ptx_batch=ptx_batch if ptx else None, ptx_coef=cfg.ptx_coef)
-        skipped, bad_in_row = (skipped, 0) if stats else (skipped + 1, bad_in_row + 1)
         t_update = time.time() - t_it - t_rollout - t_score
 
         # the adaptive controller sees the KL per response of the whole batch (Ziegler et al. 2019)
@@ -340,7 +339,7 @@ def main(cfg):
                "charts/response_length": mean(lengths.float().mean()).item(),
                "charts/ended": mean(ended.float().mean()).item(),
                "charts/tokens_per_s": seq.numel() * d.world / (time.time() - t_it),
-               "charts/skipped_updates": skipped,
+               "charts/skipped_updates": skips.total + (stats is None),
                "time/rollout": t_rollout, "time/score": t_score, "time/update": t_update,
                "time/iteration": time.time() - t_it}
         if stats:
@@ -363,9 +362,7 @@ def main(cfg):
               f" | pg {row.get('losses/pg_loss', float('nan')):+.4f} | vf {row.get('losses/vf_loss', float('nan')):.4f}"
               f" | clip {row.get('policy/clipfrac', float('nan')):.3f} | len {row['charts/response_length']:.1f}"
               f" | {row['charts/tokens_per_s']:,.0f} tok/s | eta {format_eta(eta)}", flush=True)
-        if bad_in_row >= cfg.max_bad_steps:
-            raise ValueError(f"{bad_in_row} iterations in a row could not update (non-finite rewards, loss or gradient); "
-                             f"stopped at iteration {it}, the last checkpoint is kept")
+        skips.record(stats is not None, f"iteration {it}")  # after the log line, which shows the skipped update
         if it % cfg.save_interval == 0 or it == cfg.iterations:
             save(it, finished=False)
         if cfg.snapshot_interval and it % cfg.snapshot_interval == 0:
@@ -379,7 +376,7 @@ def main(cfg):
                               reward_model=reward_model, task=task, temperature=cfg.temperature,
                               max_new_tokens=cfg.max_new_tokens, eos_penalty_score=cfg.eos_penalty_score,
                               seed=cfg.seed + 3, d=d, device=device, autocast=autocast)
-    summary = {**result, "iterations": cfg.iterations, "skipped_updates": skipped,
+    summary = {**result, "iterations": cfg.iterations, "skipped_updates": skips.total,
                "ppo_seconds": time.time() - t_ppo, "total_seconds": time.time() - t_start,
                "checkpoint": ckpt_path, "config": asdict(cfg)}
     if d.is_main:

@@ -192,7 +192,7 @@ def main(cfg):
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     state = resume["state"] if resume else {}
     metrics = runs.Metrics(cfg.out_dir, state.get("metrics", []), owned=d.is_main and not cfg.overwrite)
-    skipped, bad_in_row = state.get("skipped", 0), state.get("bad_in_row", 0)
+    skips = runs.Skips(cfg.max_bad_steps, "step", state.get("skips"))
     if resume:
         distributed.load_optimizer_state(train_model, optimizer, state["optimizer"], cfg.fsdp)
         runs.set_rng_state(runs.rank_state(state["rng"], d), rng, gen)
@@ -203,7 +203,7 @@ def main(cfg):
         train_state = None if finished else {
             "optimizer": distributed.optimizer_state(train_model, optimizer, cfg.fsdp),
             "rng": distributed.all_gather_objects(runs.rng_state(rng, gen)), "metrics": metrics.rows,
-            "skipped": skipped, "bad_in_row": bad_in_row}
+            "skips": skips.state()}
         if d.is_main:
             save_checkpoint(ckpt_path, model, tokenizer, cfg, step, finished=finished, state=train_state,
                             weights=weights, total_steps=max_iters)
@@ -225,20 +225,8 @@ def main(cfg):
                 group["lr"] = lr_at(it)
             rewards, better, worse, weights = rewards_of(groups)
             loss = (weights * pairwise_loss(rewards[better], rewards[worse])).sum() / len(groups) * d.world
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(train_model.parameters(),
-                                                       cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            if torch.isfinite(distributed.local(grad_norm)):
-                optimizer.step()
-                bad_in_row = 0
-            else:
-                skipped, bad_in_row = skipped + 1, bad_in_row + 1
-                print(f"step {it + 1}: non-finite loss or gradient, step skipped ({bad_in_row} in a row)")
-                if bad_in_row >= cfg.max_bad_steps:
-                    raise ValueError(f"{bad_in_row} steps in a row had a non-finite loss or gradient (is "
-                                     f"--learning_rate={cfg.learning_rate} too high?); stopped at step {it + 1}, "
-                                     f"the last checkpoint is kept")
+            stepped, _ = runs.step(loss, train_model.parameters(), [optimizer], cfg.grad_clip)
+            skips.record(stepped, f"step {it + 1}")
             it += 1
             seen_pairs += len(better) * d.world
             agree = (rewards[better] > rewards[worse]).float() + 0.5 * (rewards[better] == rewards[worse]).float()
@@ -248,7 +236,7 @@ def main(cfg):
                 loss_sum, agree_sum, n = distributed.all_sum(torch.stack(window).sum(0)).tolist()
                 mean_loss, mean_acc = loss_sum / len(window), agree_sum / max(n, 1)
                 row = {"step": it, "epoch": epoch, "train/loss": mean_loss, "train/accuracy": mean_acc,
-                       "train/lr": lr_at(it - 1), "train/skipped_steps": skipped, "time": time.time() - t_start}
+                       "train/lr": lr_at(it - 1), "train/skipped_steps": skips.total, "time": time.time() - t_start}
                 window = []
                 if it % cfg.eval_interval == 0 or it == max_iters:
                     row["eval/accuracy"] = accuracy(evals)[0]
@@ -288,7 +276,7 @@ def main(cfg):
 
     summary = {"steps": it, "eval_accuracy": acc, "labeler_agreement": labeler_agreement,
                "labeler_gold_agreement": gold_pairs_agreement, "sft_mean_reward_before_bias": before,
-               "sft_mean_reward_after_bias": after, "skipped_steps": skipped,
+               "sft_mean_reward_after_bias": after, "skipped_steps": skips.total,
                "n_train_prompts": len(train), "n_eval_prompts": len(evals), "n_train_pairs": n_pairs,
                "checkpoint": ckpt_path}
     if eval_groups is not None:

@@ -201,7 +201,7 @@ def main(cfg):
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     state = resume["state"] if resume else {}
     metrics = runs.Metrics(cfg.out_dir, state.get("metrics", []), owned=d.is_main and not cfg.overwrite)
-    skipped, bad_in_row = state.get("skipped", 0), state.get("bad_in_row", 0)
+    skips = runs.Skips(cfg.max_bad_steps, "step", state.get("skips"))
     if resume:
         distributed.load_optimizer_state(train_model, optimizer, state["optimizer"], cfg.fsdp)
         runs.set_rng_state(runs.rank_state(state["rng"], d), rng)
@@ -213,7 +213,7 @@ def main(cfg):
         train_state = None if finished else {
             "optimizer": distributed.optimizer_state(train_model, optimizer, cfg.fsdp),
             "rng": distributed.all_gather_objects(runs.rng_state(rng)), "metrics": metrics.rows,
-            "skipped": skipped, "bad_in_row": bad_in_row}
+            "skips": skips.state()}
         if d.is_main:
             save_checkpoint(ckpt_path, model, tokenizer, cfg, step, finished=finished, state=train_state,
                             weights=weights, total_steps=cfg.max_iters)
@@ -227,27 +227,15 @@ def main(cfg):
             group["lr"] = lr_at(it - 1, cfg)
         idx, targets = batch(train, rng)
         loss = loss_of(idx, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(train_model.parameters(),
-                                                   cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        # a non-finite loss or gradient skips the step; one device sync per step buys that guard
-        if torch.isfinite(distributed.local(grad_norm)):
-            optimizer.step()
-            bad_in_row = 0
-        else:
-            skipped, bad_in_row = skipped + 1, bad_in_row + 1
-            print(f"step {it}: non-finite loss or gradient, step skipped ({bad_in_row} in a row)")
-            if bad_in_row >= cfg.max_bad_steps:
-                raise ValueError(f"{bad_in_row} steps in a row had a non-finite loss or gradient (is --learning_rate="
-                                 f"{cfg.learning_rate} too high?); stopped at step {it}, the last checkpoint is kept")
+        stepped, grad_norm = runs.step(loss, train_model.parameters(), [optimizer], cfg.grad_clip)
+        skips.record(stepped, f"step {it}")
         n_tokens += idx.numel() * d.world
         losses.append(loss.detach() / d.world)  # this rank's part of the batch's loss; read at the log interval
 
         if it % cfg.log_interval == 0 or it == cfg.max_iters:
             row = {"step": it, "train/loss": distributed.all_sum(torch.stack(losses).mean()).item(),
                    "train/lr": lr_at(it - 1, cfg),
-                   "train/grad_norm": distributed.local(grad_norm).item(), "train/skipped_steps": skipped,
+                   "train/grad_norm": grad_norm.item(), "train/skipped_steps": skips.total,
                    "time": time.time() - t_start}
             losses = []
             if it % cfg.eval_interval == 0 or it == cfg.max_iters:
@@ -261,7 +249,7 @@ def main(cfg):
             print(progress.line(it, n_tokens, **shown))
 
     # what SFT reached: eval loss, and on the built-in task the gold score of held-out responses
-    summary = {"steps": cfg.max_iters, "eval_loss": eval_loss(), "skipped_steps": skipped,
+    summary = {"steps": cfg.max_iters, "eval_loss": eval_loss(), "skipped_steps": skips.total,
                "train_seconds": time.time() - t_start, "checkpoint": ckpt_path, "parameters": model.num_params()}
     if builtin and cfg.n_gold_eval > 0:
         records = task.prompt_records(cfg.n_gold_eval, "eval", cfg.seed)

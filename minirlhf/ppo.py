@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from minirlhf import distributed
+from minirlhf import distributed, runs
 from minirlhf.rl import ppo_policy_loss, ppo_value_loss, token_mean
 from minirlhf.scoring import minibatch_rows, response_logprobs, response_values
 
@@ -69,15 +69,10 @@ def update(policy, value_model, optimizers, rollout, *, epochs, n_minibatches, c
                 n_ptx = distributed.all_sum((targets != -100).sum()).float() / d.world
                 step["ptx_loss"] = -ptx_logprobs.sum() / n_ptx
                 loss = loss + ptx_coef * step["ptx_loss"]
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-            if not torch.isfinite(distributed.local(grad_norm)):  # the same on every rank: gradients are shared
+            stepped, _ = runs.step(loss, params, optimizers, grad_clip)
+            if not stepped:  # the same on every rank: gradients are shared
                 print("non-finite loss or gradient: minibatch skipped")
                 continue
-            for opt in optimizers:
-                opt.step()
             for k, v in step.items():
                 stats[k].append(v.detach())
     # every rank's statistic is its tokens' sum over the global count (rl.token_mean): summed over ranks, the mean

@@ -25,6 +25,7 @@ import os
 
 import torch
 
+from minirlhf import distributed
 from minirlhf.checkpoint import atomic_write_text, read_checkpoint, remove_stale_temporaries
 
 # the files (besides ckpt.pt and metrics.jsonl) a run leaves in its out_dir; an --overwrite run deletes
@@ -148,3 +149,41 @@ def set_rng_state(state, rng, gen=None):
     if gen is not None:
         gen.set_state(state["gen"])
 
+
+
+def step(loss, params, optimizers, grad_clip):
+    """Backward, clip the global gradient norm to grad_clip (0: no clipping), and step every optimizer,
+    unless the norm is non-finite (a NaN or inf loss or gradient): then the step is skipped. One
+    device sync buys that guard. Under DDP and FSDP the gradients, and so the decision, are the same
+    on every rank. Returns (stepped, grad_norm)."""
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = distributed.local(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf")))
+    if not torch.isfinite(grad_norm):
+        return False, grad_norm
+    for opt in optimizers:
+        opt.step()
+    return True, grad_norm
+
+
+class Skips:
+    """Counts skipped steps; after `limit` in a row, stops the run with a ValueError (the last checkpoint
+    stays as it was). state: the counts a checkpoint saved."""
+
+    def __init__(self, limit, what, state=None):
+        self.limit, self.what = limit, what
+        self.total, self.in_row = (state or {}).get("skipped", 0), (state or {}).get("in_row", 0)
+
+    def record(self, ok, where):
+        if ok:
+            self.in_row = 0
+            return
+        self.total, self.in_row = self.total + 1, self.in_row + 1
+        print(f"{where}: non-finite loss, reward or gradient: {self.what} skipped ({self.in_row} in a row)")
+        if self.in_row >= self.limit:
+            raise ValueError(f"{self.in_row} {self.what}s in a row had a non-finite loss, reward or gradient (is the "
+                             f"learning rate too high?); stopped at {where}, the last checkpoint is kept")
+
+    def state(self):
+        return {"skipped": self.total, "in_row": self.in_row}

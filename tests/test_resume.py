@@ -141,14 +141,14 @@ def test_non_finite_weights_are_never_saved(tmp_path):
     done = run("train_sft.py", f"--out_dir={tmp_path}/sft", *SFT, "--learning_rate=1e38", "--min_lr=0",
                "--warmup_iters=0", "--max_bad_steps=100", ok=False)
     assert done.returncode == 2 and "refusing to save a checkpoint" in done.stderr and "Traceback" not in done.stderr
-    assert "non-finite loss or gradient, step skipped" in done.stdout
+    assert "non-finite loss, reward or gradient: step skipped" in done.stdout
     assert not (tmp_path / "sft" / "ckpt.pt").exists()
     rows = [json.loads(line) for line in open(tmp_path / "sft" / "metrics.jsonl")]  # valid JSON
     assert any(r["train/loss"] is None for r in rows)  # NaN is written as null
     # and after max_bad_steps skipped steps in a row the run stops
     done = run("train_sft.py", f"--out_dir={tmp_path}/sft2", *SFT, "--learning_rate=1e38", "--min_lr=0",
                "--warmup_iters=0", "--max_bad_steps=2", ok=False)
-    assert done.returncode == 2 and "2 steps in a row had a non-finite loss or gradient" in done.stderr
+    assert done.returncode == 2 and "2 steps in a row had a non-finite loss, reward or gradient" in done.stderr
 
 
 def script(name):

@@ -130,7 +130,7 @@ def test_non_finite_rewards_skip_the_update_and_keep_the_checkpoint(tmp_path, pi
                "--ppo_epochs=1", "--n_eval=4", "--save_interval=5", "--max_bad_steps=2", ok=False)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stdout.count("non-finite rewards or advantages; skipping this update") == 2
-    assert "2 iterations in a row could not update" in done.stderr
+    assert "2 updates in a row had a non-finite loss, reward or gradient" in done.stderr
     metrics = rows(tmp_path / "ppo" / "metrics.jsonl")  # valid JSON: no NaN in it
     assert [r["charts/skipped_updates"] for r in metrics] == [1, 2]
     # it stopped before its first checkpoint, so nothing was saved
