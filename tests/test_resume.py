@@ -53,7 +53,10 @@ def metric_rows(path):
 
 
 def snapshot(directory):
-    return {name: hashlib.sha256((directory / name).read_bytes()).hexdigest() for name in sorted(os.listdir(directory))}
+    """{relative path: sha256} of every file below directory."""
+    return {os.path.relpath(os.path.join(root, name), directory): hashlib.sha256(open(os.path.join(root, name), "rb")
+                                                                                   .read()).hexdigest()
+            for root, _, names in os.walk(directory) for name in names}
 
 
 @pytest.fixture(scope="module")
