@@ -241,7 +241,9 @@ def main(cfg):
         for m, opt, s in zip((policy_train, value_train), optimizers, state["optimizers"]):
             distributed.load_optimizer_state(m, opt, s, cfg.fsdp)
         runs.set_rng_state(runs.rank_state(state["rng"], d), rng, gen)
-        kl_coef = kl_ctl.value = state["kl_coef"] if kl_ctl else cfg.kl_coef
+        kl_coef = state["kl_coef"]
+        if kl_ctl is not None:
+            kl_ctl.value = kl_coef
         print(f"resuming {cfg.out_dir} at iteration {resume['step']} of {cfg.iterations}")
 
     def save(it, finished):

@@ -28,6 +28,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, fields
@@ -41,9 +42,17 @@ from minirlhf.data import encode_comparison, read_comparisons, write_jsonl
 from minirlhf.tasks import get_task
 
 
+def _die_with_parent():
+    # Linux: the child gets SIGKILL when this process dies, so a killed driver leaves no stage running
+    # on (one that a resumed run would then race for the same files)
+    import ctypes
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def run_script(scripts_dir, script, args):
     """Run one of the scripts in a child process; a failure is a ValueError pointing at its output."""
-    done = subprocess.run([sys.executable, os.path.join(scripts_dir, script), *args])
+    done = subprocess.run([sys.executable, os.path.join(scripts_dir, script), *args],
+                          preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     if done.returncode != 0:
         raise ValueError(f"{script} failed (exit status {done.returncode}); see its output above")
 

@@ -31,19 +31,20 @@ def test_red_team_weights_over_sample_the_worst_kinds():
         instruct.prompt_records(3, "train", weights={"divide": 1.0})
 
 
-ROUNDS = ["--rounds=2", "--iterations=2", "--batch_size=4", "--n_minibatches=2", "--ppo_epochs=1", "--n_eval=4",
+ROUNDS = ["--rounds=2", "--iterations=5", "--batch_size=4", "--n_minibatches=2", "--ppo_epochs=1", "--n_eval=4",
           "--max_new_tokens=8", "--rm_prompts=8", "--rm_eval_prompts=4", "--rm_k=2", "--rm_epochs=1",
           "--probe_prompts=10", "--save_interval=1", "--threads=1"]
 
 
 @pytest.fixture(scope="module")
 def rounds_run(tmp_path_factory):
-    """Two rounds, killed once round 2 has begun and resumed."""
+    """Two rounds, killed in round 2's PPO (after its first iteration's checkpoint) and resumed."""
     out = tmp_path_factory.mktemp("rounds")
     run("train_sft.py", f"--out_dir={out}/sft", *TINY_MODEL, "--max_iters=6", "--log_interval=3", "--eval_interval=3",
         "--n_builtin=200", "--n_gold_eval=0", "--batch_size=8")
     args = [f"--out_dir={out}/ppo", f"--sft_ckpt={out}/sft/ckpt.pt", *ROUNDS]
-    killed_at("train_ppo.py", "=== round 2", *args)
+    killed_at("train_ppo.py", "iter 2/2", *args)  # the driver, and with it its child, round 2's train_ppo.py
+    assert not read_checkpoint(str(out / "ppo" / "round_2" / "ppo" / "ckpt.pt"))["finished"]  # resumed below
     state = json.load(open(out / "ppo" / "rounds.json"))
     assert [r["round"] for r in state["rounds"]] == [1] and not state["finished"]
     round_1 = snapshot(out / "ppo" / "round_1")
@@ -60,7 +61,7 @@ def test_rounds_bookkeeping(rounds_run):
     assert state["finished"]
     rows = state["rounds"]
     assert [r["round"] for r in rows] == [1, 2]
-    assert [r["labels"] for r in rows] == [4, 8] and [r["iterations"] for r in rows] == [1, 2]  # budgets split
+    assert [r["labels"] for r in rows] == [4, 8] and [r["iterations"] for r in rows] == [3, 5]  # budgets split
     assert rows[0]["rm_accuracy_before"] is None  # no reward model before the first round
     for r in rows:
         assert 0 <= r["rm_accuracy_after"] <= 1 and r["gold"] is not None and r["win_rate_over_sft"] is not None
