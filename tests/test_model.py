@@ -85,7 +85,7 @@ def test_generate_stops_each_row_at_its_first_eos():
 def test_generate_logprobs_match_a_full_forward_at_the_temperature(use_cache, temperature, top_k, top_p):
     """The log-probs that come with the samples are those of the tempered, uncut distribution (temperature 1
     for greedy decoding), as a forward pass over the whole left-padded sequence gives them; greedy picks
-    its argmax."""
+    its argmax; top_k and top_p samples lie inside the cut."""
     model = make_model(4)
     idx, start = left_pad([[1, 2, 3, 4], [7, 8], [9]])
     out = model.generate(idx, 6, start=start, temperature=temperature, top_k=top_k, top_p=top_p, use_cache=use_cache,
@@ -95,6 +95,12 @@ def test_generate_logprobs_match_a_full_forward_at_the_temperature(use_cache, te
     torch.testing.assert_close(out.logprobs, expect, atol=1e-5, rtol=1e-5)
     if temperature == 0:
         assert torch.equal(out.tokens, logits.argmax(-1))
+    probs = torch.softmax(logits, -1)
+    chosen = probs.gather(-1, out.tokens[..., None])  # (B, n, 1)
+    if top_k is not None:  # each token among the top_k of its distribution
+        assert ((probs > chosen).sum(-1) < top_k).all()
+    if top_p is not None:  # each token in the nucleus: the mass of the likelier tokens is below top_p
+        assert (torch.where(probs > chosen, probs, 0.0).sum(-1) < top_p).all()
 
 
 def test_generate_default_temperature_is_one():
