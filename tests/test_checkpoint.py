@@ -78,3 +78,29 @@ def test_checkpoint_with_another_tokenizer_is_an_error(tmp_path):
     write_tiktoken_file(tmp_path / "other.tiktoken")
     with pytest.raises(ValueError, match="trained with tokenizer 'bytes'"):
         load_checkpoint(str(path), tokenizer=get_tokenizer(str(tmp_path / "other.tiktoken")))
+
+
+class RunsCodeWhenUnpickled:
+    """An object whose unpickling calls os.mkdir(path): what a malicious checkpoint would do."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path):
+    """Checkpoints are read with weights_only=True: a file that is a complete checkpoint but whose pickle
+    calls a function is refused with a ValueError naming it, and the function never runs."""
+    good = tmp_path / "good.pt"
+    save_checkpoint(str(good), tiny(0), get_tokenizer("bytes"), {}, step=0)
+    ckpt = torch.load(good, weights_only=True)
+    marker = tmp_path / "code_ran"
+    ckpt["extra"] = RunsCodeWhenUnpickled(str(marker))
+    path = tmp_path / "evil.pt"
+    torch.save(ckpt, path)
+    for load in (read_checkpoint, load_checkpoint):
+        with pytest.raises(ValueError, match=str(path)):
+            load(str(path))
+        assert not marker.exists()

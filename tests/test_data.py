@@ -1,5 +1,6 @@
 """JSONL readers, loss masking, padding and the exporter's files, with the byte tokenizer."""
 import json
+import re
 
 import pytest
 import torch
@@ -209,3 +210,97 @@ def test_exporter_command_line(tmp_path):
     from minirlhf.tasks.__main__ import main
     main(["--task=instruct", f"--out_dir={tmp_path}", "--n_sft=5", "--n_prompts=5", "--n_comparisons=5", "--n_eval=5"])
     assert len(read_sft(str(tmp_path / "sft_eval.jsonl"))) == 5
+
+
+# ==============================================================================================
+# what the readers return, the messages' details and the length bounds
+# (properties that a mutation of minirlhf/data.py showed no test held)
+
+
+def test_chat_records_read_back_as_written(tmp_path):
+    chat_prompt = {"messages": [MSG("system", "Be brief."), MSG("user", "hi"), MSG("assistant", "hello"), MSG("user", "2+2")]}
+    path = write_lines(tmp_path / "s.jsonl", [json.dumps(CHAT)])
+    (record,) = read_sft(path)
+    assert record == {**CHAT, "source": f"{path}:1"}
+    assert encode_sft(tok, record) == encode_sft(tok, CHAT)
+    path = write_lines(tmp_path / "p.jsonl", [json.dumps(chat_prompt)])  # a user turn after an assistant turn
+    (record,) = read_prompts(path)
+    assert record == {**chat_prompt, "source": f"{path}:1"}
+    assert tok.decode(encode_prompt(tok, record)).endswith("User: 2+2\nAssistant: ")
+
+
+def test_loss_mask_is_zeros_and_ones():
+    for record in (CHAT, {"prompt": "p\n", "completion": "c"}):
+        ids, mask = encode_sft(tok, record)
+        assert set(mask) == {0, 1} and len(mask) == len(ids)
+
+
+def test_last_line_without_newline_is_read(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"prompt": "a"}) + "\n" + json.dumps({"prompt": "b"}), encoding="utf-8")
+    assert [r["prompt"] for r in read_prompts(str(path))] == ["a", "b"]
+
+
+@pytest.mark.parametrize("kind, bad, message", [
+    ("sft", "[1, 2]", "expected a JSON object, got list"),
+    ("sft", {"messages": ["hi", MSG("assistant")]}, r"messages\[0\] must be an object with role and content, got str"),
+    ("sft", {"prompt": "p", "completion": 3}, "'completion' must be a string, got int"),
+    ("prompts", {"messages": [MSG("system"), MSG("user"), MSG("assistant")]}, "must end with a user turn, not 'assistant'"),
+    ("comparisons", {"prompt": "p", "chosen": "a", "rejected": "b", "ranking": [0, 1]}, "missing field 'responses'"),
+    ("comparisons", {"prompt": "p", "chosen": "", "rejected": "b"}, "'chosen' is empty"),
+    ("comparisons", {"prompt": "", "chosen": "a", "rejected": "b"}, "'prompt' is empty"),
+    ("comparisons", {"prompt": "", "responses": ["a", "b"], "ranking": [0, 1]}, "'prompt' is empty"),
+])
+def test_messages_name_the_type_field_or_role(tmp_path, kind, bad, message):
+    test_malformed_line_names_file_and_line(tmp_path, kind, bad, message)
+
+
+def test_empty_and_missing_files_name_their_kind(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="the SFT file is empty"):
+        read_sft(str(tmp_path / "empty.jsonl"))
+    with pytest.raises(ValueError, match="the comparisons file is empty"):
+        read_comparisons(str(tmp_path / "empty.jsonl"))
+    with pytest.raises(ValueError, match="SFT file .*nowhere.jsonl' does not exist"):
+        read_sft(str(tmp_path / "nowhere.jsonl"))
+
+
+def test_length_bounds_are_inclusive():
+    record = {"prompt": "x" * 50, "completion": "y"}  # 52 tokens with the EOS; the model reads 51
+    assert len(encode_sft(tok, record, block_size=51)[0]) == 52
+    with pytest.raises(ValueError, match=r"52 tokens, more than block_size \+ 1 = 51"):
+        encode_sft(tok, record, block_size=50)
+    assert len(encode_prompt(tok, record, max_len=50)) == 50
+    comparison = {"prompt": "add 1 1\n", "responses": ["2", "33"], "ranking": [0, 1]}  # 8 + 2 + 1 tokens
+    encode_comparison(tok, comparison, block_size=11)
+    with pytest.raises(ValueError, match="prompt \\+ response of 11 tokens"):
+        encode_comparison(tok, comparison, block_size=10)
+
+
+def test_records_without_a_source_are_named_by_their_start():
+    """Built-in records have no "source": errors quote their first 40 characters instead."""
+    with pytest.raises(ValueError, match="^record '" + "x" * 40 + "': prompt of 50"):
+        encode_prompt(tok, {"prompt": "x" * 50}, max_len=10)
+    start = str(CHAT["messages"])[:40]  # a chat record: the start of its messages
+    with pytest.raises(ValueError, match="^record " + re.escape(repr(start)) + ": 71 tokens"):
+        encode_sft(tok, CHAT, block_size=8)
+
+
+def test_sft_batch_checks_its_examples():
+    idx, targets = sft_batch([([5, 6], [0, 1])], tok.pad_id)  # the shortest example: one position
+    assert idx.tolist() == [[5]] and targets.tolist() == [[6]]
+    with pytest.raises(ValueError, match="same length >= 2, got 3 and 2"):
+        sft_batch([([5, 6, 7], [0, 1])], tok.pad_id)
+    with pytest.raises(ValueError, match="same length >= 2, got 1 and 1"):
+        sft_batch([([5], [1])], tok.pad_id)
+    with pytest.raises(ValueError, match="sft_batch needs at least one example"):
+        sft_batch([], tok.pad_id)
+    with pytest.raises(ValueError, match="left_pad needs at least one sequence"):
+        left_pad([], tok.pad_id)
+
+
+def test_written_files_keep_non_ascii_text(tmp_path):
+    path = tmp_path / "u.jsonl"
+    write_jsonl(str(path), [{"prompt": "¿qué? 日本", "source": "x:1"}])
+    assert path.read_text(encoding="utf-8") == '{"prompt": "¿qué? 日本"}\n'  # readable, not \\u escapes
+    assert read_prompts(str(path))[0]["prompt"] == "¿qué? 日本"

@@ -50,31 +50,105 @@ def test_left_padded_logits_equal_unpadded(lengths, seed):
         torch.testing.assert_close(padded[b, start[b]:], alone, atol=1e-5, rtol=1e-5)
 
 
-def test_generate_stops_each_row_at_eos():
+def test_generate_stops_each_row_at_its_first_eos():
+    """With eos_id, a row is what it would have sampled without it up to and including its first EOS, then
+    pad with mask and log-prob 0; a row that never samples EOS runs to the budget; the loop ends as soon as
+    every row has stopped. A stopped row is still sampled (its draw discarded), so every row consumes the
+    generator as it would without stopping and the samples can be compared token by token."""
     model = make_model(3)
-    with torch.no_grad():  # make EOS likely so rows stop at different steps
-        model.lm_head.weight[EOS] += 0.8 * model.lm_head.weight.mean(0)
-    idx, start = left_pad([[1, 2, 3], [4], [5, 6, 7, 8, 9]])
-    g = torch.Generator().manual_seed(0)
-    out = model.generate(idx, 30, start=start, eos_id=EOS, pad_id=PAD, generator=g)
-    assert out.tokens.shape == out.mask.shape == out.logprobs.shape and out.tokens.size(1) <= 30
-    for tok, mask, lp in zip(out.tokens, out.mask, out.logprobs):
-        n = int(mask.sum())
-        assert mask[:n].all() and not mask[n:].any()  # a contiguous response, then nothing
-        assert (tok[:n - 1] != EOS).all() and (tok[:n - 1] != PAD).all()
-        if n < out.tokens.size(1):  # stopped early: the last response token is EOS, pad after it
-            assert tok[n - 1] == EOS and (tok[n:] == PAD).all()
-        assert (lp[:n] <= 0).all() and (lp[n:] == 0).all()
-    assert not out.mask[:, -1].any() or out.tokens.size(1) == 30
+    idx, start = left_pad([[1, 2, 3], [4], [5, 6, 7, 8, 9], [10, 11]])
+    budget = 40
+    free = model.generate(idx, budget, start=start, generator=torch.Generator().manual_seed(0))
+
+    def first(token):  # the step at which each row first samples token, None if it never does
+        return [row.tolist().index(token) if token in row else None for row in free.tokens]
+    # as EOS: a token some rows sample and one row never does, and one that every row samples;
+    # both end rows at three or more different steps
+    eos_ids = [next(v for v in range(EOS) if len(set(first(v))) >= 3 and (None in first(v)) == some_never)
+               for some_never in (True, False)]
+    for eos_id in eos_ids:
+        stops = first(eos_id)
+        out = model.generate(idx, budget, start=start, eos_id=eos_id, pad_id=PAD, generator=torch.Generator().manual_seed(0))
+        n = budget if None in stops else max(stops) + 1
+        assert out.tokens.shape == out.mask.shape == out.logprobs.shape == (4, n)
+        for b, stop in enumerate(stops):
+            length = n if stop is None else stop + 1  # the EOS is part of the response
+            assert out.tokens[b, :length].tolist() == free.tokens[b, :length].tolist()
+            assert (out.tokens[b, length:] == PAD).all()
+            assert out.mask[b].tolist() == [True] * length + [False] * (n - length)
+            torch.testing.assert_close(out.logprobs[b, :length], free.logprobs[b, :length], atol=1e-6, rtol=0)
+            assert (out.logprobs[b, length:] == 0).all() and (out.logprobs[b, :length] < 0).all()
 
 
-def test_generate_logprobs_match_a_full_forward_at_the_temperature():
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.7, None, None), (0, None, None), (1.3, 5, None), (1.0, None, 0.5)])
+def test_generate_logprobs_match_a_full_forward_at_the_temperature(use_cache, temperature, top_k, top_p):
+    """The log-probs that come with the samples are those of the tempered, uncut distribution (temperature 1
+    for greedy decoding), as a forward pass over the whole left-padded sequence gives them; greedy picks
+    its argmax; top_k and top_p samples lie inside the cut."""
     model = make_model(4)
-    idx, start = left_pad([[1, 2, 3, 4], [7, 8]])
-    out = model.generate(idx, 6, start=start, temperature=0.7, generator=torch.Generator().manual_seed(1))
-    logits = model(torch.cat([idx, out.tokens], 1), start=start)[:, idx.size(1) - 1:-1] / 0.7
+    idx, start = left_pad([[1, 2, 3, 4], [7, 8], [9]])
+    out = model.generate(idx, 6, start=start, temperature=temperature, top_k=top_k, top_p=top_p, use_cache=use_cache,
+                         generator=torch.Generator().manual_seed(1))
+    logits = model(torch.cat([idx, out.tokens], 1), start=start)[:, idx.size(1) - 1:-1] / (temperature or 1.0)
     expect = torch.log_softmax(logits, -1).gather(-1, out.tokens[..., None]).squeeze(-1)
     torch.testing.assert_close(out.logprobs, expect, atol=1e-5, rtol=1e-5)
+    if temperature == 0:
+        assert torch.equal(out.tokens, logits.argmax(-1))
+    probs = torch.softmax(logits, -1)
+    chosen = probs.gather(-1, out.tokens[..., None])  # (B, n, 1)
+    if top_k is not None:  # each token among the top_k of its distribution
+        assert ((probs > chosen).sum(-1) < top_k).all()
+    if top_p is not None:  # each token in the nucleus: the mass of the likelier tokens is below top_p
+        assert (torch.where(probs > chosen, probs, 0.0).sum(-1) < top_p).all()
+
+
+def test_generate_default_temperature_is_one():
+    model = make_model(4)
+    idx = torch.tensor([[1, 2, 3]])
+    default = model.generate(idx, 5, generator=torch.Generator().manual_seed(0))
+    explicit = model.generate(idx, 5, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(default.tokens, explicit.tokens) and torch.equal(default.logprobs, explicit.logprobs)
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, None), (0.5, None, None), (2.0, None, None),
+                                                       (1.0, 4, None), (0.8, None, 0.6), (1.5, 10, 0.9)])
+def test_generate_samples_from_the_tempered_cut_distribution(temperature, top_k, top_p):
+    """The first tokens of 20000 copies of one prompt are draws from softmax(logits / temperature), cut to
+    the top_k tokens, then to the smallest set of most likely tokens whose mass reaches top_p, renormalized."""
+    model = make_model(6)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(5)  # spread-out logits, so that the temperature and the cuts matter
+    idx = torch.tensor([[5, 17, 42]]).repeat(20_000, 1)
+    out = model.generate(idx, 1, temperature=temperature, top_k=top_k, top_p=top_p,
+                         generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        probs = torch.softmax(model(idx[:1])[0, -1].double() / temperature, -1)  # (V,)
+    keep = torch.ones(V, dtype=torch.bool)
+    if top_k is not None:
+        keep &= probs >= probs.topk(top_k).values[-1]
+    if top_p is not None:  # the nucleus of what top_k kept, renormalized
+        kept = torch.where(keep, probs, 0.0) / probs[keep].sum()
+        order = kept.argsort(descending=True)
+        mass_before = kept[order].cumsum(0) - kept[order]
+        keep[order[mass_before >= top_p]] = False
+    expect = torch.where(keep, probs, 0.0)
+    expect /= expect.sum()
+    freq = torch.bincount(out.tokens[:, 0], minlength=V).double() / len(idx)
+    assert (freq[~keep] == 0).all()  # nothing outside the cut
+    assert 0.5 * (freq - expect).abs().sum().item() < 0.06  # total variation: sampling noise only
+    assert keep.sum() > 1  # the distribution is not a point mass: the frequencies say something
+
+
+def test_generate_rejects_bad_sampling_settings_and_accepts_the_bounds():
+    model = make_model(4, block_size=16)
+    idx = torch.zeros(2, 6, dtype=torch.long)
+    for bad in [dict(temperature=-0.1), dict(top_p=0.0), dict(top_p=1.01), dict(top_k=0)]:
+        with pytest.raises(ValueError, match="bad sampling settings"):
+            model.generate(idx, 2, **bad)
+    for good in [dict(temperature=0), dict(top_p=1.0), dict(top_p=1e-6), dict(top_k=1)]:
+        assert model.generate(idx, 2, **good).tokens.shape == (2, 2)
+    assert model.generate(idx, 10, temperature=0).tokens.shape == (2, 10)  # prompt + budget = block_size fits
 
 
 def test_top_k_1_and_tiny_top_p_are_greedy():

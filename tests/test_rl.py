@@ -49,6 +49,28 @@ def test_masked_whiten(data):
     torch.testing.assert_close(masked_whiten(torch.where(mask, x, junk * 100), mask), w)  # off-mask values never count
 
 
+@given(data=st.data())
+def test_masked_mean_over_everything_and_per_row(data):
+    x, junk, mask = batch(data)
+    x_junk = torch.where(mask, x, junk * 100)  # off-mask values never count
+    selected = x[mask].tolist()
+    expect = sum(selected) / len(selected) if selected else 0.0  # nothing selected: 0, not NaN
+    assert masked_mean(x_junk, mask).item() == pytest.approx(expect)
+    rows = [x[b][mask[b]].tolist() for b in range(x.size(0))]
+    assert masked_mean(x_junk, mask, dim=1).tolist() == pytest.approx([sum(r) / len(r) if r else 0.0 for r in rows])
+    one = torch.zeros_like(mask)
+    one[0, 0] = True  # a single selected value is its own mean
+    assert masked_mean(x, one).item() == masked_mean(x, one, dim=1)[0].item() == x[0, 0].item()
+
+
+def test_masked_whiten_of_a_constant_is_zero_and_shift_mean_false_keeps_the_mean():
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    assert (masked_whiten(torch.full((2, 4), 3.0), mask) == 0).all()  # zero variance: 0, not NaN or inf
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mean = masked_mean(x, mask)
+    torch.testing.assert_close(masked_whiten(x, mask, shift_mean=False), (masked_whiten(x, mask) + mean) * mask)
+
+
 @settings(max_examples=30)
 @given(data=st.data())
 def test_clipped_objective_is_the_policy_gradient_at_ratio_one(data):
@@ -91,6 +113,61 @@ def test_value_loss_clipping():
     assert clipfrac.item() == pytest.approx(1 / 3)
 
 
+def per_token(*tensors):
+    """(b, t) of every masked position and the tensors' values there, as Python floats."""
+    mask = tensors[-1]
+    return [(b, t, *(x[b, t].item() for x in tensors[:-1])) for b, t in mask.nonzero().tolist()]
+
+
+@settings(max_examples=30)
+@given(data=st.data(), scale=st.sampled_from([0.05, 1.0]))
+def test_approx_kl_is_half_the_mean_squared_log_ratio(data, scale):
+    """approx_kl = mean over response tokens of (log ratio)^2 / 2 (the k2 estimator): >= 0, the same
+    whichever policy is new, and blind to off-mask positions."""
+    old_logprobs, advantages, mask = batch(data)
+    logprobs = old_logprobs + scale * torch.randn(old_logprobs.shape, dtype=torch.float64)
+    tokens = per_token(logprobs, old_logprobs, mask)
+    expect = sum(0.5 * (lp - old) ** 2 for _, _, lp, old in tokens) / max(len(tokens), 1)
+    _, _, approx_kl = ppo_policy_loss(torch.where(mask, logprobs, 50.0), old_logprobs, advantages, mask)
+    assert approx_kl.item() == pytest.approx(expect, rel=1e-9, abs=1e-12)
+    assert approx_kl >= 0
+    assert ppo_policy_loss(old_logprobs, logprobs, advantages, mask)[2].item() == pytest.approx(expect, rel=1e-9, abs=1e-12)
+
+
+@settings(max_examples=30)
+@given(data=st.data(), clip_range=st.floats(0.05, 1.0))
+def test_value_loss_equals_a_plain_python_loop(data, clip_range):
+    """vf_loss = 1/2 mean of max((v - R)^2, (v_clipped - R)^2), v_clipped = old + clip(v - old, -eps, eps);
+    vf_clipfrac = the share of tokens where the clipped error is the larger."""
+    returns, old_values, mask = batch(data)
+    values = old_values + torch.randn(old_values.shape, dtype=torch.float64)  # some inside the clip range, most not
+    tokens = per_token(values, old_values, returns, mask)
+    losses, clipped = [], 0
+    for _, _, v, old, ret in tokens:
+        v_clipped = old + min(max(v - old, -clip_range), clip_range)
+        losses.append(max((v - ret) ** 2, (v_clipped - ret) ** 2))
+        clipped += (v_clipped - ret) ** 2 > (v - ret) ** 2
+    n = max(len(tokens), 1)
+    vf_loss, vf_clipfrac = ppo_value_loss(values, old_values, returns, mask, clip_range)
+    assert vf_loss.item() == pytest.approx(0.5 * sum(losses) / n, rel=1e-9, abs=1e-12)
+    assert vf_clipfrac.item() == pytest.approx(clipped / n)
+    # the loss is symmetric under negating every value and return
+    assert ppo_value_loss(-values, -old_values, -returns, mask, clip_range)[0].item() == pytest.approx(vf_loss.item())
+
+
+def test_defaults_are_the_n_plus_details_settings():
+    """gamma 1, lambda 0.95, both clip ranges 0.2, the k1 KL estimator ("The N+ implementation details")."""
+    g = torch.Generator().manual_seed(0)
+    a, b, c, d = (torch.randn(3, 6, generator=g, dtype=torch.float64) for _ in range(4))
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    for got, expect in [(gae(a, b, mask), gae(a, b, mask, gamma=1.0, lam=0.95)),
+                        (ppo_policy_loss(a, b, c, mask), ppo_policy_loss(a, b, c, mask, clip_range=0.2)),
+                        (ppo_value_loss(a, b + d, c, mask), ppo_value_loss(a, b + d, c, mask, clip_range=0.2)),
+                        ((kl_penalty(a, b),), (kl_penalty(a, b, "k1"),))]:
+        for x, y in zip(got, expect):
+            torch.testing.assert_close(x, y, atol=0, rtol=0)
+
+
 @given(data=st.data())
 def test_kl_is_zero_when_policy_is_reference(data):
     logprobs, _, mask = batch(data)
@@ -117,10 +194,26 @@ def test_adaptive_kl_moves_toward_target(kl, target, n):
     ctl = AdaptiveKLController(0.1, target=target, horizon=10_000)
     new = ctl.update(kl, n)
     if kl > target:
-        assert new >= 0.1  # too far from the reference: penalize more
+        assert new > 0.1  # too far from the reference: penalize more
     elif kl < target:
-        assert new <= 0.1
+        assert new < 0.1
     assert abs(new / 0.1 - 1) <= 0.2 * n / 10_000 + 1e-12  # proportional, with a bounded step
+    assert ctl.value == new  # the controller keeps the new coefficient
+
+
+@given(error=st.floats(-0.19, 0.19), far=st.floats(0.2, 10.0), target=st.floats(0.1, 20.0), n=st.integers(1, 512))
+def test_adaptive_kl_step_is_proportional_to_error_and_steps(error, far, target, n):
+    """Ziegler et al. 2019: the relative step is the error (clipped to +-0.2) times n_steps / horizon."""
+    def step(kl, n_steps):
+        return AdaptiveKLController(0.1, target, horizon=10_000).update(kl, n_steps) / 0.1 - 1
+    kl = target * (1 + error)
+    assert step(kl, 2 * n) == pytest.approx(2 * step(kl, n), rel=1e-9, abs=1e-15)  # twice the steps, twice the move
+    assert step(kl, n) == pytest.approx(error * n / 10_000, rel=1e-6, abs=1e-12)  # inside the band: the error itself
+    assert step(target * (1 + far), n) == pytest.approx(step(target * 1.2, n))  # saturates at +20%
+    assert step(target * max(1 - far, 0.0), n) == pytest.approx(step(target * 0.8, n))  # and at -20%
+    ctl = AdaptiveKLController(0.1, target, horizon=10_000)
+    ctl.update(kl, n)
+    assert ctl.update(kl, n) / 0.1 == pytest.approx((1 + step(kl, n)) ** 2)  # successive updates compound
 
 
 def test_eos_penalty():
@@ -129,10 +222,10 @@ def test_eos_penalty():
     assert eos_penalty(scores, ended, -1.0).tolist() == pytest.approx([0.3, -1.0, 1.5])
 
 
-@given(data=st.data(), kl_coef=st.floats(0.0, 1.0))
-def test_shaped_rewards_put_the_score_on_the_last_token(data, kl_coef):
+@given(data=st.data(), kl_coef=st.floats(0.0, 1.0), score_dtype=st.sampled_from([torch.float64, torch.float32]))
+def test_shaped_rewards_put_the_score_on_the_last_token(data, kl_coef, score_dtype):
     kl, _, mask = batch(data)
-    scores = torch.randn(kl.size(0), dtype=torch.float64)
+    scores = torch.randn(kl.size(0), dtype=score_dtype)  # the reward model's fp32 scores, fp64 KL
     rewards = shaped_rewards(scores, kl, mask, kl_coef)
     for b in range(kl.size(0)):
         n = int(mask[b].sum())
@@ -172,5 +265,18 @@ def test_explained_variance():
     assert explained_variance(torch.zeros(4, 6) + returns.mean(), returns, mask) == pytest.approx(0.0, abs=0.1)
 
 
+@given(data=st.data(), scale=st.sampled_from([0.01, 1.0, 30.0]))
+def test_explained_variance_over_the_mask(data, scale):
+    """1 - Var[R - V] / Var[R] over the response tokens only, whatever the scale of the returns;
+    NaN when the returns do not vary there."""
+    returns, values, mask = batch(data)
+    returns, values = scale * returns, scale * (returns + 0.5 * values)
+    junk = torch.full_like(returns, 1e3)  # off-mask positions never count
+    got = explained_variance(torch.where(mask, values, -junk), torch.where(mask, returns, junk), mask)
+    r, v = returns[mask], values[mask]
+    if len(r) >= 2:
+        assert got == pytest.approx(1 - (r - v).var().item() / r.var().item(), rel=1e-6)
+    constant = torch.where(mask, torch.full_like(returns, 2.0), junk)
+    assert math.isnan(explained_variance(values, constant, mask))  # nothing to explain
 def test_ranking_pairs_are_better_worse_pairs_in_ranking_order():
     assert ranking_pairs([0, 2, 1]) == [(0, 2), (0, 1), (2, 1)]

@@ -1,0 +1,42 @@
+"""minirlhf/sampling.py: sample_responses in several batches is one big batch of GPT.generate, as dicts."""
+import torch
+
+from minirlhf.data import left_pad
+from minirlhf.model import GPT, GPTConfig
+from minirlhf.sampling import sample_responses
+from minirlhf.tokenizer import get_tokenizer
+
+tok = get_tokenizer("bytes")
+PROMPTS = ["add 3 4\n", "sort 9 1\n", "hi\n", "reverse abc\n", "x", "count 1 2 3\n", "what is 2 + 2?\n"]
+
+
+def test_batches_of_responses_equal_one_generate_call():
+    """Greedy decoding in chunks of 3 prompts (the last one short) gives, in the prompts' order, what one
+    generate call over all of them gives: ids without the EOS, their text, and whether the EOS came.
+    The model samples in eval mode (no dropout) and is handed back in the mode it was in."""
+    torch.manual_seed(11)
+    model = GPT(GPTConfig(block_size=48, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=32,
+                          dropout=0.3, attn_impl="torch"))
+    with torch.no_grad():  # a large EOS row: EOS is likely after some contexts, so rows end at different steps
+        model.lm_head.weight[tok.eos_id] = 5 * model.lm_head.weight[101]
+    prompts = [tok.encode(p) for p in PROMPTS]
+    budget = 8
+
+    model.train()
+    responses = sample_responses(model, tok, prompts, max_new_tokens=budget, temperature=0, batch_size=3)
+    assert model.training  # handed back in training mode
+    model.eval()
+    assert sample_responses(model, tok, prompts, max_new_tokens=budget, temperature=0, batch_size=len(prompts)) == responses
+    assert not model.training
+
+    idx, start = left_pad(prompts, tok.pad_id)
+    gen = model.generate(idx, budget, start=start, temperature=0, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    assert len(responses) == len(prompts)
+    for r, tokens, mask in zip(responses, gen.tokens.tolist(), gen.mask.tolist()):
+        sampled = [t for t, m in zip(tokens, mask) if m]  # this row's response, its EOS included
+        assert r["ended"] == (tok.eos_id in sampled)
+        assert r["ids"] + [tok.eos_id] * r["ended"] == sampled and tok.eos_id not in r["ids"]
+        assert r["text"] == tok.decode(r["ids"])
+    ended = [r["ended"] for r in responses]
+    assert any(ended) and not all(ended)  # both kinds of rows are exercised
+    assert len({len(r["ids"]) for r in responses}) > 2
