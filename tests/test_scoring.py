@@ -22,7 +22,7 @@ from minirlhf.tokenizer import get_tokenizer
 
 tok = get_tokenizer("bytes")
 EOS, PAD = tok.eos_id, tok.pad_id
-NO_AUTOCAST = contextlib.nullcontext()
+NO_AUTOCAST = contextlib.nullcontext  # a context factory, as cli.setup_device returns
 
 
 def make_model(seed, scalar_head=False):
