@@ -1,0 +1,236 @@
+"""
+What the experiments share: their common options, the default run's checkpoints (trained when
+missing, with the commands `python train_ppo.py` uses), runs derived from those (the same options
+but one or two, as child processes of the training scripts), and the outputs: a JSON of the numbers,
+PNG figures, and the experiment's section of experiments/RESULTS.md, replaced atomically.
+
+The experiments import it as `common` (Python puts the script's folder first on the path).
+"""
+import fcntl
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from minirlhf import pipeline
+from minirlhf.checkpoint import atomic_write_text, load_checkpoint, read_checkpoint
+from minirlhf.cli import DTYPES, check, check_device
+from minirlhf.distributed import Dist
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)  # the repository: the training scripts
+ONE_PROCESS = Dist(rank=0, world=1, local_rank=0)  # the experiments evaluate in one process
+# the default run's checkpoints and the commands that make them (`python train_ppo.py` runs the same)
+DEFAULT_RUN = {"sft": ("out/sft/ckpt.pt", "train_sft.py", ["--task=instruct", "--out_dir=out/sft"]),
+               "rm": ("out/rm/ckpt.pt", "train_rm.py", ["--task=instruct", "--out_dir=out/rm",
+                                                         "--sft_ckpt=out/sft/ckpt.pt"]),
+               "ppo": ("out/ppo/ckpt.pt", "train_ppo.py", ["--task=instruct", "--out_dir=out/ppo"])}
+# options that say where and how a run computes, not what it computes
+PLACE_OPTIONS = ("out_dir", "resume", "overwrite", "device", "dtype", "kernels", "threads", "fsdp")
+
+
+@dataclass
+class ExperimentOptions:
+    """The options every experiment has."""
+    out_dir: str = "out/experiments"
+    """where the experiment's runs, results.json and figures go (runs found there with the same options are reused)"""
+    results_md: str = ""
+    """the markdown file whose section for this experiment is (re)written (empty: experiments/RESULTS.md)"""
+    plot: bool = True
+    """write the PNG figures (needs matplotlib: pip install -e ".[plot]"); false: tables and JSON only"""
+    seed: int = 1337
+    """seed of the held-out prompts, the sampling and the labelers of the evaluation"""
+    device: str = "auto"
+    """auto (cuda if available, else cpu), cpu, cuda, cuda:N; the training runs get it too"""
+    dtype: str = "auto"
+    """autocast dtype: auto (bf16 on CUDA, fp32 on the CPU), fp32, bf16, fp16"""
+    kernels: str = "auto"
+    """attention and log-prob implementations: auto, torch or triton"""
+    threads: int = 0
+    """torch CPU threads, here and in the training runs (0: torch's default)"""
+
+    def __post_init__(self):
+        check(self, "out_dir", lambda x: x.strip() != "", "a directory path")
+        check(self, "dtype", lambda x: x in DTYPES, f"one of {', '.join(DTYPES)}")
+        check(self, "kernels", lambda x: x in ("auto", "torch", "triton"), "auto, torch or triton")
+        check(self, "threads", lambda x: x >= 0, ">= 0 (0: torch's default)")
+        check_device(self.device)
+        if self.plot:
+            pyplot()  # a missing matplotlib fails now, not after an hour of training
+
+    @property
+    def results_path(self):
+        return self.results_md or os.path.join(HERE, "RESULTS.md")
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or a ValueError that says how to get it."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("--plot: matplotlib is not installed; install the plot extra (pip install -e \".[plot]\"), "
+                         "or pass --plot=false for the tables and JSON alone") from None
+    return plt
+
+
+def command(script):
+    """The command line that ran this experiment, to paste back."""
+    return " ".join(["python", f"experiments/{script}", *map(shlex.quote, sys.argv[1:])])
+
+
+def device_args(cfg):
+    return pipeline.device_args(cfg)
+
+
+def load(cfg, path, device, tokenizer=None):
+    """(model, tokenizer) of a finished checkpoint, in eval mode, with the experiment's kernels."""
+    ckpt = read_checkpoint(path, mmap=True)
+    if not ckpt["finished"]:
+        raise ValueError(f"{path} is an unfinished run: finish it first (its script with --resume)")
+    model, tokenizer, _ = load_checkpoint(path, tokenizer, device=device, attn_impl=cfg.kernels,
+                                          logprob_impl=cfg.kernels)
+    return model.requires_grad_(False).eval(), tokenizer
+
+
+def ensure_default_run(cfg, *whats):
+    """The SFT, RM and PPO checkpoints the experiment starts from (cfg.sft_ckpt, ...), finished. Those
+    of the default run (out/sft, out/rm, out/ppo) are trained when missing and finished when not,
+    with the commands the default run uses; any other path must hold a finished run already."""
+    for what in whats:
+        path = getattr(cfg, f"{what}_ckpt")
+        default, script, args = DEFAULT_RUN[what]
+        if os.path.isfile(path) and read_checkpoint(path, mmap=True)["finished"]:
+            continue
+        if os.path.normpath(path) != os.path.normpath(default):
+            problem = "is an unfinished run" if os.path.isfile(path) else "does not exist"
+            raise ValueError(f"--{what}_ckpt={path} {problem}: train it first with {script} (the default run's "
+                             f"checkpoint {default} is trained here when missing)")
+        pipeline.stage(path, script, args + device_args(cfg), ROOT, f"the default run's {what.upper()} {path}")
+
+
+def options_of(ckpt_path, skip=(), **overrides):
+    """The --key=value options that repeat the run that made ckpt_path (its stored config), but for
+    the options in skip, where and how it computes, and the overrides."""
+    config = read_checkpoint(ckpt_path, mmap=True)["train_config"]
+    options = {k: v for k, v in config.items() if k not in set(skip) | set(PLACE_OPTIONS)}
+    options.update(overrides)
+    return [f"--{k}={v}" for k, v in options.items()]
+
+
+def check_options(saved, args, where):
+    """A ValueError unless the stored config `saved` has the value of every --key=value in args."""
+    for arg in args:
+        key, _, value = arg[2:].partition("=")
+        if key not in PLACE_OPTIONS and str(saved.get(key)) != value:
+            raise ValueError(f"{where} was made with --{key}={saved.get(key)}, not {value}: remove it, or choose "
+                             f"another --out_dir for this experiment")
+
+
+def train(path, script, args, cfg, what):
+    """The run of `script args` whose checkpoint is path: reused when it is finished (with these
+    options), resumed when it is not, started when it is missing."""
+    if os.path.isfile(path):
+        check_options(read_checkpoint(path, mmap=True)["train_config"], args, path)
+    t0 = time.time()
+    pipeline.stage(path, script, args + [f"--out_dir={os.path.dirname(path)}"] + device_args(cfg), ROOT, what)
+    return time.time() - t0
+
+
+def summary_of(ckpt_path):
+    """The summary.json a training run wrote beside its checkpoint ({} if there is none)."""
+    path = os.path.join(os.path.dirname(ckpt_path), "summary.json")
+    return json.load(open(path)) if os.path.isfile(path) else {}
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def fmt(x, spec):
+    return "—" if x is None else format(x, spec)
+
+
+def save_figure(fig, cfg, key, name):
+    """The figure as out_dir/name and as figures/<key>_<name> beside the results markdown (which
+    links it there); returns the second path."""
+    plt = pyplot()
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    path = os.path.join(cfg.out_dir, name)
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    figures = os.path.join(os.path.dirname(os.path.abspath(cfg.results_path)), "figures")
+    os.makedirs(figures, exist_ok=True)
+    copy = os.path.join(figures, f"{key}_{name}")
+    shutil.copyfile(path, f"{copy}.tmp{os.getpid()}")
+    os.replace(f"{copy}.tmp{os.getpid()}", copy)
+    return copy
+
+
+def link(path, cfg):
+    """path relative to the results markdown's folder, for a link in it."""
+    return os.path.relpath(path, os.path.dirname(os.path.abspath(cfg.results_path)))
+
+
+def machine():
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
+
+
+@contextmanager
+def locked(directory):
+    """Hold an exclusive lock on a directory: two experiments finishing at once do not lose a section."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+RESULTS_HEADER = """# Experiments
+
+Each section is written by the experiment named in it (`experiments/<name>.py`), with the exact
+command that produced it; rerunning an experiment replaces its section and leaves the others as
+they are. Figures are in `experiments/figures/`, all numbers in the run's `results.json`.
+"""
+
+
+def write_section(path, key, lines):
+    """Replace (or append) the section of experiment `key` in the markdown file at path, atomically:
+    the lines between <!-- BEGIN key --> and <!-- END key -->."""
+    begin, end = f"<!-- BEGIN {key} -->", f"<!-- END {key} -->"
+    section = "\n".join([begin, *lines, end])
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with locked(directory):
+        text = open(path, encoding="utf-8").read() if os.path.isfile(path) else RESULTS_HEADER
+        if text.count(begin) != text.count(end) or text.count(begin) > 1:
+            raise ValueError(f"{path}: the markers of section {key!r} are broken; fix them by hand")
+        if begin in text:
+            head, rest = text.split(begin, 1)
+            text = head + section + rest.split(end, 1)[1]
+        else:
+            text = text.rstrip("\n") + "\n\n" + section + "\n"
+        atomic_write_text(path, text)
+
+
+def section_head(title, question, script, cfg, seconds):
+    """The opening lines of a results section: the question, the command, when, where and how long."""
+    return [f"## {title}", "", question, "",
+            f"Command: `{command(script)}`", "",
+            f"Run {time.strftime('%Y-%m-%d %H:%M')} on {machine()}; {seconds / 60:.1f} min "
+            f"(training runs that were already there are reused and not counted again).", ""]
