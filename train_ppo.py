@@ -29,12 +29,27 @@ import torch
 
 from minirlhf import distributed, evaluate, pipeline, ppo, runs
 from minirlhf.checkpoint import load_checkpoint, model_from, save_checkpoint
-from minirlhf.cli import RunOptions, check, check_at_least_one, check_files, print_config, run, setup_device, \
-    task_config_defaults
+from minirlhf.cli import (
+    RunOptions,
+    check,
+    check_at_least_one,
+    check_files,
+    print_config,
+    run,
+    setup_device,
+    task_config_defaults,
+)
 from minirlhf.data import IGNORE_INDEX, encode_prompt, encode_sft, left_pad, read_prompts, read_sft, sft_batch
 from minirlhf.report import write_ppo_report
-from minirlhf.rl import (AdaptiveKLController, eos_penalty, explained_variance, gae, kl_penalty, masked_whiten,
-                         shaped_rewards)
+from minirlhf.rl import (
+    AdaptiveKLController,
+    eos_penalty,
+    explained_variance,
+    gae,
+    kl_penalty,
+    masked_whiten,
+    shaped_rewards,
+)
 from minirlhf.sampling import format_eta
 from minirlhf.scoring import response_logprobs, response_values, reward_scores
 from minirlhf.tasks import get_task

@@ -137,8 +137,8 @@ def bench_training():
             providers = [
                 ("flash (ours)", flash_attention, agreement(flash_attention, sdpa_flash, q, k, v)),
                 ("sdpa flash", sdpa_flash, ""),
-                ("flash + key_start (ours)", lambda q, k, v: flash_attention(q, k, v, key_start=key_start), ""),
-                ("sdpa + bool mask", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), ""),
+                ("flash + key_start (ours)", lambda q, k, v, s=key_start: flash_attention(q, k, v, key_start=s), ""),
+                ("sdpa + bool mask", lambda q, k, v, m=mask: F.scaled_dot_product_attention(q, k, v, attn_mask=m), ""),
                 ("attention_reference", attention_reference if fits else None,
                  "" if fits else f"skipped: needs ~{need / 2**30:.0f} GiB"),
             ]

@@ -229,7 +229,12 @@ def main():
                  "`--smoke` runs an end-to-end check of the script on the CPU (no measurement).")
     import triton
 
-    from kernels.logprobs import linear_token_logprobs, linear_token_logprobs_reference, token_logprobs, token_logprobs_reference
+    from kernels.logprobs import (
+        linear_token_logprobs,
+        linear_token_logprobs_reference,
+        token_logprobs,
+        token_logprobs_reference,
+    )
 
     label = ""
     if args.smoke:

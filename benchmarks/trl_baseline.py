@@ -232,9 +232,8 @@ class Timer:
 
 def instrument(trainer, timer):
     """Wrap the functions PPOTrainer.train calls (module globals) and hook the optimizer."""
-    from transformers import TrainerCallback
-
     import trl.experimental.ppo.ppo_trainer as ppo_mod
+    from transformers import TrainerCallback
 
     orig_batch_generation = ppo_mod.batch_generation
     orig_forward = ppo_mod.forward

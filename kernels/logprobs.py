@@ -52,7 +52,6 @@ import numbers
 import os
 
 import torch
-
 from torch.autograd.function import once_differentiable
 
 from kernels._triton import require_triton, tl, triton

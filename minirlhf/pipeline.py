@@ -301,13 +301,19 @@ def run_rounds(cfg, d, device, autocast, scripts_dir):
 
 
 def write_comparisons(path, records, groups, tokenizer):
-    """Ranked groups as comparison JSONL (the prompt record, the responses' text, the ranking)."""
+    """Ranked groups as comparison JSONL (the prompt record, the responses' text, the ranking). A group
+    with a sample whose tokens are not valid text (bytes that are no UTF-8) is left out: its text would
+    not encode back to what the policy sampled. Returns how many groups were written."""
     out = []
     for record, (_, responses, ranking) in zip(records, groups):
         texts = [tokenizer.decode(ids) for ids in responses]  # the EOS each ends with is not text
-        out.append({k: v for k, v in record.items() if k in ("prompt", "messages")} | {"responses": texts,
-                                                                                        "ranking": ranking})
+        if all(tokenizer.encode(t) + [tokenizer.eos_id] == ids for t, ids in zip(texts, responses)):
+            out.append({k: v for k, v in record.items() if k in ("prompt", "messages")}
+                       | {"responses": texts, "ranking": ranking})
     write_jsonl(path, out)
+    if len(out) < len(groups):
+        print(f"{path}: {len(groups) - len(out)} of {len(groups)} groups left out (samples that are not valid text)")
+    return len(out)
 
 
 def write_samples(path, policy, tokenizer, cfg, split, r, gen, kw):

@@ -48,7 +48,7 @@ def start(cfg, is_main=True):
             raise ValueError(f"--resume: {out_dir} holds no run to resume (no ckpt.pt)")
         return None
     ckpt = read_checkpoint(path, mmap=True)
-    what = (f"a finished run" if ckpt["finished"] else
+    what = ("a finished run" if ckpt["finished"] else
             f"an unfinished run (stopped at step {ckpt['step']} of {ckpt.get('total_steps', '?')})")
     if cfg.overwrite:
         return None

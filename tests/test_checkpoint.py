@@ -2,12 +2,11 @@ import os
 
 import pytest
 import torch
+from test_tokenizer import write_tiktoken_file
 
 from minirlhf.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from minirlhf.model import GPT, GPTConfig
 from minirlhf.tokenizer import get_tokenizer
-
-from test_tokenizer import write_tiktoken_file
 
 
 def tiny(seed):
@@ -104,3 +103,110 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
         with pytest.raises(ValueError, match=str(path)):
             load(str(path))
         assert not marker.exists()
+
+
+def tiny_scalar(seed):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(block_size=16, vocab_size=258, n_layer=1, n_head=2, n_embd=16, attn_impl="torch",
+                         scalar_head=True)).eval()
+
+
+def test_training_state_and_value_model_travel_with_the_policy(tmp_path):
+    """What a resumable PPO checkpoint holds: policy, value model, the state, whether it finished."""
+    from minirlhf.checkpoint import model_from
+    policy, value, tok, path = tiny(0), tiny_scalar(1), get_tokenizer("bytes"), tmp_path / "ckpt.pt"
+    state = {"optimizer": {"lr": 0.1}, "rng": [{"python": (3, (1, 2), None)}], "metrics": [{"step": 1, "x": None}]}
+    save_checkpoint(str(path), policy, tok, {"iterations": 9}, step=4, finished=False, state=state, value_model=value,
+                    total_steps=9)
+    ckpt = read_checkpoint(str(path))
+    assert (ckpt["finished"], ckpt["step"], ckpt["total_steps"], ckpt["state"]) == (False, 4, 9, state)
+    assert ckpt["format"] == "minirlhf-checkpoint-v2"
+    idx = torch.randint(0, 256, (2, 7))
+    loaded_value = model_from(ckpt, str(path), "value_model")
+    torch.testing.assert_close(loaded_value(idx), value(idx), atol=0, rtol=0)
+    torch.testing.assert_close(model_from(ckpt, str(path))(idx), policy(idx), atol=0, rtol=0)
+    save_checkpoint(str(path), policy, tok, {}, step=9)  # finished by default, with no state and no value model
+    ckpt = read_checkpoint(str(path), mmap=True)
+    assert ckpt["finished"] and "state" not in ckpt and "value_model" not in ckpt
+    with pytest.raises(ValueError, match="holds no value_model"):
+        model_from(ckpt, str(path), "value_model")
+
+
+def test_weights_given_replace_the_models_own(tmp_path):
+    """FSDP gathers the full weights outside the (sharded) model: they are what is saved."""
+    model, other = tiny(0), tiny(1)
+    save_checkpoint(str(tmp_path / "c.pt"), model, get_tokenizer("bytes"), {}, step=1, weights=other.state_dict(),
+                    value_model=tiny_scalar(2), value_weights=tiny_scalar(3).state_dict())
+    ckpt = read_checkpoint(str(tmp_path / "c.pt"))
+    assert all(torch.equal(ckpt["model"][k], v) for k, v in other.state_dict().items())
+    assert all(torch.equal(ckpt["value_model"]["model"][k], v) for k, v in tiny_scalar(3).state_dict().items())
+
+
+@pytest.mark.parametrize("which", ["model", "value_model"])
+def test_non_finite_weights_are_refused_and_the_old_file_stays(tmp_path, which):
+    path, tok = tmp_path / "ckpt.pt", get_tokenizer("bytes")
+    save_checkpoint(str(path), tiny(0), tok, {}, step=1)
+    before = path.read_bytes()
+    model, value = tiny(1), tiny_scalar(2)
+    with torch.no_grad():
+        (model if which == "model" else value).transformer.h[0].mlp.c_fc.weight[3, 5] = float("nan")
+    with pytest.raises(ValueError, match="transformer.h.0.mlp.c_fc.weight holds non-finite values"):
+        save_checkpoint(str(path), model, tok, {}, step=2, value_model=value)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+def test_old_format_reads_as_finished(tmp_path):
+    path = tmp_path / "v1.pt"
+    save_checkpoint(str(path), tiny(0), get_tokenizer("bytes"), {}, step=3, finished=False)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["format"] = "minirlhf-checkpoint-v1"
+    del ckpt["finished"]
+    torch.save(ckpt, path)
+    assert read_checkpoint(str(path))["finished"] is True  # v1 had no flag; its checkpoints were used as results
+    for missing in ("model_config", "model", "tokenizer", "train_config", "step"):
+        broken = {k: v for k, v in ckpt.items() if k != missing}
+        torch.save(broken, tmp_path / "broken.pt")
+        with pytest.raises(ValueError, match=f"has no {missing!r} entry"):
+            read_checkpoint(str(tmp_path / "broken.pt"))
+
+
+def test_require_finished_names_the_step_and_the_fix(tmp_path):
+    from minirlhf.checkpoint import require_finished
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(str(path), tiny(0), get_tokenizer("bytes"), {}, step=500, finished=False, total_steps=900)
+    with pytest.raises(ValueError, match=r"unfinished SFT run \(stopped at step 500 of 900\): resume it"):
+        require_finished(str(path), "SFT", "resume it")
+    save_checkpoint(str(path), tiny(0), get_tokenizer("bytes"), {}, step=900)
+    assert require_finished(str(path), "SFT", "resume it")["step"] == 900
+
+
+def test_atomic_write_text(tmp_path, monkeypatch):
+    from minirlhf.checkpoint import atomic_write_text
+    path = tmp_path / "summary.json"
+    atomic_write_text(str(path), "one\n")
+    atomic_write_text(str(path), "two\n")
+    assert path.read_text() == "two\n" and os.listdir(tmp_path) == ["summary.json"]
+
+    def crash(*args):  # the process dies between writing and renaming
+        raise OSError("disk full")
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_text(str(path), "three\n")
+    assert path.read_text() == "two\n" and os.listdir(tmp_path) == ["summary.json"]
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    from minirlhf.checkpoint import remove_stale_temporaries
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, live_pid = int(dead.stdout), os.getppid()  # a process that has exited; one still running
+    # this process writes nothing before it cleans up, so a file with its pid is a dead one's (pid reuse)
+    names = [f"ckpt.pt.tmp{dead_pid}", f"metrics.jsonl.tmp{dead_pid}", f"summary.json.tmp{os.getpid()}",
+             f"ckpt.pt.tmp{live_pid}", "ckpt.pt", "notes.tmp", f"x.tmp{dead_pid}.bak"]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    removed = remove_stale_temporaries(str(tmp_path))
+    assert sorted(removed) == sorted(names[:3])
+    assert sorted(os.listdir(tmp_path)) == sorted(names[3:])

@@ -12,7 +12,6 @@ import os
 
 import pytest
 import torch
-
 from test_scripts import run
 
 # on a GPU the same tests run there, natively in bf16

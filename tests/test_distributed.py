@@ -11,7 +11,6 @@ import time
 
 import pytest
 import torch
-
 from test_scripts import ROOT, TINY_MODEL, run
 
 ENV = {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}

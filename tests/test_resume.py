@@ -14,9 +14,9 @@ import sys
 
 import pytest
 import torch
+from test_scripts import ROOT, TINY_MODEL, run
 
 from minirlhf.checkpoint import read_checkpoint
-from test_scripts import ROOT, TINY_MODEL, run
 
 SFT = [*TINY_MODEL, "--max_iters=12", "--log_interval=3", "--eval_interval=6", "--n_builtin=200", "--n_gold_eval=4",
        "--batch_size=8", "--threads=1", "--max_new_tokens=8"]

@@ -6,9 +6,21 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minirlhf.rl import (AdaptiveKLController, eos_penalty, explained_variance, gae, kl_penalty, masked_mean,
-                         masked_whiten, pairwise_loss, ppo_policy_loss, ppo_value_loss, ranking_loss, ranking_pairs,
-                         shaped_rewards)
+from minirlhf.rl import (
+    AdaptiveKLController,
+    eos_penalty,
+    explained_variance,
+    gae,
+    kl_penalty,
+    masked_mean,
+    masked_whiten,
+    pairwise_loss,
+    ppo_policy_loss,
+    ppo_value_loss,
+    ranking_loss,
+    ranking_pairs,
+    shaped_rewards,
+)
 
 
 def batch(data, max_b=5, max_t=12):

@@ -1,16 +1,15 @@
 """Iterated RLHF (train_ppo.py --rounds): the bookkeeping of rounds, red-team over-sampling, and a run
 killed in its second round that resumes there, on tiny settings."""
 import json
-import os
 from collections import Counter
 
 import pytest
+from test_resume import killed_at, snapshot
+from test_scripts import TINY_MODEL, run
 
 from minirlhf.checkpoint import read_checkpoint
 from minirlhf.pipeline import kind_weights, shares, weights_text
 from minirlhf.tasks import instruct
-from test_resume import killed_at, snapshot
-from test_scripts import TINY_MODEL, run
 
 
 def test_budget_shares():

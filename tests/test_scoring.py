@@ -16,8 +16,15 @@ from hypothesis import strategies as st
 from minirlhf.data import IGNORE_INDEX, left_pad
 from minirlhf.model import GPT, GPTConfig
 from minirlhf.sampling import sample_responses
-from minirlhf.scoring import (comparison_batch, minibatch_rows, response_batch, response_logprobs, response_values,
-                              reward_scores, rewards_at_eos)
+from minirlhf.scoring import (
+    comparison_batch,
+    minibatch_rows,
+    response_batch,
+    response_logprobs,
+    response_values,
+    reward_scores,
+    rewards_at_eos,
+)
 from minirlhf.tokenizer import get_tokenizer
 
 tok = get_tokenizer("bytes")

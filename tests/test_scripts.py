@@ -120,7 +120,7 @@ def test_ppo_learns(pipeline):
 
 def test_non_finite_rewards_skip_the_update_and_keep_the_checkpoint(tmp_path, pipeline):
     out = pipeline[0]
-    from minirlhf.checkpoint import load_checkpoint, save_checkpoint
+    from minirlhf.checkpoint import load_checkpoint
     rm, tokenizer, ckpt = load_checkpoint(str(out / "rmj" / "ckpt.pt"))
     state = rm.state_dict()
     state["score_head.bias"] = torch.full_like(state["score_head.bias"], float("nan"))
