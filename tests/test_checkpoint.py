@@ -210,3 +210,48 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     removed = remove_stale_temporaries(str(tmp_path))
     assert sorted(removed) == sorted(names[:3])
     assert sorted(os.listdir(tmp_path)) == sorted(names[3:])
+
+
+def test_weights_that_do_not_fit_are_clear_errors(tmp_path):
+    from dataclasses import dataclass
+    from minirlhf.checkpoint import model_from
+
+    @dataclass
+    class Config:  # a script's config: saved as a dict
+        lr: float = 0.1
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(str(path), tiny(0), get_tokenizer("bytes"), Config(), step=1)
+    ckpt = read_checkpoint(str(path))
+    assert ckpt["train_config"] == {"lr": 0.1}
+    # a language model takes a fresh scalar head (how the reward model starts from SFT)
+    assert model_from(ckpt, str(path), scalar_head=True).score_head is not None
+    lost = {**ckpt, "model": {k: v for k, v in ckpt["model"].items() if k != "transformer.h.0.ln_1.bias"}}
+    with pytest.raises(ValueError, match=r"missing \['transformer.h.0.ln_1.bias'\], unexpected \[\]"):
+        model_from(lost, str(path))
+    extra = {**ckpt, "model": {**ckpt["model"], "transformer.h.7.ln_1.bias": torch.zeros(16)}}
+    with pytest.raises(ValueError, match=r"missing \[\], unexpected \['transformer.h.7.ln_1.bias'\]"):
+        model_from(extra, str(path))
+    with pytest.raises(ValueError, match="bad model config: .*n_layers"):
+        model_from({**ckpt, "model_config": {**ckpt["model_config"], "n_layers": 3}}, str(path))
+    ckpt.pop("total_steps", None)
+    torch.save({**ckpt, "finished": False}, path)
+    from minirlhf.checkpoint import require_finished
+    with pytest.raises(ValueError, match=r"stopped at step 1 of \?\)"):
+        require_finished(str(path), "SFT", "resume it")
+
+
+@pytest.mark.parametrize("write", ["checkpoint", "text"])
+def test_files_are_written_beside_their_destination(tmp_path, monkeypatch, write):
+    """The temporary file is in the destination's directory (a rename is atomic only within one file system)."""
+    from minirlhf.checkpoint import atomic_write_text
+    renames, real_replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (renames.append((src, dst)), real_replace(src, dst)))
+    path = tmp_path / "sub" / "out"
+    path.parent.mkdir()
+    if write == "checkpoint":
+        save_checkpoint(str(path), tiny(0), get_tokenizer("bytes"), {}, step=1)
+    else:
+        atomic_write_text(str(path), "é\n")
+        assert path.read_bytes() == "é\n".encode("utf-8")
+    (src, dst), = renames
+    assert os.path.dirname(os.path.abspath(src)) == str(path.parent) and dst == str(path)
