@@ -3,7 +3,8 @@ from setuptools import setup
 setup(
     name="minirlhf",
     version="0.1.0",
-    description="A minimal, from-scratch InstructGPT recipe (SFT, reward model, PPO) on a single-file GPT with Triton kernels",
+    description=("A minimal, from-scratch InstructGPT / ChatGPT recipe (SFT, reward model, PPO) on a single-file GPT "
+                 "with Triton kernels"),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=["minirlhf", "kernels"],

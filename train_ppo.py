@@ -213,7 +213,8 @@ def main(cfg):
     block_size = policy.config.block_size
     max_prompt = block_size - cfg.max_new_tokens
     if max_prompt < 1:
-        raise ValueError(f"--max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in block_size={block_size}")
+        raise ValueError(f"--max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in "
+                         f"block_size={block_size}")
 
     # prompts (token ids) for the rollouts, and the held-out ones for the report
     builtin = cfg.prompts == "builtin"
@@ -317,7 +318,8 @@ def main(cfg):
             with distributed.full_weights(value_train):
                 old_values = response_values(value_train, seq, start, P, autocast)
             rm_scores = reward_scores(reward_model, seq, start, P, lengths, autocast)
-            scores = eos_penalty(rm_scores, ended, cfg.eos_penalty_score) if cfg.stop_at_eos else rm_scores  # the EOS trick
+            # the EOS trick: a response that never ended gets a fixed score instead of the RM's
+            scores = eos_penalty(rm_scores, ended, cfg.eos_penalty_score) if cfg.stop_at_eos else rm_scores
 
             # 3. rewards: the per-token KL penalty, and the score at the last token
             kl = kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator) * mask
@@ -331,7 +333,8 @@ def main(cfg):
         finite = distributed.all_sum(torch.stack([rewards.isfinite().all(), advantages.isfinite().all()]).all().float())
         stats = first_error = None
         if finite.item() < d.world:  # a rank with non-finite rewards: every rank skips, so they stay in step
-            print(f"iteration {it}: non-finite rewards or advantages; skipping this update (the last checkpoint is kept)")
+            print(f"iteration {it}: non-finite rewards or advantages; skipping this update "
+                  f"(the last checkpoint is kept)")
         else:
             # 5. update: epochs over shuffled minibatches of this rank's share (minirlhf/ppo.py)
             rollout = ppo.Rollout(seq, start, P, targets, mask, old_logprobs, old_values, advantages, returns)
@@ -368,7 +371,8 @@ def main(cfg):
             if "ptx_loss" in stats:
                 row["losses/ptx_loss"] = stats["ptx_loss"]
         if builtin:
-            texts = [tokenizer.decode([t for t, m in zip(toks, msk) if m]) for toks, msk in zip(out.tokens.tolist(), mask.tolist())]
+            texts = [tokenizer.decode([t for t, m in zip(toks, msk) if m])
+                     for toks, msk in zip(out.tokens.tolist(), mask.tolist())]
             row["objective/gold"] = mean(sum(task.gold_score(train_prompts[i], t, e)
                                              for i, t, e in zip(batch, texts, ended.tolist())) / len(batch)).item()
         metrics.append(row)

@@ -139,7 +139,7 @@ def main(cfg):
     # 1. the comparisons: (prompt ids, [response ids + EOS], ranking best first) per prompt
     labeler_agreement = gold_pairs_agreement = eval_groups = None
     if cfg.data == "builtin":
-        policy = sft if not cfg.sample_from else load_checkpoint(cfg.sample_from, tokenizer, device=device, **kernels)[0]
+        policy = load_checkpoint(cfg.sample_from, tokenizer, device=device, **kernels)[0] if cfg.sample_from else sft
         prompt_seed = cfg.seed if cfg.prompt_seed < 0 else cfg.prompt_seed
 
         def ranked_samples(n, split):
@@ -151,13 +151,16 @@ def main(cfg):
         train, _ = ranked_samples(cfg.n_prompts, "train")
         evals, eval_groups = ranked_samples(cfg.n_eval_prompts, "eval")
         # the ceiling: how often a second, independent labeler agrees with the first on the held-out pairs
-        labeler_agreement = labelers.labeler_agreement(eval_groups, random.Random(cfg.seed + 1), task.LABELER_TEMPERATURE)
-        gold_pairs_agreement = labelers.gold_agreement(eval_groups, random.Random(cfg.seed + 2), task.LABELER_TEMPERATURE)
+        temperature = task.LABELER_TEMPERATURE
+        labeler_agreement = labelers.labeler_agreement(eval_groups, random.Random(cfg.seed + 1), temperature)
+        gold_pairs_agreement = labelers.gold_agreement(eval_groups, random.Random(cfg.seed + 2), temperature)
         print(f"sampled and ranked {cfg.k} responses for {len(train)} + {len(evals)} prompts "
               f"in {time.time() - t0:.0f}s; two labelers agree on {labeler_agreement:.1%} of held-out pairs")
     else:
-        train = [encode_comparison(tokenizer, r, block_size) for path in cfg.data.split(",") for r in read_comparisons(path)]
-        evals = [encode_comparison(tokenizer, r, block_size) for path in cfg.eval_data.split(",") for r in read_comparisons(path)]
+        def read(paths):
+            records = [r for path in paths.split(",") for r in read_comparisons(path)]
+            return [encode_comparison(tokenizer, r, block_size) for r in records]
+        train, evals = read(cfg.data), read(cfg.eval_data)
     n_pairs = sum(len(ranking_pairs(r)) for _, _, r in train)
     print(f"data: {len(train)} ranked prompts ({n_pairs} pairs) for training, {len(evals)} held out")
 
@@ -251,7 +254,8 @@ def main(cfg):
 
     # 3. normalize: the bias that makes the SFT model's samples score 0 on average (InstructGPT, section 3.5)
     model.eval()
-    bias_prompts = [prompt for prompt, _, _ in random.Random(cfg.seed + 3).sample(train, min(cfg.n_bias_samples, len(train)))]
+    bias_groups = random.Random(cfg.seed + 3).sample(train, min(cfg.n_bias_samples, len(train)))
+    bias_prompts = [prompt for prompt, _, _ in bias_groups]
     budget = min(cfg.max_new_tokens, block_size - max(map(len, bias_prompts)) - 1)  # room for the EOS appended
     if budget < 1:
         raise ValueError(f"the longest training prompt ({max(map(len, bias_prompts))} tokens) leaves no room for a "

@@ -36,7 +36,8 @@ class Config(RunOptions):
     out_dir: str = "out/sft"
     """where ckpt.pt, metrics.jsonl and summary.json are written"""
     data: str = "builtin"
-    """"builtin" (the task's noisy demonstrations) or comma-separated JSONL files of {"prompt", "completion"} or {"messages"} records"""
+    """"builtin" (the task's noisy demonstrations) or comma-separated JSONL files of {"prompt", "completion"} or
+    {"messages"} records"""
     eval_data: str = ""
     """held-out JSONL for the eval loss; with data=builtin, empty means the built-in held-out split"""
     init_from: str = "scratch"
@@ -141,7 +142,8 @@ def main(cfg):
     else:
         raise ValueError(f"--init_from={cfg.init_from!r}: not 'scratch', a GPT-2 directory or a checkpoint file")
     if model.score_head is not None:
-        raise ValueError(f"--init_from={cfg.init_from}: a reward/value model (it has a scalar head), not a language model")
+        raise ValueError(f"--init_from={cfg.init_from}: a reward/value model (it has a scalar head), "
+                         "not a language model")
     model.to(device)
     block_size = model.config.block_size
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, {model.config.n_layer} layers, "
@@ -151,7 +153,8 @@ def main(cfg):
     # the data: (ids, loss_mask) per example
     builtin = cfg.data == "builtin"
     if builtin:
-        rates = {k: v for k, v in (("error_rate", cfg.demo_error_rate), ("ramble_rate", cfg.demo_ramble_rate)) if v >= 0}
+        rates = {k: v for k, v in (("error_rate", cfg.demo_error_rate), ("ramble_rate", cfg.demo_ramble_rate))
+                 if v >= 0}
         train_records = task.sft_records(cfg.n_builtin, "train", cfg.seed, **rates)
         eval_records = task.sft_records(1000, "eval", cfg.seed, **rates)
     else:

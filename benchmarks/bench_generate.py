@@ -67,7 +67,8 @@ print(f"{'':<10} {'seconds':>9} {'tokens/s':>9}")
 print(f"{'kv-cache':<10} {t_cached:>9.2f} {result['tokens_per_s_cached']:>9.1f}")
 print(f"{'uncached':<10} {t_uncached:>9.2f} {args.batch_size * args.new_tokens / t_uncached:>9.1f}")
 print(f"speedup of the KV cache: {result['speedup']:.1f}x  ({args.n_layer} layers, {args.n_embd} wide, batch "
-      f"{args.batch_size}, {args.new_tokens} new tokens, {args.dtype} on {result['device']}, {result['threads']} threads)")
+      f"{args.batch_size}, {args.new_tokens} new tokens, {args.dtype} on {result['device']}, "
+      f"{result['threads']} threads)")
 print(f"greedy tokens identical: {same}" + ("" if same else f" (agreement {agree:.4f}; low-precision ties can differ)"))
 with open(args.out, "w") as f:
     json.dump(result, f, indent=2)

@@ -53,7 +53,8 @@ def estimated_peak_bytes(op, impl, N, V, C=0, esize=2):
     The reference: on top of the logits, fp32 copies (logits.float(), the log_softmax saved
     for backward, its gradient) and the gradient in the input dtype."""
     weights = (N * C + V * C) * esize * 2  # inputs and their gradients (linear only)
-    per_logit = {"triton": 2 * esize, "torch": 8 * esize + 12, "torch.compile": 4 * esize + 8, "matmuls": 2 * esize}[impl]
+    per_logit = {"triton": 2 * esize, "torch": 8 * esize + 12, "torch.compile": 4 * esize + 8,
+                 "matmuls": 2 * esize}[impl]
     if op == "linear_token_logprobs" and impl == "triton":
         per_logit = esize / 4  # a chunk of about a tenth of the tokens, plus slack
     return per_logit * N * V + weights
@@ -185,7 +186,8 @@ def bench_linear_token_logprobs(bench, ops, N, V, C, dtype):
         if impl == "triton":
             row["chunk_size"] = _default_chunk_size(N)
         h, w = hidden.detach().requires_grad_(), weight.detach().requires_grad_()
-        for mode, fn in (("fwd", lambda: op(hidden, weight, targets)), ("fwd_bwd", forward_backward(op, [h, w], targets))):
+        for mode, fn in (("fwd", lambda: op(hidden, weight, targets)),
+                         ("fwd_bwd", forward_backward(op, [h, w], targets))):
             result = bench.measure(fn)
             row.update({f"{mode}_{k}": v for k, v in result.items()})
             if result.get("peak_bytes") is not None:
@@ -238,7 +240,8 @@ def main():
 
     label = ""
     if args.smoke:
-        label = "SMOKE RUN: CPU, Triton interpreter, fp32, tiny shapes, plain timer. Checks the script; NOT a measurement."
+        label = ("SMOKE RUN: CPU, Triton interpreter, fp32, tiny shapes, plain timer. Checks the script; "
+                 "NOT a measurement.")
     if label:
         print(label)
     bench = Bench(args.smoke)
@@ -277,7 +280,8 @@ def main():
 
     report = dict(
         smoke=args.smoke,
-        note=label or "median times (triton.testing.do_bench); peak bytes above the inputs (torch.cuda.max_memory_allocated)",
+        note=label or ("median times (triton.testing.do_bench); peak bytes above the inputs "
+                       "(torch.cuda.max_memory_allocated)"),
         device=device_name,
         torch=torch.__version__,
         triton=triton.__version__,

@@ -65,7 +65,8 @@ def iteration_flops():
         computes output projection, MLP and queries for the `last` positions only."""
         last = last or tokens
         pairs = lambda n: sum(range(past + tokens - n + 1, past + tokens + 1))  # noqa: E731  (query, key) pairs
-        return (L - 1) * (tokens * (qkv + rest) + 4 * C * pairs(tokens)) + tokens * qkv + last * rest + 4 * C * pairs(last)
+        return ((L - 1) * (tokens * (qkv + rest) + 4 * C * pairs(tokens))
+                + tokens * qkv + last * rest + 4 * C * pairs(last))
     lm_head = 2 * C * V  # per position that gets logits
     # rollout: prefill the prompt (logits at its last position only), then R - 1 decode steps on the cache
     rollout = N_PROMPTS * (forward(P, last=1) + sum(forward(1, past=P + t - 1) for t in range(1, R)) + R * lm_head)
@@ -146,7 +147,8 @@ def main():
             rows += run_ours(tmp, args.threads, args.iterations + 1)[1:]  # the first is the warm-up
         if args.trl_python:
             trl_runs.append(run_trl(args.trl_python, args.threads, args.iterations))
-        print(f"round {r + 1}/{args.rounds}: minirlhf {[round(x['time/iteration'], 2) for x in rows[-args.iterations:]]} s"
+        ours = [round(x['time/iteration'], 2) for x in rows[-args.iterations:]]
+        print(f"round {r + 1}/{args.rounds}: minirlhf {ours} s"
               + (f", TRL {[round(x, 2) for x in trl_runs[-1]['iteration_s']]} s" if trl_runs else ""), flush=True)
     ours = {k: statistics.median(r[f"time/{k}"] for r in rows) for k in ("rollout", "score", "update", "iteration")}
     peak_after = matmul_gflops(args.threads)
@@ -155,14 +157,16 @@ def main():
     print(f"fp32 matmul throughput, {args.threads} threads (2048^3, best of 10): {peak:.0f} GFLOP/s before, "
           f"{peak_after:.0f} after")
     print(f"model FLOPs of one iteration: {total_flops / 1e9:.0f} GFLOP "
-          f"(rollout {flops['rollout'] / 1e9:.0f}, scoring {flops['score'] / 1e9:.0f}, update {flops['update'] / 1e9:.0f})")
+          f"(rollout {flops['rollout'] / 1e9:.0f}, scoring {flops['score'] / 1e9:.0f}, "
+          f"update {flops['update'] / 1e9:.0f})")
     print(f"\n{'phase':<10} {'seconds':>8} {'GFLOP/s':>8}")
     for k in ("rollout", "score", "update"):
         print(f"{k:<10} {ours[k]:>8.3f} {flops[k] / ours[k] / 1e9:>8.1f}")
     print(f"{'iteration':<10} {ours['iteration']:>8.3f} {achieved:>8.1f}   ({achieved / peak:.0%} of the matmul peak)")
     result = {"device": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__,
               "matmul_gflops": peak, "matmul_gflops_after": peak_after, "flops": flops, "ours_median_seconds": ours,
-              "ours_iterations": rows, "rounds": args.rounds, "ours_gflops": achieved, "fraction_of_matmul_peak": achieved / peak}
+              "ours_iterations": rows, "rounds": args.rounds, "ours_gflops": achieved,
+              "fraction_of_matmul_peak": achieved / peak}
     if trl_runs:
         trl_iters = [x for run in trl_runs for x in run["iteration_s"]]
         trl_median = statistics.median(trl_iters)

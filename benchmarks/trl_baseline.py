@@ -29,7 +29,8 @@ Workload (fixed; it must match bench_ppo.py):
 * 64 random prompts of 32 tokens each, token ids in [0, 510), no padding. The tokenizer is built
   locally (no Hub access): a WordLevel vocabulary of 512 tokens, eos id 510, pad id 511.
 * one iteration = one rollout of the 64 prompts with exactly 32 sampled tokens each (temperature
-  1.0, no top-k/top-p, no stopping at eos, the pad id never sampled), scoring (reference log-probs, values, rewards, GAE),
+  1.0, no top-k/top-p, no stopping at eos, the pad id never sampled), scoring (reference log-probs, values, rewards,
+  GAE),
   then 4 PPO epochs x 4 minibatches of 16 = 16 optimizer steps.
 * CPU only, ``torch.set_num_threads(--threads)`` (2 by default).
 
@@ -331,7 +332,8 @@ def main():
                      "model": "GPT-2 4 layers, 4 heads, width 256, vocab 512, n_positions 256, fp32",
                      "pad_suppressed_in_sampling": True,
                      "temperature": config.temperature, "kl_coef": config.kl_coef,
-                     "optimizer": getattr(config.optim, "value", str(config.optim)), "learning_rate": config.learning_rate},
+                     "optimizer": getattr(config.optim, "value", str(config.optim)),
+                     "learning_rate": config.learning_rate},
         "warmup_iteration_s": warmup["total"],
         "iteration_s": [it["total"] for it in timed],
         "median_iteration_s": median["total"],

@@ -367,7 +367,8 @@ def _launch_forward(logits, targets, logprobs, entropy, row_max, row_log_sum, te
     )
 
 
-def _launch_backward(logits, grad_logits, targets, row_max, row_log_sum, entropy, grad_logprobs, grad_entropy, temperature):
+def _launch_backward(logits, grad_logits, targets, row_max, row_log_sum, entropy, grad_logprobs, grad_entropy,
+                     temperature):
     """Writes d(loss)/d(logits) into grad_logits (N, V), which has the layout of logits and may
     be logits itself. grad_logprobs / grad_entropy: (N,) upstream gradients or None (unused)."""
     N, V = logits.shape

@@ -57,7 +57,8 @@ def save_checkpoint(path, model, tokenizer, train_config, step, *, finished=True
         **extra,
     }
     if value_model is not None:
-        ckpt["value_model"] = {"model_config": asdict(value_model.config), "model": _weights(value_model, value_weights)}
+        ckpt["value_model"] = {"model_config": asdict(value_model.config),
+                               "model": _weights(value_model, value_weights)}
     if state is not None:
         ckpt["state"] = state
     atomic_save(ckpt, path)

@@ -119,7 +119,8 @@ def print_config(cfg):
 
 
 def check(cfg, name, ok, must):
-    """A ValueError naming the option unless ok(value) holds, e.g. check(cfg, "gamma", lambda x: 0 <= x <= 1, "in [0, 1]")."""
+    """A ValueError naming the option unless ok(value) holds:
+    check(cfg, "gamma", lambda x: 0 <= x <= 1, "in [0, 1]")."""
     value = getattr(cfg, name)
     if not ok(value):
         raise ValueError(f"--{name} must be {must}, got {value!r}")
@@ -168,7 +169,8 @@ class RunOptions:
         check(self, "kernels", lambda x: x in ("auto", "torch", "triton"), "auto, torch or triton")
         check_device(self.device)
         if self.resume and self.overwrite:
-            raise ValueError("--resume and --overwrite exclude each other: continue the run in --out_dir, or start over")
+            raise ValueError("--resume and --overwrite exclude each other: continue the run in --out_dir, "
+                             "or start over")
 
 
 def check_files(cfg, *names):
@@ -197,9 +199,10 @@ DTYPES = {"auto": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.floa
 
 def setup_device(cfg, device=None):
     """(device, autocast) from cfg.device, cfg.dtype and cfg.threads; use as `with autocast():`.
-    auto picks cuda when there is one. The weights stay fp32; the forward passes run under autocast in cfg.dtype (auto: bf16 on
-    CUDA, none on the CPU). fp16 autocast on the CPU runs the same code as bf16 on a GPU, where the
-    Triton interpreter, which has no bf16, can run the kernels: the CUDA path, simulated."""
+    auto picks cuda when there is one. The weights stay fp32; the forward passes run under autocast
+    in cfg.dtype (auto: bf16 on CUDA, none on the CPU). fp16 autocast on the CPU runs the same code as
+    bf16 on a GPU, where the Triton interpreter, which has no bf16, can run the kernels: the CUDA path,
+    simulated."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = device or cfg.device  # under torchrun: this rank's device (distributed.setup)

@@ -161,9 +161,14 @@ def compare(policies, tokenizer, records, *, reference, reward_model, task, temp
                 result[f"win_rate_{name}_{mode}"] = win_rate([x["gold"] for x in assessed[name, mode]],
                                                              [x["gold"] for x in assessed[names[0], mode]])
         result["by_kind"] = by_kind(records, {name: assessed[name, "sampled"] for name in names}, names[0], task)
-    result["examples"] = [{"prompt": tokenizer.decode(ids[i]), **{name: samples[name, "sampled"][i]["text"] for name in names},
-                           **({f"{name}_gold": assessed[name, "sampled"][i]["gold"] for name in names} if assessed else {})}
-                          for i in range(min(n_examples, len(ids)))]
+    result["examples"] = []
+    for i in range(min(n_examples, len(ids))):
+        example = {"prompt": tokenizer.decode(ids[i])}
+        for name in names:
+            example[name] = samples[name, "sampled"][i]["text"]
+            if assessed:
+                example[f"{name}_gold"] = assessed[name, "sampled"][i]["gold"]
+        result["examples"].append(example)
     return result
 
 
@@ -188,7 +193,8 @@ def by_kind(records, assessed, baseline, task):
                         sums[field] += float(v)
             entry.update({f"{name}_{field}": v / len(rows) for field, v in sums.items()})
             if name != baseline:
-                entry[f"{name}_win_rate"] = win_rate([a[i]["gold"] for i in rows], [assessed[baseline][i]["gold"] for i in rows])
+                entry[f"{name}_win_rate"] = win_rate([a[i]["gold"] for i in rows],
+                                                     [assessed[baseline][i]["gold"] for i in rows])
         out[kind] = entry
     return out
 

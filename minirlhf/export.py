@@ -176,7 +176,8 @@ def tokenizer_files(tokenizer, block_size):
     vocab = {spell(t): r for t, r in sorted(ranks.items(), key=lambda kv: kv[1])}
     vocab[EOS] = tokenizer.eos_id  # GPT-2 keeps <|endoftext|> in vocab.json
     if len(set(vocab.values())) != len(vocab) or tokenizer.pad_id in vocab.values():
-        raise ValueError(f"tokenizer {tokenizer.name!r}: EOS {tokenizer.eos_id} or PAD {tokenizer.pad_id} is also a token's id")
+        raise ValueError(f"tokenizer {tokenizer.name!r}: EOS {tokenizer.eos_id} or PAD {tokenizer.pad_id} is also "
+                         "a token's id")
     merges = "#version: 0.2\n" + "".join(f"{spell(a)} {spell(b)}\n" for a, b in bpe_merges(ranks))
 
     def special(content, normalized):
@@ -229,7 +230,8 @@ def export(ckpt_path, out_dir, overwrite=False):
         save_safetensors(hf_weights(model), os.path.join(tmp, "model.safetensors"))
         if model.score_head is not None:
             head = model.score_head
-            save_safetensors({"weight": head.weight.detach(), "bias": head.bias.detach()}, os.path.join(tmp, SCALAR_HEAD_FILE))
+            save_safetensors({"weight": head.weight.detach(), "bias": head.bias.detach()},
+                             os.path.join(tmp, SCALAR_HEAD_FILE))
         files["config.json"] = json.dumps(config, indent=2)
         for name, text in files.items():
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:

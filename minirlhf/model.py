@@ -295,7 +295,8 @@ class GPT(nn.Module):
         """GPT-2 weights (any size, gpt2 ... gpt2-xl) from a local Hugging Face directory holding
         config.json and model.safetensors or pytorch_model.bin. Never touches the network.
         vocab_size: at least this many embedding rows; more than the weights have grows the
-        embedding (new rows: the mean embedding), e.g. to make room for a pad token; overrides set other GPTConfig fields (dropout, attn_impl, scalar_head).
+        embedding (new rows: the mean embedding), e.g. to make room for a pad token; overrides set other
+        GPTConfig fields (dropout, attn_impl, scalar_head).
         A reward or value model exported by minirlhf.export names its scalar head in config.json
         ("minirlhf_scalar_head"): it is read back, unless scalar_head=False is asked for."""
         if not os.path.isdir(path):
@@ -318,7 +319,8 @@ class GPT(nn.Module):
         except FileNotFoundError:
             raise ValueError(f"from_pretrained: {cfg_path} does not exist") from None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"from_pretrained: {cfg_path} is not a usable GPT-2 config: {type(e).__name__}: {e}") from None
+            raise ValueError(f"from_pretrained: {cfg_path} is not a usable GPT-2 config: "
+                             f"{type(e).__name__}: {e}") from None
         sd = _read_hf_weights(path)
         model = cls(config)
         conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -393,7 +395,8 @@ def _read_hf_weights(path, name=None):
             from safetensors.torch import load_file
         except ImportError:
             if binf is None or not os.path.isfile(binf):
-                raise ValueError(f"from_pretrained: {st} needs the safetensors package (pip install safetensors)") from None
+                raise ValueError(f"from_pretrained: {st} needs the safetensors package "
+                                 "(pip install safetensors)") from None
         else:
             try:
                 return load_file(st)

@@ -125,8 +125,8 @@ class RoundOptions:
 
 # train_ppo.py options that the driver sets itself for each round's PPO, or that only it reads
 DRIVER_OPTIONS = ("rounds", "out_dir", "resume", "overwrite", "train_missing", "init_from", "rm_ckpt", "iterations",
-                  "prompt_seed", "kind_weights", "rm_prompts", "rm_eval_prompts", "rm_k", "rm_epochs", "rm_init", "labels",
-                  "probe_prompts", "snapshot_interval")
+                  "prompt_seed", "kind_weights", "rm_prompts", "rm_eval_prompts", "rm_k", "rm_epochs", "rm_init",
+                  "labels", "probe_prompts", "snapshot_interval")
 
 
 def shares(total, n):
@@ -212,14 +212,17 @@ def run_rounds(cfg, d, device, autocast, scripts_dir):
               f"iterations{', kind weights ' + weights_text(weights) if weights else ''} ===", flush=True)
 
         # 1. comparisons of the current policy's samples on fresh prompts
-        train_path, eval_path = os.path.join(rdir, "comparisons_train.jsonl"), os.path.join(rdir, "comparisons_eval.jsonl")
+        train_path = os.path.join(rdir, "comparisons_train.jsonl")
+        eval_path = os.path.join(rdir, "comparisons_eval.jsonl")
         if not (os.path.isfile(train_path) and os.path.isfile(eval_path)):
             policy, _, _ = load_checkpoint(policy_path, tokenizer, device=device)
             rng = random.Random(cfg.seed + 100 * r)
-            for path, n, split in ((train_path, label_prompts[r - 1], "train"), (eval_path, cfg.rm_eval_prompts, "eval")):
+            for path, n, split in ((train_path, label_prompts[r - 1], "train"),
+                                   (eval_path, cfg.rm_eval_prompts, "eval")):
                 if builtin:
                     records = task.prompt_records(n, split, cfg.seed + 100 * r + (split == "eval"), weights)
-                    groups, _ = evaluate.ranked_samples(policy, tokenizer, records, task, rng, k=cfg.rm_k, gen=gen, **kw)
+                    groups, _ = evaluate.ranked_samples(policy, tokenizer, records, task, rng, k=cfg.rm_k, gen=gen,
+                                                        **kw)
                     write_comparisons(path, records, groups, tokenizer)
                 else:
                     to_label = os.path.join(rdir, f"to_label_{split}.jsonl")
@@ -247,7 +250,8 @@ def run_rounds(cfg, d, device, autocast, scripts_dir):
         stage(rm_path, "train_rm.py", [f"--task={cfg.task}", f"--out_dir={os.path.join(rdir, 'rm')}",
                                        f"--sft_ckpt={cfg.sft_ckpt}", f"--data={','.join(data)}",
                                        f"--eval_data={eval_path}", f"--epochs={cfg.rm_epochs}",
-                                       f"--seed={cfg.seed + r}", *init, *device_args(cfg)], scripts_dir, f"round {r} RM")
+                                       f"--seed={cfg.seed + r}", *init, *device_args(cfg)],
+              scripts_dir, f"round {r} RM")
         rm, _, _ = load_checkpoint(rm_path, tokenizer, device=device)
         acc_after, gold_after = evaluate.rm_accuracy(rm.eval(), new_eval, tokenizer, device=device, autocast=autocast,
                                                      d=d, gold=gold)
@@ -341,13 +345,15 @@ def write_rounds_report(path, rows, cfg):
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         redteam = (f"{row['redteam_gold']:.3f} ({row['redteam_size']})" if row.get("redteam_gold") is not None else "—")
-        lines.append(f"| {row['round']} | {row['labels']} | {row['iterations']} | {fmt(row['rm_accuracy_before'], '.1%')} "
+        lines.append(f"| {row['round']} | {row['labels']} | {row['iterations']} "
+                     f"| {fmt(row['rm_accuracy_before'], '.1%')} "
                      f"| {fmt(row['rm_accuracy_after'], '.1%')} | {fmt(row['gold'], '.3f')} "
                      f"| {fmt(row['win_rate_over_sft'], '.1%')} | {fmt(row.get('win_rate_over_previous'), '.1%')} "
                      f"| {row['kl']:.2f} | {redteam} |")
     if rows and rows[-1].get("probe_gold"):
         lines += ["", "Gold score per kind on the probe set, and the kind weights of the next round's prompts:", "",
-                  "| round | " + " | ".join(rows[-1]["probe_gold"]) + " |", "|---|" + "---|" * len(rows[-1]["probe_gold"])]
+                  "| round | " + " | ".join(rows[-1]["probe_gold"]) + " |",
+                  "|---|" + "---|" * len(rows[-1]["probe_gold"])]
         for row in rows:
             lines.append(f"| {row['round']} | " + " | ".join(
                 f"{row['probe_gold'][k]:.3f} (next {row['next_weights'][k]:.2f})" for k in row["probe_gold"]) + " |")

@@ -41,7 +41,8 @@ def update(policy, value_model, optimizers, rollout, *, epochs, n_minibatches, c
     rollout's log-probs and the update's disagree."""
     B = rollout.seq.size(0)
     params = [p for m in (policy, value_model) for p in m.parameters()]
-    names = ("pg_loss", "vf_loss", "entropy", "approx_kl", "clipfrac", "vf_clipfrac") + (("ptx_loss",) if ptx_batch else ())
+    names = ("pg_loss", "vf_loss", "entropy", "approx_kl", "clipfrac", "vf_clipfrac")
+    names += ("ptx_loss",) if ptx_batch else ()
     stats, first_error = {k: [] for k in names}, None
     for epoch in range(epochs):
         perm = torch.randperm(B, device=rollout.seq.device)

@@ -29,7 +29,8 @@ def comparison_table(s, names, labels):
 
 def kind_table(by_kind, names, labels, fields):
     """Markdown lines: per kind of prompt, the chosen assessment fields of each policy, and win rates."""
-    head = ["kind", "n"] + [f"{f} {lab}" for f, _ in fields for lab in labels] + [f"win rate {lab}" for lab in labels[1:]]
+    head = ["kind", "n"] + [f"{f} {lab}" for f, _ in fields for lab in labels]
+    head += [f"win rate {lab}" for lab in labels[1:]]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for kind, e in by_kind.items():
         cells = [kind, str(e["n"])]

@@ -30,7 +30,8 @@ class Tokenizer:
         self.eos_id = n if eos_id is None else eos_id
         self.pad_id = max(n, self.eos_id + 1)  # a new token after the vocabulary: never an EOS
         specials = {EOS: self.eos_id, PAD: self.pad_id}
-        self.encoding = tiktoken.Encoding(name=name, pat_str=pat_str, mergeable_ranks=mergeable_ranks, special_tokens=specials)
+        self.encoding = tiktoken.Encoding(name=name, pat_str=pat_str, mergeable_ranks=mergeable_ranks,
+                                          special_tokens=specials)
         self.vocab_size = self.pad_id + 1
         h = hashlib.sha256(pat_str.encode())
         for token, rank in sorted(mergeable_ranks.items(), key=lambda kv: kv[1]):
@@ -65,8 +66,9 @@ def get_tokenizer(name="bytes"):
         try:
             enc = tiktoken.get_encoding("gpt2")
         except Exception as e:
-            raise ValueError(f"tokenizer 'gpt2': tiktoken could not load its GPT-2 vocabulary ({type(e).__name__}: {e}); "
-                             "without network access pass a local GPT-2 directory holding vocab.json and merges.txt") from e
+            raise ValueError(f"tokenizer 'gpt2': tiktoken could not load its GPT-2 vocabulary "
+                             f"({type(e).__name__}: {e}); without network access pass a local GPT-2 directory "
+                             "holding vocab.json and merges.txt") from e
         return Tokenizer("gpt2", enc._mergeable_ranks, enc._pat_str, eos_id=enc.eot_token)
     if os.path.isdir(name):
         vocab, merges = os.path.join(name, "vocab.json"), os.path.join(name, "merges.txt")
@@ -80,7 +82,8 @@ def get_tokenizer(name="bytes"):
             ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(merges, vocab, _sha256(merges), _sha256(vocab),
                                                                   clobber_one_byte_tokens=True)
         except Exception as e:
-            raise ValueError(f"tokenizer directory {name!r}: cannot read vocab.json/merges.txt as GPT-2 BPE: {e}") from e
+            raise ValueError(f"tokenizer directory {name!r}: cannot read vocab.json/merges.txt as GPT-2 BPE: "
+                             f"{e}") from e
         # GPT-2 keeps <|endoftext|> in vocab.json at id 50256; a vocabulary without it gets EOS after its last token
         eos_id = _json_id(vocab, EOS)
         ranks = {t: r for t, r in ranks.items() if r != eos_id}
@@ -89,7 +92,8 @@ def get_tokenizer(name="bytes"):
         try:
             ranks = tiktoken.load.load_tiktoken_bpe(name, _sha256(name))
         except Exception as e:
-            raise ValueError(f"tokenizer file {name!r} is not a tiktoken BPE file (lines of 'base64-token rank'): {e}") from e
+            raise ValueError(f"tokenizer file {name!r} is not a tiktoken BPE file (lines of 'base64-token rank'): "
+                             f"{e}") from e
         if not ranks:
             raise ValueError(f"tokenizer file {name!r} holds no tokens")
         return Tokenizer(os.path.abspath(name), ranks, GPT2_PATTERN)

@@ -46,10 +46,10 @@ with torch.no_grad():
 
 policy_train, value_train = distributed.wrap(policy, d, fsdp), distributed.wrap(value_model, d, fsdp)
 optimizers = [torch.optim.Adam(m.parameters(), lr=1e-2, eps=1e-5) for m in (policy_train, value_train)]
-stats, first_error = ppo.update(policy_train, value_train, optimizers,
-                                ppo.Rollout(seq, start, P, targets, mask, old_logprobs, old_values, advantages, returns),
-                                epochs=1, n_minibatches=1, clip_range=0.2, vf_clip_range=0.2, vf_coef=0.1, ent_coef=0.01,
-                                temperature=1.0, grad_clip=1.0, autocast=nullcontext, d=d)
+rollout = ppo.Rollout(seq, start, P, targets, mask, old_logprobs, old_values, advantages, returns)
+stats, first_error = ppo.update(policy_train, value_train, optimizers, rollout, epochs=1, n_minibatches=1,
+                                clip_range=0.2, vf_clip_range=0.2, vf_coef=0.1, ent_coef=0.01, temperature=1.0,
+                                grad_clip=1.0, autocast=nullcontext, d=d)
 weights = [distributed.model_state(m, fsdp) for m in (policy_train, value_train)]
 all_advantages = torch.cat(distributed.all_gather_objects(advantages))
 if d.is_main:

@@ -214,6 +214,7 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
 
 def test_weights_that_do_not_fit_are_clear_errors(tmp_path):
     from dataclasses import dataclass
+
     from minirlhf.checkpoint import model_from
 
     @dataclass

@@ -23,7 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def tiny(seed, vocab_size=258, **kw):
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(block_size=24, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=16, attn_impl="torch", **kw)).eval()
+    model = GPT(GPTConfig(block_size=24, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=16, attn_impl="torch",
+                          **kw)).eval()
     with torch.no_grad():  # non-zero biases and LayerNorm weights, so a misplaced one shows
         for name, p in model.named_parameters():
             if "ln" in name or name.endswith("bias"):
@@ -96,7 +97,8 @@ def test_language_model_round_trip(tmp_path):
     weights = load_file(str(out / "model.safetensors"))
     names = {"transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight", "transformer.ln_f.bias"}
     for i in range(c.n_layer):
-        names |= {f"transformer.h.{i}.{m}.{p}" for m in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
+        names |= {f"transformer.h.{i}.{m}.{p}"
+                  for m in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
                   for p in ("weight", "bias")}
     assert weights.keys() == names
     block = model.transformer.h[1]
@@ -108,7 +110,8 @@ def test_language_model_round_trip(tmp_path):
     assert (hf["n_layer"], hf["n_head"], hf["n_embd"]) == (c.n_layer, c.n_head, c.n_embd)
     assert hf["n_positions"] == hf["n_ctx"] == c.block_size and hf["vocab_size"] == 258
     assert hf["activation_function"] == "gelu_new" and hf["tie_word_embeddings"] is True
-    assert hf["scale_attn_weights"] is True and not hf["scale_attn_by_inverse_layer_idx"] and not hf["reorder_and_upcast_attn"]
+    assert hf["scale_attn_weights"] is True
+    assert not hf["scale_attn_by_inverse_layer_idx"] and not hf["reorder_and_upcast_attn"]
     assert (hf["bos_token_id"], hf["eos_token_id"], hf["pad_token_id"]) == (256, 256, 257)
     assert "minirlhf_scalar_head" not in hf
     # the byte tokenizer reads back from the directory as itself (byte b at id b, the same fingerprint)
@@ -155,7 +158,8 @@ def test_byte_tokenizer_is_gpt2_bpe_without_merges(text):
 def test_tokenizer_files_name_the_special_tokens(tmp_path):
     out = exported(tmp_path, tiny(2), get_tokenizer("bytes"))
     config = json.loads((out / "tokenizer_config.json").read_text())
-    assert config["added_tokens_decoder"]["256"]["content"] == EOS and config["added_tokens_decoder"]["257"]["content"] == PAD
+    added = config["added_tokens_decoder"]
+    assert added["256"]["content"] == EOS and added["257"]["content"] == PAD
     assert config["eos_token"] == config["bos_token"] == EOS and config["pad_token"] == PAD
     assert config["split_special_tokens"] is True  # "<|endoftext|>" inside text is text, as in Tokenizer.encode
     assert config["model_max_length"] == 24

@@ -44,7 +44,8 @@ DTYPES = [
 
 # kinds of logits rows; "shifted_negative" and "all_negative" are the rows the verl bug broke
 # "ascending" raises the running max in every block
-LOGIT_KINDS = ["normal", "large", "extreme", "shifted_positive", "shifted_negative", "all_negative", "ties", "neg_inf", "ascending"]
+LOGIT_KINDS = ["normal", "large", "extreme", "shifted_positive", "shifted_negative", "all_negative", "ties", "neg_inf",
+               "ascending"]
 
 
 def make_logits(kind, N, V, dtype, gen):
@@ -375,7 +376,8 @@ LINEAR_DTYPES = [
     uses=st.sampled_from(["logprobs", "entropy", "both"]),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_linear_token_logprobs_matches_reference(dtype, atol, rtol, N, C, V, chunk_size, temperature, ignore_fraction, uses, seed):
+def test_linear_token_logprobs_matches_reference(dtype, atol, rtol, N, C, V, chunk_size, temperature, ignore_fraction,
+                                                 uses, seed):
     # at most 16 chunks: grad_weight is rounded to the dtype once per chunk (bf16: 2^-9 each)
     chunk_size = max(chunk_size, -(-N // 16))
     gen = torch.Generator().manual_seed(seed)
@@ -419,7 +421,8 @@ def test_linear_token_logprobs_default_chunks_leading_dims_and_frozen_weight():
     assert_close(grad_h, grad_h_ref, 1e-4, 1e-4, "grad hidden")
     assert (grad_h[0, :2] == 0).all()
     with torch.no_grad():  # the reference / old-policy pass of PPO
-        assert_close(linear_token_logprobs(hidden, weight, targets, temperature=0.9), logprobs_ref, 1e-4, 1e-4, "no_grad")
+        assert_close(linear_token_logprobs(hidden, weight, targets, temperature=0.9), logprobs_ref, 1e-4, 1e-4,
+                     "no_grad")
 
 
 @pytest.mark.parametrize("masked", ["leading_block", "all_but_last"])

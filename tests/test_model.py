@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 from minirlhf.model import GPT, GPTConfig
 
-SIZES = [dict(n_layer=1, n_head=1, n_embd=16), dict(n_layer=2, n_head=2, n_embd=32), dict(n_layer=3, n_head=4, n_embd=64)]
+SIZES = [dict(n_layer=1, n_head=1, n_embd=16), dict(n_layer=2, n_head=2, n_embd=32),
+         dict(n_layer=3, n_head=4, n_embd=64)]
 V, PAD, EOS = 61, 60, 59
 
 
@@ -68,7 +69,8 @@ def test_generate_stops_each_row_at_its_first_eos():
                for some_never in (True, False)]
     for eos_id in eos_ids:
         stops = first(eos_id)
-        out = model.generate(idx, budget, start=start, eos_id=eos_id, pad_id=PAD, generator=torch.Generator().manual_seed(0))
+        out = model.generate(idx, budget, start=start, eos_id=eos_id, pad_id=PAD,
+                             generator=torch.Generator().manual_seed(0))
         n = budget if None in stops else max(stops) + 1
         assert out.tokens.shape == out.mask.shape == out.logprobs.shape == (4, n)
         for b, stop in enumerate(stops):
@@ -81,7 +83,8 @@ def test_generate_stops_each_row_at_its_first_eos():
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
-@pytest.mark.parametrize("temperature, top_k, top_p", [(0.7, None, None), (0, None, None), (1.3, 5, None), (1.0, None, 0.5)])
+@pytest.mark.parametrize("temperature, top_k, top_p",
+                         [(0.7, None, None), (0, None, None), (1.3, 5, None), (1.0, None, 0.5)])
 def test_generate_logprobs_match_a_full_forward_at_the_temperature(use_cache, temperature, top_k, top_p):
     """The log-probs that come with the samples are those of the tempered, uncut distribution (temperature 1
     for greedy decoding), as a forward pass over the whole left-padded sequence gives them; greedy picks
@@ -319,7 +322,8 @@ def test_model_works_without_triton():
         "out = m.generate(torch.zeros(1, 3, dtype=torch.long), 4, temperature=0)\n"
         "assert out.tokens.shape == (1, 4)\n"
         "q = torch.randn(1, 1, 4, 16)\n"
-        "try:\n    flash_attention(q, q, q)\nexcept ValueError as e:\n    assert 'Triton is not installed' in str(e), e\n"
+        "try:\n    flash_attention(q, q, q)\n"
+        "except ValueError as e:\n    assert 'Triton is not installed' in str(e), e\n"
         "else:\n    raise AssertionError('no error')\n"
         "print('ok')\n")
     env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}

@@ -216,7 +216,8 @@ def test_rm_with_a_moved_tokenizer_and_long_prompts(runs, tmp_path):
     write_tiktoken_file(tmp_path / "tok.tiktoken")
     block = 32
     (tmp_path / "sft.jsonl").write_text(json.dumps({"prompt": "add 1 2\n", "completion": "3"}) + "\n")
-    run("train_sft.py", f"--out_dir={tmp_path}/sft", "--n_layer=1", "--n_head=2", "--n_embd=32", f"--block_size={block}",
+    run("train_sft.py", f"--out_dir={tmp_path}/sft", "--n_layer=1", "--n_head=2", "--n_embd=32",
+        f"--block_size={block}",
         f"--tokenizer={tmp_path}/tok.tiktoken", "--max_iters=2", "--log_interval=1", "--eval_interval=2",
         f"--data={tmp_path}/sft.jsonl")
     os.rename(tmp_path / "tok.tiktoken", tmp_path / "moved.tiktoken")

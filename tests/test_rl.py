@@ -29,7 +29,8 @@ def batch(data, max_b=5, max_t=12):
     lengths = data.draw(st.lists(st.integers(0, T), min_size=B, max_size=B))
     g = torch.Generator().manual_seed(data.draw(st.integers(0, 2 ** 31)))
     mask = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
-    return torch.randn(B, T, generator=g, dtype=torch.float64), torch.randn(B, T, generator=g, dtype=torch.float64), mask
+    rand = lambda: torch.randn(B, T, generator=g, dtype=torch.float64)  # noqa: E731
+    return rand(), rand(), mask
 
 
 @given(data=st.data(), gamma=st.floats(0.5, 1.0), lam=st.floats(0.0, 1.0))
@@ -101,7 +102,7 @@ def test_clipped_objective_is_the_policy_gradient_at_ratio_one(data):
 
 def test_clipped_objective_is_flat_beyond_the_clip_range():
     eps = 0.2
-    log_ratio = torch.tensor([math.log(1.5), math.log(0.5), math.log(1.5), math.log(0.5), math.log(1.1)], dtype=torch.float64)
+    log_ratio = torch.tensor([math.log(x) for x in (1.5, 0.5, 1.5, 0.5, 1.1)], dtype=torch.float64)
     advantages = torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0], dtype=torch.float64)
     logprobs = log_ratio.clone().requires_grad_(True)
     pg_loss, clipfrac, _ = ppo_policy_loss(logprobs[None], torch.zeros(1, 5, dtype=torch.float64), advantages[None],
@@ -143,7 +144,8 @@ def test_approx_kl_is_half_the_mean_squared_log_ratio(data, scale):
     _, _, approx_kl = ppo_policy_loss(torch.where(mask, logprobs, 50.0), old_logprobs, advantages, mask)
     assert approx_kl.item() == pytest.approx(expect, rel=1e-9, abs=1e-12)
     assert approx_kl >= 0
-    assert ppo_policy_loss(old_logprobs, logprobs, advantages, mask)[2].item() == pytest.approx(expect, rel=1e-9, abs=1e-12)
+    approx_kl = ppo_policy_loss(old_logprobs, logprobs, advantages, mask)[2]
+    assert approx_kl.item() == pytest.approx(expect, rel=1e-9, abs=1e-12)
 
 
 @settings(max_examples=30)
@@ -189,7 +191,7 @@ def test_kl_is_zero_when_policy_is_reference(data):
 
 def test_kl_estimators_are_unbiased_and_k3_nonnegative():
     g = torch.Generator().manual_seed(0)
-    p_logits, q_logits = torch.randn(20, generator=g, dtype=torch.float64), torch.randn(20, generator=g, dtype=torch.float64)
+    p_logits, q_logits = (torch.randn(20, generator=g, dtype=torch.float64) for _ in range(2))
     logp, logq = torch.log_softmax(p_logits, 0), torch.log_softmax(q_logits, 0)
     true_kl = (logp.exp() * (logp - logq)).sum()  # KL(policy p || reference q)
     x = torch.multinomial(logp.exp(), 400_000, replacement=True, generator=g)
@@ -250,7 +252,7 @@ def test_shaped_rewards_put_the_score_on_the_last_token(data, kl_coef, score_dty
 
 @given(a=st.floats(-20, 20), b=st.floats(-20, 20))
 def test_pairwise_loss_is_antisymmetric(a, b):
-    ra, rb = torch.tensor(a, dtype=torch.float64, requires_grad=True), torch.tensor(b, dtype=torch.float64, requires_grad=True)
+    ra, rb = (torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in (a, b))
     # swapping chosen and rejected: loss(a, b) - loss(b, a) = b - a, and the gradients change sign
     assert (pairwise_loss(ra, rb) - pairwise_loss(rb, ra)).item() == pytest.approx(b - a, abs=1e-9)
     (ga,) = torch.autograd.grad(pairwise_loss(ra, rb), ra)  # chosen: pushed up by sigmoid(b - a)

@@ -75,10 +75,12 @@ def test_rounds_bookkeeping(rounds_run):
     assert rm2["data"].split(",") == [str(out / f"round_{r}" / "comparisons_train.jsonl") for r in (1, 2)]
     ppo2 = read_checkpoint(str(out / "round_2" / "ppo" / "ckpt.pt"), mmap=True)["train_config"]
     assert ppo2["init_from"] == str(out / "round_1" / "ppo" / "ckpt.pt")
-    assert ppo2["kind_weights"] == weights_text(rows[0]["next_weights"]) and rows[1]["weights"] == rows[0]["next_weights"]
+    assert ppo2["kind_weights"] == weights_text(rows[0]["next_weights"])
+    assert rows[1]["weights"] == rows[0]["next_weights"]
     # the run's policy is the last round's, and the report has the per-round table
     assert (out / "ckpt.pt").read_bytes() == (out / "round_2" / "ppo" / "ckpt.pt").read_bytes()
     report = (out / "report.md").read_text()
     assert "| round | labels so far |" in report and report.count("\n| 2 | 8 |") == 1
-    done = run("train_ppo.py", f"--out_dir={out}", f"--sft_ckpt={rounds_run}/sft/ckpt.pt", *ROUNDS, "--resume", ok=False)
+    done = run("train_ppo.py", f"--out_dir={out}", f"--sft_ckpt={rounds_run}/sft/ckpt.pt", *ROUNDS, "--resume",
+               ok=False)
     assert done.returncode == 2 and "finished run of rounds" in done.stderr

@@ -26,7 +26,8 @@ def test_batches_of_responses_equal_one_generate_call():
     responses = sample_responses(model, tok, prompts, max_new_tokens=budget, temperature=0, batch_size=3)
     assert model.training  # handed back in training mode
     model.eval()
-    assert sample_responses(model, tok, prompts, max_new_tokens=budget, temperature=0, batch_size=len(prompts)) == responses
+    one_batch = sample_responses(model, tok, prompts, max_new_tokens=budget, temperature=0, batch_size=len(prompts))
+    assert one_batch == responses
     assert not model.training
 
     idx, start = left_pad(prompts, tok.pad_id)
