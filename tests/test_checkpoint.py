@@ -75,8 +75,13 @@ def test_checkpoint_with_another_tokenizer_is_an_error(tmp_path):
     path = tmp_path / "ckpt.pt"
     save_checkpoint(str(path), tiny(0), get_tokenizer("bytes"), {}, step=0)
     write_tiktoken_file(tmp_path / "other.tiktoken")
-    with pytest.raises(ValueError, match="trained with tokenizer 'bytes'"):
+    with pytest.raises(ValueError, match=f"checkpoint {path} was trained with tokenizer 'bytes'"):
         load_checkpoint(str(path), tokenizer=get_tokenizer(str(tmp_path / "other.tiktoken")))
+    # a checkpoint whose tokenizer file has moved names itself and the file
+    save_checkpoint(str(path), tiny(0), get_tokenizer(str(tmp_path / "other.tiktoken")), {}, step=0)
+    os.rename(tmp_path / "other.tiktoken", tmp_path / "moved.tiktoken")
+    with pytest.raises(ValueError, match=f"checkpoint {path}: cannot rebuild its tokenizer .*other.tiktoken"):
+        load_checkpoint(str(path))
 
 
 class RunsCodeWhenUnpickled:
@@ -201,13 +206,16 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
 
     from minirlhf.checkpoint import remove_stale_temporaries
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid, live_pid = int(dead.stdout), os.getppid()  # a process that has exited; one still running
+    live = subprocess.Popen(["sleep", "60"])  # a process still running (checking it must not signal it)
+    dead_pid, live_pid = int(dead.stdout), live.pid
     # this process writes nothing before it cleans up, so a file with its pid is a dead one's (pid reuse)
     names = [f"ckpt.pt.tmp{dead_pid}", f"metrics.jsonl.tmp{dead_pid}", f"summary.json.tmp{os.getpid()}",
              f"ckpt.pt.tmp{live_pid}", "ckpt.pt", "notes.tmp", f"x.tmp{dead_pid}.bak"]
     for name in names:
         (tmp_path / name).write_text("x")
     removed = remove_stale_temporaries(str(tmp_path))
+    assert live.poll() is None
+    live.kill()
     assert sorted(removed) == sorted(names[:3])
     assert sorted(os.listdir(tmp_path)) == sorted(names[3:])
 
@@ -226,6 +234,10 @@ def test_weights_that_do_not_fit_are_clear_errors(tmp_path):
     assert ckpt["train_config"] == {"lr": 0.1}
     # a language model takes a fresh scalar head (how the reward model starts from SFT)
     assert model_from(ckpt, str(path), scalar_head=True).score_head is not None
+    assert load_checkpoint(str(path), scalar_head=True)[0].score_head is not None
+    torch.save({**ckpt, "model": {**ckpt["model"], "extra.weight": torch.zeros(1)}}, tmp_path / "extra.pt")
+    with pytest.raises(ValueError, match=f"checkpoint {tmp_path / 'extra.pt'}: weights do not fit"):
+        load_checkpoint(str(tmp_path / "extra.pt"))
     lost = {**ckpt, "model": {k: v for k, v in ckpt["model"].items() if k != "transformer.h.0.ln_1.bias"}}
     with pytest.raises(ValueError, match=r"missing \['transformer.h.0.ln_1.bias'\], unexpected \[\]"):
         model_from(lost, str(path))
