@@ -8,6 +8,8 @@ SFT, read_sft (train_sft.py)
 Comparisons, read_comparisons (train_rm.py)
     {"prompt": "...", "chosen": "...", "rejected": "..."}
     {"prompt": "...", "responses": ["r0", "r1", ...], "ranking": [2, 0, 1, ...]}      indices, best first
+    either with {"messages": [..., {"role": "user", ...}]} in place of "prompt": replies to a dialogue
+    The responses to one prompt are distinct: two identical ones teach nothing.
 Prompts, read_prompts (train_ppo.py)
     {"prompt": "..."}
     {"messages": [..., {"role": "user", "content": "..."}]}   rendered up to the assistant's header
@@ -87,7 +89,8 @@ def read_sft(path):
 
 
 def read_comparisons(path):
-    """Comparison records, all as {"prompt", "responses", "ranking"}: a chosen/rejected pair is ranking [0, 1]."""
+    """Comparison records, all as {"prompt" or "messages", "responses", "ranking"}: a chosen/rejected pair is
+    ranking [0, 1]."""
     return _read(path, "comparisons", check_comparison)
 
 
@@ -152,10 +155,19 @@ def check_sft(obj):
     return {"prompt": _text(obj["prompt"], "'prompt'"), "completion": _text(obj["completion"], "'completion'")}
 
 
+def _chat_prompt(value):
+    messages = _messages(value)
+    if messages[-1]["role"] != "user":
+        raise ValueError(f"a chat prompt must end with a user turn, not {messages[-1]['role']!r}")
+    return messages
+
+
 def check_comparison(obj):
-    """A checked copy of one comparison record, as {"prompt", "responses", "ranking"}."""
+    """A checked copy of one comparison record, as {"prompt" or "messages", "responses", "ranking"}."""
+    chat = "messages" in obj
+    key, what = ("messages", "chat ") if chat else ("prompt", "")
     if "responses" in obj or "ranking" in obj:
-        _fields(obj, ("prompt", "responses", "ranking"), "K-way comparison")
+        _fields(obj, (key, "responses", "ranking"), what + "K-way comparison")
         responses, ranking = obj["responses"], obj["ranking"]
         if not isinstance(responses, list) or len(responses) < 2:
             raise ValueError(f"'responses' must be a list of at least 2 strings, got {responses!r:.60}")
@@ -164,20 +176,25 @@ def check_comparison(obj):
                 or sorted(ranking) != list(range(len(responses)))):
             raise ValueError(f"'ranking' must be a permutation of 0..{len(responses) - 1} (indices into "
                              f"'responses', best first), got {ranking!r:.60}")
-        return {"prompt": _text(obj["prompt"], "'prompt'"), "responses": responses, "ranking": list(ranking)}
-    _fields(obj, ("prompt", "chosen", "rejected"), "pairwise comparison")
-    return {"prompt": _text(obj["prompt"], "'prompt'"),
-            "responses": [_text(obj["chosen"], "'chosen'"), _text(obj["rejected"], "'rejected'")], "ranking": [0, 1]}
+        for i, r in enumerate(responses):
+            if r in responses[:i]:
+                raise ValueError(f"responses[{i}] repeats responses[{responses.index(r)}] ({r!r:.40}): "
+                                 "the responses to compare must be distinct")
+        out = {"responses": responses, "ranking": list(ranking)}
+    else:
+        _fields(obj, (key, "chosen", "rejected"), what + "pairwise comparison")
+        out = {"responses": [_text(obj["chosen"], "'chosen'"), _text(obj["rejected"], "'rejected'")], "ranking": [0, 1]}
+        if out["responses"][0] == out["responses"][1]:
+            raise ValueError(f"'chosen' and 'rejected' are the same text ({out['responses'][0]!r:.40}): "
+                             "a comparison needs two different responses")
+    return {key: _chat_prompt(obj["messages"]) if chat else _text(obj["prompt"], "'prompt'"), **out}
 
 
 def check_prompt(obj):
     """A checked copy of one prompt record."""
     if "messages" in obj:
         _fields(obj, ("messages",), "chat prompt")
-        messages = _messages(obj["messages"])
-        if messages[-1]["role"] != "user":
-            raise ValueError(f"a chat prompt must end with a user turn, not {messages[-1]['role']!r}")
-        return {"messages": messages}
+        return {"messages": _chat_prompt(obj["messages"])}
     _fields(obj, ("prompt",), "prompt")
     return {"prompt": _text(obj["prompt"], "'prompt'")}
 
@@ -241,10 +258,11 @@ def encode_prompt(tokenizer, record, max_len=None):
 
 def encode_comparison(tokenizer, record, block_size=None):
     """
-    (prompt_ids, [response ids + [eos] for each response], ranking) of a comparison record. The reward
-    model reads prompt + response whole, so one longer than block_size is a ValueError naming its source.
+    (prompt_ids, [response ids + [eos] for each response], ranking) of a comparison record; a chat prompt
+    is rendered as encode_prompt does, up to and including "Assistant: ". The reward model reads prompt +
+    response whole, so one longer than block_size is a ValueError naming its source.
     """
-    prompt = tokenizer.encode(record["prompt"])
+    prompt = encode_prompt(tokenizer, record)
     responses = [tokenizer.encode(r) + [tokenizer.eos_id] for r in record["responses"]]
     longest = len(prompt) + max(len(r) for r in responses)
     if block_size is not None and longest > block_size:

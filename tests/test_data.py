@@ -97,6 +97,19 @@ def test_comparison_encoding():
     assert ranking == [0, 2, 1]
 
 
+def test_chat_comparison_encoding():
+    record = {"messages": CHAT["messages"][:4], "responses": ["3", "4", "3 ok"], "ranking": [0, 2, 1]}
+    prompt, responses, ranking = encode_comparison(tok, record)
+    # the prompt exactly as a chat prompt for PPO: the dialogue up to and including "Assistant: "
+    assert prompt == encode_prompt(tok, {"messages": CHAT["messages"][:4]}) == encode_sft(tok, CHAT)[0][:len(prompt)]
+    assert tok.decode(prompt, skip_special=False) == (
+        "System: Be brief.\nUser: hi\nAssistant: hello<|endoftext|>User: add 1 2\nAssistant: ")
+    assert responses == [tok.encode(r) + [tok.eos_id] for r in record["responses"]] and ranking == [0, 2, 1]
+    with pytest.raises(ValueError, match=f"block_size {len(prompt) + 4}"):
+        encode_comparison(tok, record, block_size=len(prompt) + 4)  # "3 ok" + EOS is 5 tokens
+    encode_comparison(tok, record, block_size=len(prompt) + 5)
+
+
 def test_too_long_examples_name_their_line(tmp_path):
     path = write_lines(tmp_path / "sft.jsonl", [json.dumps({"prompt": "p", "completion": "c"}),
                                                 json.dumps({"prompt": "x" * 50, "completion": "y"})])
@@ -145,6 +158,22 @@ BAD = [  # (reader, bad line, what the message says)
     ("comparisons", {"prompt": "p", "responses": ["a", "b"], "ranking": "01"}, "permutation"),
     ("comparisons", {"prompt": "p", "responses": ["a", ""], "ranking": [0, 1]}, r"responses\[1\] is empty"),
     ("comparisons", {"prompt": "p", "responses": ["a", "b"], "ranking": [0, 1], "chosen": "a"}, "unknown field"),
+    ("comparisons", {"prompt": "p", "responses": ["a", "b", "a"], "ranking": [0, 1, 2]},
+     r"responses\[2\] repeats responses\[0\] .*distinct"),
+    ("comparisons", {"prompt": "p", "chosen": "a", "rejected": "a"}, "'chosen' and 'rejected' are the same text"),
+    ("comparisons", {"messages": [MSG("user")], "chosen": "a", "rejected": "a"}, "are the same text"),
+    ("comparisons", {"messages": [MSG("user")], "responses": ["a", "b", "b"], "ranking": [0, 1, 2]},
+     r"responses\[2\] repeats responses\[1\]"),
+    ("comparisons", {"messages": [MSG("user"), MSG("assistant")], "chosen": "a", "rejected": "b"},
+     "must end with a user turn"),
+    ("comparisons", {"messages": [MSG("user")], "responses": ["a", "b"], "ranking": [1, 0], "prompt": "p"},
+     "unknown field 'prompt'"),
+    ("comparisons", {"messages": [MSG("user")], "prompt": "p", "chosen": "a", "rejected": "b"},
+     "unknown field 'prompt'"),
+    ("comparisons", {"messages": [MSG("user")], "chosen": "a"}, "missing field 'rejected'.*chat pairwise"),
+    ("comparisons", {"messages": [MSG("user")], "responses": ["a", "b"]}, "missing field 'ranking'.*chat K-way"),
+    ("comparisons", {"messages": [], "chosen": "a", "rejected": "b"}, "non-empty list"),
+    ("comparisons", {"messages": [MSG("user", "")], "chosen": "a", "rejected": "b"}, r"messages\[0\].content is empty"),
     ("prompts", {"prompt": 7}, "'prompt' must be a string"),
     ("prompts", {"prompt": "p", "completion": "c"}, "unknown field 'completion'"),
     ("prompts", {"messages": [MSG("user"), MSG("assistant")]}, "must end with a user turn"),
@@ -183,6 +212,19 @@ def test_readers_accept_both_formats(tmp_path):
     chat_prompt = {"messages": CHAT["messages"][:2]}
     path = write_lines(tmp_path / "p.jsonl", [json.dumps(chat_prompt), json.dumps(GOOD["prompts"])])
     assert len(read_prompts(path)) == 2
+    # comparisons of replies to a dialogue, pairwise and K-way
+    dialogue = CHAT["messages"][:4]
+    pair = {"messages": dialogue, "chosen": "3", "rejected": "4"}
+    kway = {"messages": dialogue, "responses": ["4", "3"], "ranking": [1, 0]}
+    path = write_lines(tmp_path / "cc.jsonl", [json.dumps(pair), json.dumps(kway)])
+    pair, kway = read_comparisons(path)
+    assert pair == {"messages": dialogue, "responses": ["3", "4"], "ranking": [0, 1], "source": f"{path}:1"}
+    assert kway == {"messages": dialogue, "responses": ["4", "3"], "ranking": [1, 0], "source": f"{path}:2"}
+    long = {"messages": [MSG("user", "x" * 60)], "chosen": "a", "rejected": "b"}  # 78 prompt tokens
+    path = write_lines(tmp_path / "long.jsonl", [json.dumps({"messages": dialogue, "chosen": "3", "rejected": "4"}),
+                                                 json.dumps(long)])
+    with pytest.raises(ValueError, match=rf"{path}:2: prompt \+ response of 80 tokens"):
+        [encode_comparison(tok, r, block_size=75) for r in read_comparisons(path)]  # line 1 has 71
 
 
 # ---------------------------------------------------------------------------------------------- exporter

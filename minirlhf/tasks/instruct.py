@@ -417,18 +417,31 @@ def sft_records(n, split, seed=0, error_rate=DEMO_ERROR_RATE, ramble_rate=DEMO_R
     return [{"prompt": p, "completion": demonstrate(p, rng, error_rate, ramble_rate)} for p in make_prompts(n, split, rng)]
 
 
+def _distinct(draw, k, prompt):
+    # k distinct results of draw(), redrawing repeats
+    out = []
+    for _ in range(100 * k):
+        r = draw()
+        if r not in out:
+            out.append(r)
+            if len(out) == k:
+                return out
+    raise ValueError(f"could not draw k={k} distinct responses to {prompt!r:.60} at these rates")
+
+
 def comparison_records(n, split, seed=0, k=REFERENCE_K, error_rate=REFERENCE_ERROR_RATE,
                        ramble_rate=REFERENCE_RAMBLE_RATE, temperature=LABELER_TEMPERATURE):
     """
     n records {"prompt": ..., "responses": [k texts], "ranking": [indices, best first]} of `split`:
-    k demonstrations at the given rates ranked by one simulated labeler.
+    k distinct demonstrations at the given rates (a repeated one is drawn again: two identical responses
+    teach nothing) ranked by one simulated labeler.
     """
     if k < 2:
         raise ValueError(f"a comparison needs k >= 2 responses, got k={k}")
     rng = random.Random(f"comparisons:{seed}")
     out = []
     for p in make_prompts(n, split, rng):
-        responses = [demonstrate(p, rng, error_rate, ramble_rate) for _ in range(k)]
+        responses = _distinct(lambda: demonstrate(p, rng, error_rate, ramble_rate), k, p)
         ranking = rank([gold_score(p, r, True) for r in responses], rng, temperature)
         out.append({"prompt": p, "responses": responses, "ranking": ranking})
     return out
