@@ -118,6 +118,14 @@ def _fields(obj, expected, what):
         raise ValueError(f"{', '.join(problems)} (a {what} record has exactly {', '.join(expected)})")
 
 
+def _response(value, name):
+    # a response to compare may be empty: a policy that answers with EOS at once has said nothing, and
+    # a labeler can rank that
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+    return value
+
+
 def _text(value, name):
     if not isinstance(value, str):
         raise ValueError(f"{name} must be a string, got {type(value).__name__}")
@@ -171,7 +179,7 @@ def check_comparison(obj):
         responses, ranking = obj["responses"], obj["ranking"]
         if not isinstance(responses, list) or len(responses) < 2:
             raise ValueError(f"'responses' must be a list of at least 2 strings, got {responses!r:.60}")
-        responses = [_text(r, f"responses[{i}]") for i, r in enumerate(responses)]
+        responses = [_response(r, f"responses[{i}]") for i, r in enumerate(responses)]
         if (not isinstance(ranking, list) or any(type(i) is not int for i in ranking)
                 or sorted(ranking) != list(range(len(responses)))):
             raise ValueError(f"'ranking' must be a permutation of 0..{len(responses) - 1} (indices into "
@@ -183,7 +191,8 @@ def check_comparison(obj):
         out = {"responses": responses, "ranking": list(ranking)}
     else:
         _fields(obj, (key, "chosen", "rejected"), what + "pairwise comparison")
-        out = {"responses": [_text(obj["chosen"], "'chosen'"), _text(obj["rejected"], "'rejected'")], "ranking": [0, 1]}
+        out = {"responses": [_response(obj["chosen"], "'chosen'"), _response(obj["rejected"], "'rejected'")],
+               "ranking": [0, 1]}
         if out["responses"][0] == out["responses"][1]:
             raise ValueError(f"'chosen' and 'rejected' are the same text ({out['responses'][0]!r:.40}): "
                              "a comparison needs two different responses")

@@ -6,9 +6,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from minirlhf.data import (
+    IGNORE_INDEX,
+    encode_comparison,
+    encode_prompt,
+    encode_sft,
+    left_pad,
+    read_comparisons,
+    read_prompts,
+    read_sft,
+    sft_batch,
+    write_jsonl,
+)
 from minirlhf.tasks import instruct as tasks
-from minirlhf.data import (IGNORE_INDEX, encode_comparison, encode_prompt, encode_sft, left_pad,
-                           read_comparisons, read_prompts, read_sft, sft_batch, write_jsonl)
 from minirlhf.tokenizer import get_tokenizer
 
 tok = get_tokenizer("bytes")
@@ -156,7 +166,8 @@ BAD = [  # (reader, bad line, what the message says)
     ("comparisons", {"prompt": "p", "responses": ["a", "b"], "ranking": [0]}, "permutation"),
     ("comparisons", {"prompt": "p", "responses": ["a", "b"], "ranking": [True, False]}, "permutation"),
     ("comparisons", {"prompt": "p", "responses": ["a", "b"], "ranking": "01"}, "permutation"),
-    ("comparisons", {"prompt": "p", "responses": ["a", ""], "ranking": [0, 1]}, r"responses\[1\] is empty"),
+    ("comparisons", {"prompt": "p", "responses": ["", ""], "ranking": [0, 1]},
+     r"responses\[1\] repeats responses\[0\]"),
     ("comparisons", {"prompt": "p", "responses": ["a", "b"], "ranking": [0, 1], "chosen": "a"}, "unknown field"),
     ("comparisons", {"prompt": "p", "responses": ["a", "b", "a"], "ranking": [0, 1, 2]},
      r"responses\[2\] repeats responses\[0\] .*distinct"),
@@ -260,7 +271,8 @@ def test_exporter_command_line(tmp_path):
 
 
 def test_chat_records_read_back_as_written(tmp_path):
-    chat_prompt = {"messages": [MSG("system", "Be brief."), MSG("user", "hi"), MSG("assistant", "hello"), MSG("user", "2+2")]}
+    chat_prompt = {"messages": [MSG("system", "Be brief."), MSG("user", "hi"), MSG("assistant", "hello"),
+                                MSG("user", "2+2")]}
     path = write_lines(tmp_path / "s.jsonl", [json.dumps(CHAT)])
     (record,) = read_sft(path)
     assert record == {**CHAT, "source": f"{path}:1"}
@@ -287,9 +299,10 @@ def test_last_line_without_newline_is_read(tmp_path):
     ("sft", "[1, 2]", "expected a JSON object, got list"),
     ("sft", {"messages": ["hi", MSG("assistant")]}, r"messages\[0\] must be an object with role and content, got str"),
     ("sft", {"prompt": "p", "completion": 3}, "'completion' must be a string, got int"),
-    ("prompts", {"messages": [MSG("system"), MSG("user"), MSG("assistant")]}, "must end with a user turn, not 'assistant'"),
+    ("prompts", {"messages": [MSG("system"), MSG("user"), MSG("assistant")]},
+     "must end with a user turn, not 'assistant'"),
     ("comparisons", {"prompt": "p", "chosen": "a", "rejected": "b", "ranking": [0, 1]}, "missing field 'responses'"),
-    ("comparisons", {"prompt": "p", "chosen": "", "rejected": "b"}, "'chosen' is empty"),
+    ("comparisons", {"prompt": "p", "chosen": 3, "rejected": "b"}, "'chosen' must be a string"),
     ("comparisons", {"prompt": "", "chosen": "a", "rejected": "b"}, "'prompt' is empty"),
     ("comparisons", {"prompt": "", "responses": ["a", "b"], "ranking": [0, 1]}, "'prompt' is empty"),
 ])
@@ -346,3 +359,13 @@ def test_written_files_keep_non_ascii_text(tmp_path):
     write_jsonl(str(path), [{"prompt": "¿qué? 日本", "source": "x:1"}])
     assert path.read_text(encoding="utf-8") == '{"prompt": "¿qué? 日本"}\n'  # readable, not \\u escapes
     assert read_prompts(str(path))[0]["prompt"] == "¿qué? 日本"
+
+
+def test_an_empty_response_can_be_compared(tmp_path):
+    """A policy that answers with EOS at once said nothing; a labeler can still rank that."""
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"prompt": "add 1 2\n", "responses": ["3", ""], "ranking": [0, 1]}) + "\n")
+    (record,) = read_comparisons(str(path))
+    tok = get_tokenizer("bytes")
+    prompt, responses, ranking = encode_comparison(tok, record)
+    assert responses == [tok.encode("3") + [tok.eos_id], [tok.eos_id]] and ranking == [0, 1]

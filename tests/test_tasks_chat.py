@@ -6,8 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minirlhf.data import (encode_comparison, encode_prompt, encode_sft, read_comparisons, read_prompts, read_sft,
-                           write_jsonl)
+from minirlhf.data import (
+    encode_comparison,
+    encode_prompt,
+    encode_sft,
+    read_comparisons,
+    read_prompts,
+    read_sft,
+    write_jsonl,
+)
 from minirlhf.tasks import chat, labelers
 from minirlhf.tasks.chat import CASES, KINDS, LABELER_TEMPERATURE, REFUSAL, demonstrate, gold_score
 from minirlhf.tokenizer import get_tokenizer

@@ -62,8 +62,22 @@ import os
 import random
 import re
 
-from minirlhf.tasks.instruct import (ADD_SCALE, COUNT_SCALE, MISSING_EOS_FACTOR, RAMBLE, SEP, _double_char,
-                                     _MISTAKES, _distinct, _numeric_score, _sequence_credit, _word, make_prompt, parse)
+from minirlhf.tasks.instruct import (
+    _MISTAKES,
+    ADD_SCALE,
+    COUNT_SCALE,
+    MISSING_EOS_FACTOR,
+    RAMBLE,
+    SEP,
+    _distinct,
+    _double_char,
+    _numeric_score,
+    _sequence_credit,
+    _word,
+    check_weights,
+    make_prompt,
+    parse,
+)
 from minirlhf.tasks.labelers import rank
 
 NAME = "chat"
@@ -148,6 +162,17 @@ REFERENCE_K = 4
 LABELER_TEMPERATURE = 0.119
 
 EVAL_PERCENT = 10  # share of the conversation space that is held out
+# the training scripts' defaults for this task: its own directories, a block for conversations (MAX_BYTES of
+# prompt and right reply, up to 112 tokens for a demonstration), a response budget for chatty replies
+DEFAULTS = {
+    "sft": {"out_dir": "out/chat/sft", "block_size": 128, "max_new_tokens": 24},
+    "rm": {"out_dir": "out/chat/rm", "sft_ckpt": "out/chat/sft/ckpt.pt", "max_new_tokens": 24},
+    "ppo": {"out_dir": "out/chat/ppo", "sft_ckpt": "out/chat/sft/ckpt.pt", "rm_ckpt": "out/chat/rm/ckpt.pt",
+            "max_new_tokens": 24},
+}
+# what the report shows per behaviour: fields of assess() and their formats
+REPORT_FIELDS = [("gold", ".3f"), ("exact", ".0%"), ("refused", ".0%"), ("verdict_right", ".0%"),
+                 ("rambling", ".0%"), ("length", ".1f")]
 
 _LETTERS = re.compile(r"[A-Za-z ]*[A-Za-z][A-Za-z ]*")  # words (a slip may double a space): "now upper", "now reverse"
 _DIGITS = re.compile(r"\d+(?: \d+)+")  # a list of numbers: "now reverse"
@@ -462,15 +487,25 @@ def _render_len(messages):
     return n
 
 
-def make_conversation(rng, write, case=None):
+def case_weights(weights=None):
+    """The weight of each case (CASES): CASE_WEIGHTS, or with weights {kind: relative frequency} over
+    KINDS, each kind's share split over its cases as CASE_WEIGHTS splits it."""
+    if not weights:
+        return [CASE_WEIGHTS[c] for c in CASES]
+    check_weights(weights, KINDS)
+    per_kind = {k: sum(CASE_WEIGHTS[c] for c in CASES if KIND_OF_CASE[c] == k) for k in KINDS}
+    return [weights.get(KIND_OF_CASE[c], 0.0) * CASE_WEIGHTS[c] / per_kind[KIND_OF_CASE[c]] for c in CASES]
+
+
+def make_conversation(rng, write, case=None, weights=None):
     """
-    One conversation ending with the user turn to answer, of `case` (drawn by CASE_WEIGHTS if None), drawn
-    with `rng`; write(messages, rng) writes the reply to each earlier user turn. A dialogue longer than
-    MAX_BYTES with the right final reply is drawn again.
+    One conversation ending with the user turn to answer, of `case` (drawn by case_weights(weights) if
+    None), drawn with `rng`; write(messages, rng) writes the reply to each earlier user turn. A dialogue
+    longer than MAX_BYTES with the right final reply is drawn again.
     """
     if case is not None and case not in CASES:
         raise ValueError(f"unknown case {case!r}; cases are {', '.join(CASES)}")
-    case = case or rng.choices(CASES, weights=[CASE_WEIGHTS[c] for c in CASES])[0]
+    case = case or rng.choices(CASES, weights=case_weights(weights))[0]
     while True:  # the same case again: long dialogues make its short ones likelier, not its share smaller
         messages = _draw(rng, write, case)
         reply = {"role": "assistant", "content": read_conversation(messages)["reply"]}
@@ -532,13 +567,14 @@ def split_of(messages):
     return "eval" if h % 100 < EVAL_PERCENT else "train"
 
 
-def make_conversations(n, split, rng, write=write_right):
-    """n conversations of `split` (earlier replies by `write`, right ones by default); the other split's are dropped."""
+def make_conversations(n, split, rng, write=write_right, weights=None):
+    """n conversations of `split` (earlier replies by `write`, right ones by default); the other split's are
+    dropped. weights: {kind: relative frequency} of the final turns' behaviours (default: CASE_WEIGHTS)."""
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', not {split!r}")
     out = []
     while len(out) < n:
-        messages = make_conversation(rng, write)
+        messages = make_conversation(rng, write, weights=weights)
         if split_of(messages) == split:
             out.append(messages)
     return out
@@ -558,9 +594,10 @@ def reference_groups(n, seed=0, k=REFERENCE_K, error_rate=REFERENCE_ERROR_RATE, 
 # records for the training scripts, and the JSONL export
 
 
-def prompt_records(n, split, seed=0):
-    """n records {"messages": [...]} of `split`, ending with the user turn to answer; earlier replies are right."""
-    return [{"messages": m} for m in make_conversations(n, split, random.Random(f"prompts:{seed}"))]
+def prompt_records(n, split, seed=0, weights=None):
+    """n records {"messages": [...]} of `split`, ending with the user turn to answer; earlier replies are right.
+    weights: {kind: relative frequency} (default: the shares of CASE_WEIGHTS)."""
+    return [{"messages": m} for m in make_conversations(n, split, random.Random(f"prompts:{seed}"), weights=weights)]
 
 
 def sft_records(n, split, seed=0, error_rate=DEMO_ERROR_RATE, ramble_rate=DEMO_RAMBLE_RATE,

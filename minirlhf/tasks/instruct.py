@@ -414,7 +414,8 @@ def prompt_records(n, split, seed=0, weights=None):
 def sft_records(n, split, seed=0, error_rate=DEMO_ERROR_RATE, ramble_rate=DEMO_RAMBLE_RATE):
     """n records {"prompt": ..., "completion": ...} of `split`, completions from the noisy demonstrator."""
     rng = random.Random(f"sft:{seed}")
-    return [{"prompt": p, "completion": demonstrate(p, rng, error_rate, ramble_rate)} for p in make_prompts(n, split, rng)]
+    return [{"prompt": p, "completion": demonstrate(p, rng, error_rate, ramble_rate)}
+            for p in make_prompts(n, split, rng)]
 
 
 def _distinct(draw, k, prompt):
