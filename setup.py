@@ -16,7 +16,9 @@ setup(
         "tiktoken>=0.11",  # 0.11: single-byte token ids read from vocab.json
     ],
     extras_require={
-        "dev": ["pytest", "hypothesis", "safetensors"],  # safetensors: tests read GPT-2 weights in that format
-        "plot": ["matplotlib"],  # the training-curve PNG of the default PPO run
+        # safetensors: tests read GPT-2 weights in that format; ruff: the linter .ci/run runs;
+        # matplotlib (the plot extra): the tests check the PNGs the report and the experiments draw
+        "dev": ["pytest", "hypothesis", "safetensors", "ruff", "matplotlib"],
+        "plot": ["matplotlib"],  # the training-curve PNG of a PPO run, the experiments' figures
     },
 )
