@@ -307,16 +307,31 @@ def run_rounds(cfg, d, device, autocast, scripts_dir):
 def write_comparisons(path, records, groups, tokenizer):
     """Ranked groups as comparison JSONL (the prompt record, the responses' text, the ranking). A group
     with a sample whose tokens are not valid text (bytes that are no UTF-8) is left out: its text would
-    not encode back to what the policy sampled. Returns how many groups were written."""
-    out = []
+    not encode back to what the policy sampled. Samples repeated in a group are shown once, at the best
+    rank the labeler gave them, and a group with fewer than two distinct samples is left out: there is
+    nothing to compare. If every group is left out, nothing is written and it is an error. Returns how
+    many groups were written."""
+    out, invalid = [], 0
     for record, (_, responses, ranking) in zip(records, groups):
         texts = [tokenizer.decode(ids) for ids in responses]  # the EOS each ends with is not text
-        if all(tokenizer.encode(t) + [tokenizer.eos_id] == ids for t, ids in zip(texts, responses)):
+        if not all(tokenizer.encode(t) + [tokenizer.eos_id] == ids for t, ids in zip(texts, responses)):
+            invalid += 1
+            continue
+        best = {}  # text -> its best rank
+        for rank, i in enumerate(ranking):
+            best.setdefault(texts[i], rank)
+        kept = [i for i, t in enumerate(texts) if i == texts.index(t)]  # first occurrences, in sampled order
+        if len(kept) >= 2:
+            by_rank = sorted(range(len(kept)), key=lambda j: best[texts[kept[j]]])
             out.append({k: v for k, v in record.items() if k in ("prompt", "messages")}
-                       | {"responses": texts, "ranking": ranking})
+                       | {"responses": [texts[i] for i in kept], "ranking": by_rank})
+    if not out:
+        raise ValueError(f"{path}: none of the {len(groups)} groups has two distinct samples that are valid text "
+                         f"({invalid} hold bytes that are no UTF-8); the policy is too little trained to be labeled")
     write_jsonl(path, out)
     if len(out) < len(groups):
-        print(f"{path}: {len(groups) - len(out)} of {len(groups)} groups left out (samples that are not valid text)")
+        print(f"{path}: {len(groups) - len(out)} of {len(groups)} groups left out ({invalid} with samples that are "
+              f"not valid text, {len(groups) - len(out) - invalid} with fewer than two distinct samples)")
     return len(out)
 
 
@@ -328,9 +343,15 @@ def write_samples(path, policy, tokenizer, cfg, split, r, gen, kw):
     records = random.Random(cfg.seed + 100 * r).sample(records, min(len(records), cfg.rm_prompts // cfg.rounds))
     ids = [encode_prompt(tokenizer, rec, policy.config.block_size - cfg.max_new_tokens) for rec in records]
     responses = evaluate.sample(policy, tokenizer, [i for i in ids for _ in range(cfg.rm_k)], gen=gen, **kw)
-    write_jsonl(path, [{k: v for k, v in rec.items() if k in ("prompt", "messages")}
-                       | {"responses": [s["text"] for s in responses[i * cfg.rm_k:(i + 1) * cfg.rm_k]]}
-                       for i, rec in enumerate(records)])
+    out = []
+    for i, rec in enumerate(records):  # distinct samples that are valid text, as write_comparisons keeps
+        group = responses[i * cfg.rm_k:(i + 1) * cfg.rm_k]
+        texts = list(dict.fromkeys(s["text"] for s in group if tokenizer.encode(s["text"]) == s["ids"]))
+        if len(texts) >= 2:
+            out.append({k: v for k, v in rec.items() if k in ("prompt", "messages")} | {"responses": texts})
+    if not out:
+        raise ValueError(f"{path}: no prompt got two distinct samples that are valid text; nothing to rank")
+    write_jsonl(path, out)
 
 
 def write_rounds_report(path, rows, cfg):

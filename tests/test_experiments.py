@@ -17,6 +17,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_scripts import text_only
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(ROOT, "experiments")
@@ -270,24 +271,9 @@ def test_curve_shape():
 
 # --- experiments/rounds_vs_one.py ---------------------------------------------------------------
 
-def never_ending(src, dst):
-    """A copy of a policy checkpoint that never samples EOS: one hidden coordinate is held at 1 and
-    only the EOS row reads it, at -30. The run of rounds writes its comparisons as JSONL text, which
-    takes no empty response, and a tiny policy could end one at once; with 8 new tokens at most, a
-    response re-encoded from its text (each invalid byte becomes U+FFFD, 3 bytes) still fits the block."""
-    ckpt = torch.load(src, map_location="cpu", weights_only=True)
-    m, eos = ckpt["model"], ckpt["tokenizer"]["eos_id"]
-    m["transformer.ln_f.weight"][0], m["transformer.ln_f.bias"][0] = 0.0, 1.0
-    for key in ("lm_head.weight", "transformer.wte.weight"):
-        m[key][:, 0] = 0.0
-        m[key][eos, 0] = -30.0
-    torch.save(ckpt, dst)
-    return dst
-
-
 def test_rounds_vs_one(base, tmp_path):
     out_base = base[0]
-    sft = never_ending(out_base / "sft" / "ckpt.pt", tmp_path / "sft.pt")
+    sft = text_only(out_base / "sft" / "ckpt.pt", tmp_path / "sft.pt")  # valid text to label
     rm = tiny_rm(tmp_path, sft, n_prompts=12)
     ppo = tiny_ppo(tmp_path, sft, rm, iterations=3, max_new_tokens=8)
     ckpts = [f"--sft_ckpt={sft}", f"--rm_ckpt={rm}", f"--ppo_ckpt={ppo}", f"--rounds_dir={tmp_path}/rounds2",

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 from test_resume import killed_at, snapshot
-from test_scripts import TINY_MODEL, run
+from test_scripts import TINY_MODEL, run, text_only
 
 from minirlhf.checkpoint import read_checkpoint
 from minirlhf.pipeline import kind_weights, shares, weights_text
@@ -41,7 +41,8 @@ def rounds_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("rounds")
     run("train_sft.py", f"--out_dir={out}/sft", *TINY_MODEL, "--max_iters=6", "--log_interval=3", "--eval_interval=3",
         "--n_builtin=200", "--n_gold_eval=0", "--batch_size=8")
-    args = [f"--out_dir={out}/ppo", f"--sft_ckpt={out}/sft/ckpt.pt", *ROUNDS]
+    sft = text_only(out / "sft" / "ckpt.pt", out / "sft.pt")  # an untrained policy's bytes are rarely UTF-8
+    args = [f"--out_dir={out}/ppo", f"--sft_ckpt={sft}", *ROUNDS]
     killed_at("train_ppo.py", "iter 2/2", *args)  # the driver, and with it its child, round 2's train_ppo.py
     assert not read_checkpoint(str(out / "ppo" / "round_2" / "ppo" / "ckpt.pt"))["finished"]  # resumed below
     state = json.load(open(out / "ppo" / "rounds.json"))
@@ -84,3 +85,24 @@ def test_rounds_bookkeeping(rounds_run):
     done = run("train_ppo.py", f"--out_dir={out}", f"--sft_ckpt={rounds_run}/sft/ckpt.pt", *ROUNDS, "--resume",
                ok=False)
     assert done.returncode == 2 and "finished run of rounds" in done.stderr
+
+
+def test_comparisons_written_are_distinct_valid_text_at_their_best_rank(tmp_path):
+    from minirlhf.data import read_comparisons
+    from minirlhf.pipeline import write_comparisons
+    from minirlhf.tokenizer import get_tokenizer
+    tok = get_tokenizer("bytes")
+    ids = lambda text: list(text.encode()) + [tok.eos_id]  # noqa: E731
+    records = [{"prompt": f"add 1 {i}\n"} for i in range(4)]
+    groups = [([], [ids("3"), ids("5"), ids("3")], [2, 1, 0]),  # "3" twice: shown once, at its better rank
+              ([], [[0xFF, tok.eos_id], ids("2")], [0, 1]),  # a byte that is no UTF-8: left out
+              ([], [ids("4"), ids("4")], [1, 0]),  # nothing to compare: left out
+              ([], [ids(""), ids("7 ok"), ids("7")], [2, 0, 1])]  # an empty response is a response
+    path = tmp_path / "c.jsonl"
+    assert write_comparisons(str(path), records, groups, tok) == 2
+    assert [{k: v for k, v in r.items() if k != "source"} for r in read_comparisons(str(path))] == [
+        {"prompt": "add 1 0\n", "responses": ["3", "5"], "ranking": [0, 1]},
+        {"prompt": "add 1 3\n", "responses": ["", "7 ok", "7"], "ranking": [2, 0, 1]}]
+    with pytest.raises(ValueError, match="none of the 2 groups has two distinct samples"):
+        write_comparisons(str(tmp_path / "none.jsonl"), records[1:3], groups[1:3], tok)
+    assert not (tmp_path / "none.jsonl").exists()

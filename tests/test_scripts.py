@@ -21,6 +21,21 @@ def run(script, *args, ok=True, env=None):
     return done
 
 
+def text_only(src, dst):
+    """A copy of a byte-level policy checkpoint that samples only ASCII bytes and EOS, so every sample of
+    an untrained tiny policy is valid text (a run of rounds leaves out groups that are not): one hidden
+    coordinate is held at 1 after the final norm, and only the other tokens' rows read it, at -30."""
+    ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    m, eos = ckpt["model"], ckpt["tokenizer"]["eos_id"]
+    m["transformer.ln_f.weight"][0], m["transformer.ln_f.bias"][0] = 0.0, 1.0
+    for key in ("lm_head.weight", "transformer.wte.weight"):
+        m[key][:, 0] = 0.0
+        m[key][128:, 0] = -30.0
+        m[key][eos, 0] = 0.0
+    torch.save(ckpt, dst)
+    return dst
+
+
 def rows(path):
     return [json.loads(line) for line in open(path)]
 

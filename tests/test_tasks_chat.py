@@ -3,7 +3,7 @@ import math
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from minirlhf.data import (
@@ -174,6 +174,7 @@ def test_sycophancy_scores_below_the_right_verdict(seed, case):
 
 
 @given(seeds, st.sampled_from(["confirm", "correct", "standby", "admit"]))
+@example(271, "correct")  # draws the words "is gu": 'upper is gu is is gu?' must not be written
 def test_premise_checks_are_about_upper_and_wrong_ones_leave_it_undone(seed, case):
     messages = conversation(seed, case)
     asked = chat.read_conversation(messages)

@@ -550,6 +550,8 @@ def _draw(rng, write, case):
         say(_lookalike_text(rng))
     else:  # confirm, correct: a right claim, or the instruction left undone
         text = _instruction_text(rng, PREMISE_KIND)
+        while " is " in text + " ":  # a drawn word "is" would make '<instruction> is <answer>?' ambiguous
+            text = _instruction_text(rng, PREMISE_KIND)
         asked = _instruction(text)
         say(f"{text} is {asked['right'] if case == 'confirm' else _undone(asked)}?")
     return messages
