@@ -40,7 +40,7 @@ from minirlhf.cli import (
     task_config_defaults,
 )
 from minirlhf.data import IGNORE_INDEX, encode_prompt, encode_sft, left_pad, read_prompts, read_sft, sft_batch
-from minirlhf.report import write_ppo_report
+from minirlhf.report import iteration_line, write_ppo_report
 from minirlhf.rl import (
     AdaptiveKLController,
     eos_penalty,
@@ -52,7 +52,7 @@ from minirlhf.rl import (
 )
 from minirlhf.sampling import format_eta
 from minirlhf.scoring import response_logprobs, response_values, reward_scores
-from minirlhf.tasks import get_task
+from minirlhf.tasks import get_task, parse_kind_weights
 from minirlhf.tokenizer import get_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -161,19 +161,7 @@ class Config(pipeline.RoundOptions, RunOptions):
         check(self, "snapshot_interval", lambda x: x >= 0, ">= 0 (0: none)")
         if self.rounds > self.iterations:
             raise ValueError(f"--rounds={self.rounds} needs at least as many --iterations (got {self.iterations})")
-        parse_kind_weights(self.kind_weights)
-
-
-def parse_kind_weights(text):
-    """{kind: weight} from "kind=w,kind=w" (checked against the task's kinds when prompts are drawn)."""
-    weights = {}
-    for part in filter(None, text.split(",")):
-        kind, eq, w = part.partition("=")
-        try:
-            weights[kind.strip()] = float(w)
-        except ValueError:
-            raise ValueError(f"--kind_weights: expected kind=weight pairs like add=2,sort=1, got {part!r}") from None
-    return weights or None
+        parse_kind_weights(self.kind_weights)  # an error now, not after SFT and RM
 
 
 def main(cfg):
@@ -377,12 +365,7 @@ def main(cfg):
                                              for i, t, e in zip(batch, texts, ended.tolist())) / len(batch)).item()
         metrics.append(row)
         eta = (time.time() - t_ppo) / (it - start_it + 1) * (cfg.iterations - it)
-        print(f"iter {it:>{len(str(cfg.iterations))}}/{cfg.iterations} | rm {row['objective/rm_score']:+.3f}"
-              + (f" | gold {row['objective/gold']:.3f}" if builtin else "")
-              + f" | kl {mean_kl:.2f} | ent {row.get('policy/entropy', float('nan')):.3f}"
-              f" | pg {row.get('losses/pg_loss', float('nan')):+.4f} | vf {row.get('losses/vf_loss', float('nan')):.4f}"
-              f" | clip {row.get('policy/clipfrac', float('nan')):.3f} | len {row['charts/response_length']:.1f}"
-              f" | {row['charts/tokens_per_s']:,.0f} tok/s | eta {format_eta(eta)}", flush=True)
+        print(iteration_line(row, cfg.iterations, eta), flush=True)
         skips.record(stats is not None, f"iteration {it}")  # after the log line, which shows the skipped update
         if it % cfg.save_interval == 0 or it == cfg.iterations:
             save(it, finished=False)

@@ -6,6 +6,7 @@ hides the story, and sample responses side by side, for the built-in tasks or an
 import os
 
 from minirlhf.checkpoint import atomic_write_text
+from minirlhf.sampling import format_eta
 
 
 def _esc(text):
@@ -72,3 +73,14 @@ def write_ppo_report(path, s, task, png=None):
     text = "\n".join(lines) + "\n"
     atomic_write_text(path, text)
     return text
+
+
+def iteration_line(row, iterations, eta):
+    """The console line of a PPO iteration's metrics row (NaN where the update was skipped)."""
+    get = lambda key: row.get(key, float("nan"))  # noqa: E731
+    return (f"iter {row['iteration']:>{len(str(iterations))}}/{iterations} | rm {row['objective/rm_score']:+.3f}"
+            + (f" | gold {row['objective/gold']:.3f}" if "objective/gold" in row else "")
+            + f" | kl {row['objective/kl']:.2f} | ent {get('policy/entropy'):.3f} | pg {get('losses/pg_loss'):+.4f}"
+            f" | vf {get('losses/vf_loss'):.4f} | clip {get('policy/clipfrac'):.3f}"
+            f" | len {row['charts/response_length']:.1f} | {row['charts/tokens_per_s']:,.0f} tok/s"
+            f" | eta {format_eta(eta)}")

@@ -30,3 +30,16 @@ def get_task(name):
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}: the built-in tasks are {', '.join(TASKS)}")
     return importlib.import_module(f"minirlhf.tasks.{name}")
+
+
+def parse_kind_weights(text):
+    """{kind: weight} from --kind_weights="kind=w,kind=w" (None if empty); the kinds are checked against
+    the task's when prompts are drawn."""
+    weights = {}
+    for part in filter(None, text.split(",")):
+        kind, _, w = part.partition("=")
+        try:
+            weights[kind.strip()] = float(w)
+        except ValueError:
+            raise ValueError(f"--kind_weights: expected kind=weight pairs like add=2,sort=1, got {part!r}") from None
+    return weights or None
