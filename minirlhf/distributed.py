@@ -53,7 +53,10 @@ def setup(device):
 
 
 def shutdown():
+    """Leave the process group together: a rank that tears down Gloo while another still writes its
+    files can abort at exit ("terminate called without an active exception"), so all ranks meet first."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
