@@ -24,11 +24,9 @@ Target: the 3-round policy wins >= 55% head-to-head; the results say so either w
     python experiments/rounds_vs_one.py --help
 
 CPU runtime, 2 cores, without a GPU:
-    full (the defaults, the default run already there): [TO BE MEASURED on a quiet machine]
-        (estimate: about 20 minutes: the 3-round run, whose reward models train on 1000, 2000 and
-        3000 prompts' comparisons (twice the one-round RM's compute) and whose PPO runs 200
-        iterations in all, about 15 minutes with its per-round evaluations; then about 3 minutes
-        of sampling and scoring here; about 12 minutes more when the default run must be trained)
+    full (the defaults, the default run already there): 21.0 minutes, measured 2026-11-22 (the
+        3-round run 20.5 minutes of it, with the test suite sharing the machine for most of it);
+        about 8 minutes more when the default run must be trained
     tiny (the settings of tests/test_experiments.py: --rounds=2 --n_eval=8 --drift_prompts=4 on a
         tiny one-round run of 12 labeled prompts and 3 PPO iterations, --threads=1): 34 s, measured
         on a 2-core machine busy with other jobs (load average 5)

@@ -108,7 +108,8 @@ class RoundOptions:
     rm_epochs: int = 2
     """rounds: epochs of each retraining of the reward model over all comparisons so far"""
     rm_init: str = "sft"
-    """rounds: retrain the reward model from the SFT weights (sft) or from the previous round's (previous)"""
+    """rounds: retrain the reward model from the SFT weights (sft) or from the previous round's (previous); sft was
+    measured better on each round's new held-out comparisons (README: round 2 64.2% vs 60.0%, round 3 59.0% vs 55.1%)"""
     labels: str = "simulated"
     """rounds: who ranks the new samples: the simulated labelers (built-in prompts), or people (files: the run
     writes round_<r>/to_label_*.jsonl and stops until they come back ranked)"""
