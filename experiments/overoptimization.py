@@ -29,11 +29,9 @@ results state whether this miniature shows it, with the numbers; nothing is tune
     python experiments/overoptimization.py --help
 
 CPU runtime, 2 cores, without a GPU:
-    full (the defaults, the default run already there): [TO BE MEASURED on a quiet machine]
-        (estimate: about 30 minutes: three PPO runs of 200 iterations, about 5 minutes each as the
-        default run's; the reward models on 500 and 1500 prompts, about 2 minutes together;
-        51,200 best-of-n samples scored by three reward models, about 5 minutes; 33 snapshots on
-        300 prompts, about 3 minutes; about 12 minutes more when the default run must be trained)
+    full (the defaults, the default run already there): 34.7 minutes with --threads=1, measured
+        2026-11-22 with other jobs (the test suite, another experiment) sharing the machine for
+        most of it; about 8 minutes more when the default run must be trained
     tiny (the settings of tests/test_experiments.py: --rm_prompts=8,16 --bon_prompts=4 --bon_max_n=8
         --snapshot_interval=1 --n_eval=8 on a tiny default run of 4 PPO iterations, --threads=1):
         39 s, measured on a 2-core machine busy with other jobs (load average 5)
