@@ -106,3 +106,12 @@ def test_comparisons_written_are_distinct_valid_text_at_their_best_rank(tmp_path
     with pytest.raises(ValueError, match="none of the 2 groups has two distinct samples"):
         write_comparisons(str(tmp_path / "none.jsonl"), records[1:3], groups[1:3], tok)
     assert not (tmp_path / "none.jsonl").exists()
+
+
+def test_kind_weights_option_parses_and_names_itself_when_wrong():
+    from minirlhf.tasks import parse_kind_weights
+    assert parse_kind_weights("add=2, sort=0.5") == {"add": 2.0, "sort": 0.5}
+    assert parse_kind_weights("") is None
+    for bad in ("add", "add=x", "add=2,sort"):
+        with pytest.raises(ValueError, match="--kind_weights"):
+            parse_kind_weights(bad)
