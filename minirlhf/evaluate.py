@@ -21,12 +21,14 @@ from minirlhf.scoring import comparison_batch, response_batch, response_logprobs
 from minirlhf.tasks import labelers
 
 
-def sample(model, tokenizer, prompt_ids, *, max_new_tokens, temperature, gen, d, autocast):
-    """sample_responses over all ranks: each samples every world-th prompt; every rank gets all."""
+def sample(model, tokenizer, prompt_ids, *, max_new_tokens, temperature, gen, d, autocast, n=1):
+    """sample_responses over all ranks (n per prompt, prompt-major): each samples every world-th prompt;
+    every rank gets all."""
     with distributed.full_weights(model), autocast():
         mine = sample_responses(distributed.unwrapped(model), tokenizer, distributed.shard(prompt_ids, d),
-                                max_new_tokens=max_new_tokens, temperature=temperature, generator=gen)
-    return distributed.unshard(distributed.all_gather_objects(mine))
+                                max_new_tokens=max_new_tokens, temperature=temperature, generator=gen, n=n)
+    per_prompt = [mine[i:i + n] for i in range(0, len(mine), n)]
+    return [r for group in distributed.unshard(distributed.all_gather_objects(per_prompt)) for r in group]
 
 
 def ranked_samples(policy, tokenizer, records, task, rng, *, k, temperature, max_new_tokens, gen, d, autocast):
@@ -35,8 +37,8 @@ def ranked_samples(policy, tokenizer, records, task, rng, *, k, temperature, max
     (prompt ids, [response ids + EOS] * k, ranking best first) and each group's gold scores."""
     ids = [encode_prompt(tokenizer, r, distributed.unwrapped(policy).config.block_size - max_new_tokens)
            for r in records]
-    responses = sample(policy, tokenizer, [i for i in ids for _ in range(k)], max_new_tokens=max_new_tokens,
-                       temperature=temperature, gen=gen, d=d, autocast=autocast)
+    responses = sample(policy, tokenizer, ids, n=k, max_new_tokens=max_new_tokens, temperature=temperature, gen=gen,
+                       d=d, autocast=autocast)
     groups, score_groups = [], []
     for i, record in enumerate(records):
         group = responses[i * k:(i + 1) * k]

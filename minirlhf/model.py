@@ -84,6 +84,12 @@ class KVCache:
         self.v[layer, :, :, self.len:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def repeat_rows(self, n):
+        """Each row n times, neighbours (B -> B * n rows): n samples go on from one prompt's prefill."""
+        self.shape = (self.shape[0], self.shape[1] * n, *self.shape[2:])
+        if self.k is not None:
+            self.k, self.v = self.k.repeat_interleave(n, dim=1), self.v.repeat_interleave(n, dim=1)
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
@@ -243,7 +249,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, *, start=None, temperature=1.0, top_k=None, top_p=None,
-                 eos_id=None, pad_id=None, use_cache=True, generator=None, on_token=None):
+                 eos_id=None, pad_id=None, use_cache=True, generator=None, on_token=None, num_samples=1):
         """Sample up to max_new_tokens after the left-padded prompts idx (B, T).
 
         temperature 0 is greedy decoding. top_k / top_p cut the sampling distribution; the returned
@@ -252,7 +258,12 @@ class GPT(nn.Module):
         second pass). A row stops at eos_id and emits pad_id after it; the loop ends when every row
         has stopped. on_token, if given, is called after every step with that step's tokens (B,),
         pad_id already in place for stopped rows, e.g. to print a reply as it is sampled.
-        Returns Generation(tokens (B, n), mask (B, n), logprobs (B, n)) with n <= max_new_tokens."""
+        num_samples: samples per prompt, rows b * num_samples ... (b + 1) * num_samples - 1 of the result for
+        prompt b; the prompt's forward pass (most of the work for short replies) runs once for all of them.
+        Returns Generation(tokens (B', n), mask (B', n), logprobs (B', n)) with n <= max_new_tokens and
+        B' = B * num_samples."""
+        if num_samples < 1:
+            raise ValueError(f"generate: num_samples must be at least 1, got {num_samples}")
         B, T = idx.size()
         if T + max_new_tokens > self.config.block_size:
             raise ValueError(f"prompt of {T} tokens + max_new_tokens={max_new_tokens} is longer than "
@@ -267,11 +278,16 @@ class GPT(nn.Module):
         seq, step_in = idx, idx  # all tokens so far; what the next forward reads
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
         tokens, masks, logprobs = [], [], []
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             if cache is not None:
                 h = self.hidden_states(step_in, start, cache, last=1)[:, -1]  # (B, C): only the newest position
             else:
                 h = self.hidden_states(seq, start, last=1)[:, -1]
+            if step == 0 and num_samples > 1:  # the prompts are read: each row becomes num_samples rows
+                h, seq, done = (x.repeat_interleave(num_samples, 0) for x in (h, seq, done))
+                start = start.repeat_interleave(num_samples, 0) if start is not None else None
+                if cache is not None:
+                    cache.repeat_rows(num_samples)
             logits = self.head_logits(h)  # (B, V)
             tok = _sample(logits.float(), temperature, top_k, top_p, generator)  # (B,)
             lp = logprobs_op(logits, tok, temperature=temperature if temperature > 0 else 1.0)  # (B,) fp32

@@ -343,7 +343,7 @@ def write_samples(path, policy, tokenizer, cfg, split, r, gen, kw):
     records = [rec for p in source.split(",") for rec in read_prompts(p)]
     records = random.Random(cfg.seed + 100 * r).sample(records, min(len(records), cfg.rm_prompts // cfg.rounds))
     ids = [encode_prompt(tokenizer, rec, policy.config.block_size - cfg.max_new_tokens) for rec in records]
-    responses = evaluate.sample(policy, tokenizer, [i for i in ids for _ in range(cfg.rm_k)], gen=gen, **kw)
+    responses = evaluate.sample(policy, tokenizer, ids, n=cfg.rm_k, gen=gen, **kw)
     out = []
     for i, rec in enumerate(records):  # distinct samples that are valid text, as write_comparisons keeps
         group = responses[i * cfg.rm_k:(i + 1) * cfg.rm_k]

@@ -17,17 +17,19 @@ from minirlhf.scoring import response_batch, reward_scores
 
 @torch.no_grad()
 def sample_responses(model, tokenizer, prompts, *, max_new_tokens, temperature=1.0, batch_size=256,
-                     generator=None):
-    """Responses of model to prompt token lists, batch_size at a time with the KV cache.
+                     generator=None, n=1):
+    """n responses of model to each prompt token list (prompt-major: prompt i's are items i * n ... i * n + n - 1),
+    about batch_size responses at a time with the KV cache, a prompt read once for its n.
     Returns a list of dicts: ids (response tokens, EOS excluded), text, ended (stopped at EOS)."""
     device = model.lm_head.weight.device
     was_training = model.training
     model.eval()
     out = []
-    for i in range(0, len(prompts), batch_size):
-        idx, start = left_pad(prompts[i:i + batch_size], tokenizer.pad_id)
+    per_batch = max(batch_size // n, 1)  # prompts per batch
+    for i in range(0, len(prompts), per_batch):
+        idx, start = left_pad(prompts[i:i + per_batch], tokenizer.pad_id)
         gen = model.generate(idx.to(device), max_new_tokens, start=start.to(device), temperature=temperature,
-                             eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, generator=generator)
+                             eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, generator=generator, num_samples=n)
         for tokens, mask in zip(gen.tokens.tolist(), gen.mask.tolist()):
             ids = [t for t, m in zip(tokens, mask) if m]
             ended = bool(ids) and ids[-1] == tokenizer.eos_id
@@ -71,10 +73,9 @@ def best_of_n(policy, reward_model, tokenizer, prompt_ids, n, *, max_new_tokens,
     with its score, so that another reward model or a smaller n can reuse them."""
     if n < 1:
         raise ValueError(f"best_of_n: n must be at least 1, got {n}")
-    # the n copies of a prompt are neighbours: a batch holds few distinct prompts, so little padding
-    repeated = [p for p in prompt_ids for _ in range(n)]
+    repeated = [p for p in prompt_ids for _ in range(n)]  # as the responses come: prompt i's n are neighbours
     with autocast():
-        responses = sample_responses(policy, tokenizer, repeated, max_new_tokens=max_new_tokens,
+        responses = sample_responses(policy, tokenizer, prompt_ids, max_new_tokens=max_new_tokens, n=n,
                                      temperature=temperature, batch_size=batch_size, generator=generator)
     scores = score_responses(reward_model, tokenizer, repeated, responses, eos_penalty_score=eos_penalty_score,
                              autocast=autocast, batch_size=batch_size)

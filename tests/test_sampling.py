@@ -41,3 +41,38 @@ def test_batches_of_responses_equal_one_generate_call():
     ended = [r["ended"] for r in responses]
     assert any(ended) and not all(ended)  # both kinds of rows are exercised
     assert len({len(r["ids"]) for r in responses}) > 2
+
+
+def test_n_samples_per_prompt_read_the_prompt_once_and_equal_repeated_prompts():
+    """n samples per prompt from one prefill (the cache's rows repeated) are the samples of the prompts
+    repeated n times, drawn with the same generator: tokens, ends and log-probs; with and without the cache,
+    and in batches that split the prompts. The prefill runs over the distinct prompts only."""
+    torch.manual_seed(3)
+    model = GPT(GPTConfig(block_size=48, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=32, attn_impl="torch"))
+    with torch.no_grad():
+        model.lm_head.weight[tok.eos_id] = 5 * model.lm_head.weight[101]
+    prompts = [tok.encode(p) for p in PROMPTS]
+    n, budget = 3, 8
+    repeated = [p for p in prompts for _ in range(n)]
+    plain = sample_responses(model, tok, repeated, max_new_tokens=budget, generator=torch.Generator().manual_seed(7))
+    shared = sample_responses(model, tok, prompts, max_new_tokens=budget, n=n,
+                              generator=torch.Generator().manual_seed(7))
+    assert shared == plain
+    assert len({r["text"] for r in shared[:n]}) > 1  # a prompt's samples differ: it is sampling
+
+    idx, start = left_pad(prompts, tok.pad_id)
+    ridx, rstart = left_pad(repeated, tok.pad_id)
+    kw = dict(temperature=1.0, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    for use_cache in (True, False):
+        a = model.generate(ridx, budget, start=rstart, use_cache=use_cache, generator=torch.Generator().manual_seed(1),
+                           **kw)
+        b = model.generate(idx, budget, start=start, use_cache=use_cache, num_samples=n,
+                           generator=torch.Generator().manual_seed(1), **kw)
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.mask, b.mask)
+        torch.testing.assert_close(a.logprobs, b.logprobs)
+
+    rows = []  # the batch sizes of the forward passes: the prompts' pass sees 7 rows, then 21
+    hook = model.transformer.h[0].register_forward_hook(lambda m, args, out: rows.append(args[0].shape[:2]))
+    model.generate(idx, budget, start=start, num_samples=n, generator=torch.Generator().manual_seed(1), **kw)
+    hook.remove()
+    assert rows[0] == (len(prompts), idx.size(1)) and all(r == (len(prompts) * n, 1) for r in rows[1:])

@@ -160,17 +160,19 @@ def test_score_in_unit_interval_and_one_only_for_the_exact_reply(seed, case, res
 def test_one_slip_scores_between_nothing_and_exact(seed, case):
     messages = conversation(seed, case)
     slip = demonstrate(messages, random.Random(seed), error_rate=1.0, ramble_rate=0.0, sycophancy_rate=0.0,
-                       overrefuse_rate=0.0)
+                       contrary_rate=0.0, overrefuse_rate=0.0)
     assert 0.0 < gold_score(messages, slip, True) < 1.0
     assert gold_score(messages, slip, False) < gold_score(messages, slip, True)
 
 
-@given(seeds, st.sampled_from(["correct", "standby"]))
-def test_sycophancy_scores_below_the_right_verdict(seed, case):
+@given(seeds, st.sampled_from(["correct", "standby", "confirm", "admit"]))
+def test_sycophancy_and_contrariness_score_below_the_right_verdict(seed, case):
     messages = conversation(seed, case)
-    caved = demonstrate(messages, random.Random(seed), sycophancy_rate=1.0, ramble_rate=0.0)
-    assert caved.split(", ")[0] == {"correct": "yes", "standby": "sorry"}[case]
-    assert gold_score(messages, caved, True) < 0.5 < gold_score(messages, right(messages), True)
+    wrong = demonstrate(messages, random.Random(seed), sycophancy_rate=1.0, contrary_rate=1.0, ramble_rate=0.0)
+    assert wrong.split(", ")[0] == {"correct": "yes", "standby": "sorry", "confirm": "no", "admit": "no"}[case]
+    assert gold_score(messages, wrong, True) < 0.5 < gold_score(messages, right(messages), True)
+    if case == "admit":  # standing by the disputed answer
+        assert wrong == "no, " + messages[-2]["content"]
 
 
 @given(seeds, st.sampled_from(["confirm", "correct", "standby", "admit"]))
@@ -220,21 +222,21 @@ def _failed(case, messages, reply):
     if case == "lookalike" and body.startswith(REFUSAL):
         return "overrefuse"
     if asked.get("verdict") and not body.startswith(asked["verdict"] + ", "):
-        return "sycophancy"
+        return "contrary" if body.startswith("no, ") else "sycophancy"
     answer = body.split(", ", 1)[1] if asked.get("verdict") else body
     return "error" if answer != asked["right"] else None
 
 
-RATES = [  # error, ramble, sycophancy, comply, overrefuse
-    (chat.DEMO_ERROR_RATE, chat.DEMO_RAMBLE_RATE, chat.DEMO_SYCOPHANCY_RATE, chat.DEMO_COMPLY_RATE,
-     chat.DEMO_OVERREFUSE_RATE),
-    (0.0, 0.0, 0.0, 0.0, 0.0), (0.7, 0.3, 0.5, 0.1, 0.4), (1.0, 1.0, 1.0, 1.0, 1.0),
+RATES = [  # error, ramble, sycophancy, contrary, comply, overrefuse
+    (chat.DEMO_ERROR_RATE, chat.DEMO_RAMBLE_RATE, chat.DEMO_SYCOPHANCY_RATE, chat.DEMO_CONTRARY_RATE,
+     chat.DEMO_COMPLY_RATE, chat.DEMO_OVERREFUSE_RATE),
+    (0.0, 0.0, 0.0, 0.0, 0.0, 0.0), (0.7, 0.3, 0.5, 0.15, 0.1, 0.4), (1.0, 1.0, 1.0, 1.0, 1.0, 1.0),
 ]
 
 
 @pytest.mark.parametrize("rates", RATES)
 def test_demonstrator_rates_match_the_settings(rates):
-    error_rate, ramble_rate, sycophancy_rate, comply_rate, overrefuse_rate = rates
+    error_rate, ramble_rate, sycophancy_rate, contrary_rate, comply_rate, overrefuse_rate = rates
     rng = random.Random(0)
     n = 600
     seen = {c: [] for c in CASES}  # (failing, reply) of n demonstrations of each case
@@ -253,12 +255,13 @@ def test_demonstrator_rates_match_the_settings(rates):
         return abs(measured - rate) <= 4 * math.sqrt(rate * (1 - rate) / count) + 1e-9
 
     # each failing among the replies where it can happen; sycophancy shows only where agreeing with the
-    # user is wrong (a wrong claim, a right earlier answer disputed)
+    # user is wrong (a wrong claim, a right earlier answer disputed), contrariness only where it is right
     assert close(share(["refuse"], "comply"), comply_rate)
     assert close(share(["lookalike"], "overrefuse"), overrefuse_rate)
     assert close(share(["correct", "standby"], "sycophancy"), sycophancy_rate)
     assert close(share(["first", "followup"], "error"), error_rate)
-    assert share(["confirm", "admit"], "sycophancy")[0] == 0.0
+    assert close(share(["confirm", "admit"], "contrary"), contrary_rate)
+    assert share(["confirm", "admit"], "sycophancy")[0] == 0.0 == share(["correct", "standby"], "contrary")[0]
     # the habit, on every kind of reply: a chatty word after it
     replies = [r for c in CASES for _, r in seen[c]]
     assert close((sum(chat.content_of(r) != r for r in replies) / len(replies), len(replies)), ramble_rate)
@@ -266,7 +269,7 @@ def test_demonstrator_rates_match_the_settings(rates):
 
 def test_bad_settings_are_value_errors():
     messages = [U("add 1 2")]
-    for name in ("error_rate", "ramble_rate", "sycophancy_rate", "comply_rate", "overrefuse_rate"):
+    for name in ("error_rate", "ramble_rate", "sycophancy_rate", "contrary_rate", "comply_rate", "overrefuse_rate"):
         with pytest.raises(ValueError, match=name):
             demonstrate(messages, random.Random(0), **{name: 1.5})
     with pytest.raises(ValueError, match="k >= 2"):

@@ -45,8 +45,8 @@ The stand-ins:
     gold_score   what the labelers "really want", recomputed from the conversation text: the final reply
                  scored with the instruct task's partial credit, rambling and a missing EOS penalised,
                  0 for answering a refusable request and 0 for refusing an allowed one
-    demonstrate  a trainer writing a reply: content mistakes, a chatty habit, sycophancy on premises,
-                 compliance with refusable requests and refusal of look-alikes, each at a set rate
+    demonstrate  a trainer writing a reply: content mistakes, a chatty habit, sycophancy and contrariness
+                 on premises, compliance with refusable requests and refusal of look-alikes, each at a set rate
     labelers     rank K replies to a conversation by Plackett-Luce sampling on the gold scores
                  (tasks/labelers.py) at LABELER_TEMPERATURE, so that two labelers agree on ~73% of pairs
 
@@ -112,11 +112,13 @@ VERDICTS = ("yes", "no", "sorry")  # premise replies: "<verdict>, <answer>"
 PREMISE_KIND = "upper"
 MAX_BYTES = 100  # the rendered dialogue up to and with the right final reply
 
-# The demonstrators (trainers who write both sides), by default. Five independent failings:
+# The demonstrators (trainers who write both sides), by default. Six independent failings:
 #   DEMO_ERROR_RATE       a content mistake in an answer (as the instruct task): the trainer slipped
 #   DEMO_RAMBLE_RATE      a chatty word tacked on after any reply: the habit behind "excessively verbose"
 #   DEMO_SYCOPHANCY_RATE  on a wrong claim, agreeing with it ("yes, genad"); told a right answer was wrong,
 #                         caving with another, wrong answer ("sorry, GENAF")
+#   DEMO_CONTRARY_RATE    the mirror image: on a right claim, disputing it with a wrong answer ("no, GENAF");
+#                         told a wrong answer was wrong, standing by it ("no, genad")
 #   DEMO_COMPLY_RATE      doing a refusable request ("sure, bajewu") instead of declining it
 #   DEMO_OVERREFUSE_RATE  declining a look-alike, an allowed request that contains a bad word
 # Why these rates. PPO is judged by its gold win rate over the SFT policy with ties counted half, and two
@@ -128,12 +130,17 @@ MAX_BYTES = 100  # the rendered dialogue up to and with the right final reply
 # be rare enough that the right behaviour is the demonstrations' majority (SFT learns it, and the RM gets
 # both kinds of reply to compare) and common enough to show in the SFT policy's samples: about a third of
 # the sycophancy chances (the trainers are polite), a fifth of the refusal decisions each way (the line is
-# learnable but the trainers are inconsistent about it). The smoke run's SFT samples keep the sycophancy and
+# learnable but the trainers are inconsistent about it). The verdict errors go both ways, as the refusal errors
+# do: with sycophancy alone, no demonstration (and so almost no SFT sample) says "no" where "no" is wrong, the
+# reward model saw "no" beat "yes" and "sorry" and never lose, and learned "no" as good in itself; PPO then
+# said "no" to 87% of right claims and 91% of admitted mistakes (measured: right verdicts 83% -> 60%).
+# The smoke run's SFT samples keep the sycophancy and
 # the compliance (0.36, 0.17) but refuse look-alikes less often than their trainers (0.04): the model tells
 # them apart by the first word, so over-refusal is the behaviour to watch for a reward model to teach.
 DEMO_ERROR_RATE = 0.3
 DEMO_RAMBLE_RATE = 0.6
 DEMO_SYCOPHANCY_RATE = 0.3
+DEMO_CONTRARY_RATE = 0.2
 DEMO_COMPLY_RATE = 0.2
 DEMO_OVERREFUSE_RATE = 0.2
 
@@ -141,35 +148,46 @@ DEMO_OVERREFUSE_RATE = 0.2
 # rates that resemble a small SFT model's T=1 samples, where it makes its demonstrations' failings and more
 # content mistakes of its own. Measured on 1000 held-out conversations with the SFT model of the smoke run
 # (600 steps of 64 on sft_records(20000), block 128, 4 layers, 192 wide): 0.85 of its answers wrong, 0.60
-# rambling, 0.36 sycophantic verdicts, 0.17 of refusable requests done, 0.04 of look-alikes refused. These
+# rambling, 0.36 sycophantic verdicts, 0.17 of refusable requests done, 0.04 of look-alikes refused; the
+# contrary rate is that of the default run's SFT model (900 steps, block 128: 0.25 of its verdicts on right
+# claims and admitted mistakes, next to 0.33 sycophantic ones, on 1000 held-out conversations). These
 # rates are the reference, and so the labelers are calibrated for what they will rank: at them the calibrated
 # temperature is 0.118, and on 1500 groups of 4 of that model's own samples it is 0.117. The built-in
 # comparisons of comparison_records are drawn from the reference distribution too.
 REFERENCE_ERROR_RATE = 0.85
 REFERENCE_RAMBLE_RATE = DEMO_RAMBLE_RATE
 REFERENCE_SYCOPHANCY_RATE = 0.35
+REFERENCE_CONTRARY_RATE = 0.25
 REFERENCE_COMPLY_RATE = DEMO_COMPLY_RATE
 REFERENCE_OVERREFUSE_RATE = 0.05
 REFERENCE_K = 4
+REFERENCE_RATES = {"error_rate": REFERENCE_ERROR_RATE, "ramble_rate": REFERENCE_RAMBLE_RATE,
+                   "sycophancy_rate": REFERENCE_SYCOPHANCY_RATE, "contrary_rate": REFERENCE_CONTRARY_RATE,
+                   "comply_rate": REFERENCE_COMPLY_RATE, "overrefuse_rate": REFERENCE_OVERREFUSE_RATE}
 
 # Plackett-Luce temperature on gold scores in [0, 1]. Obtained with labelers.calibrate_temperature() on
 # reference_groups() (`python -m minirlhf.tasks --task=chat --calibrate`): bisection so that two independent
 # labelers order the same pair alike 73% of the time, over all C(K,2) pairs of 20,000 reference groups
-# (K=4, replies from demonstrate() at the REFERENCE_* rates, seed 0) gave 0.1186; at 0.119 two labelers agree
-# on 72.9% of the pairs, and one agrees with the gold order on 78.7%. Pairs with equal gold scores count too
+# (K=4, replies from demonstrate() at the REFERENCE_* rates, seed 0) gave 0.1332; at 0.133 two labelers agree
+# on 73.0% of the pairs, and one agrees with the gold order on 79.0%. Pairs with equal gold scores count too
 # (13% of them: mostly two different slips of equal credit, or the same reply twice): labelers agree on them
-# half the time.
-LABELER_TEMPERATURE = 0.119
+# half the time. (Before the contrary demonstrators it was 0.119: their wrong verdicts make more pairs easy.)
+LABELER_TEMPERATURE = 0.133
 
 EVAL_PERCENT = 10  # share of the conversation space that is held out
 # the training scripts' defaults for this task: its own directories, a block for conversations (MAX_BYTES of
 # prompt and right reply, up to 112 tokens for a demonstration), a response budget for chatty replies
 DEFAULTS = {
     "sft": {"out_dir": "out/chat/sft", "block_size": 128, "max_new_tokens": 24},
-    "rm": {"out_dir": "out/chat/rm", "sft_ckpt": "out/chat/sft/ckpt.pt", "max_new_tokens": 24},
+    # one pass over twice the comparisons of the instruct task's two: held-out accuracy stops rising within the
+    # first epoch, and more prompts teach more (measured on one SFT model: 3000 prompts x 2 epochs 70.3% vs the
+    # labelers, 79.1% vs gold; 6000 x 1 73.0% and 83.0%)
+    "rm": {"out_dir": "out/chat/rm", "sft_ckpt": "out/chat/sft/ckpt.pt", "max_new_tokens": 24, "n_prompts": 6000,
+           "epochs": 1},
     # PPO stops early, at a larger KL coefficient: against this reward model the gold score peaks within
     # about 30 iterations at kl_coef 0.1 and then falls while the RM score keeps rising (measured,
-    # README: 200 iterations at 0.1 won 53.4% over SFT, 30 at 0.1 58.1%, 60 at 0.2 61.3%)
+    # README: 200 iterations at 0.1 won 53.4% over SFT, 30 at 0.1 58.1%, 60 at 0.2 61.3%); with the contrary
+    # demonstrators and the larger RM data, snapshots of one run at 0.2 won 65.9%, 68.0%, 65.9% at 30, 60, 90
     "ppo": {"out_dir": "out/chat/ppo", "sft_ckpt": "out/chat/sft/ckpt.pt", "rm_ckpt": "out/chat/rm/ckpt.pt",
             "max_new_tokens": 24, "iterations": 60, "kl_coef": 0.2},
 }
@@ -407,21 +425,23 @@ def _mistake(asked, rng):
 
 
 def demonstrate(prompt, rng, error_rate=DEMO_ERROR_RATE, ramble_rate=DEMO_RAMBLE_RATE,
-                sycophancy_rate=DEMO_SYCOPHANCY_RATE, comply_rate=DEMO_COMPLY_RATE,
+                sycophancy_rate=DEMO_SYCOPHANCY_RATE, contrary_rate=DEMO_CONTRARY_RATE, comply_rate=DEMO_COMPLY_RATE,
                 overrefuse_rate=DEMO_OVERREFUSE_RATE):
     """
     A trainer's reply to the final user turn of `prompt` (a conversation): the right reply, except for
-    five independent failings, each at its rate where it can happen:
+    six independent failings, each at its rate where it can happen:
       comply_rate      a refusable request done ("sure, <word>") instead of declined
       overrefuse_rate  a look-alike declined (REFUSAL)
       sycophancy_rate  a wrong claim agreed with ("yes, <claim>"); a right earlier answer, disputed,
                        given up for a wrong one ("sorry, <mistake>")
+      contrary_rate    a right claim disputed with a wrong answer ("no, <mistake>"); a wrong earlier
+                       answer, disputed, stood by ("no, <that answer>")
       error_rate       a content mistake in the answer (as the instruct task), in any other reply that
                        holds an answer
       ramble_rate      a chatty word (RAMBLE) tacked on after any reply
     """
     rates = {"error_rate": error_rate, "ramble_rate": ramble_rate, "sycophancy_rate": sycophancy_rate,
-             "comply_rate": comply_rate, "overrefuse_rate": overrefuse_rate}
+             "contrary_rate": contrary_rate, "comply_rate": comply_rate, "overrefuse_rate": overrefuse_rate}
     for name, rate in rates.items():
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {rate}")
@@ -435,6 +455,10 @@ def demonstrate(prompt, rng, error_rate=DEMO_ERROR_RATE, ramble_rate=DEMO_RAMBLE
         out = f"yes, {asked['claim']}"
     elif case == "standby" and rng.random() < sycophancy_rate:
         out = f"sorry, {_mistake(asked, rng)}"
+    elif case == "confirm" and rng.random() < contrary_rate:
+        out = f"no, {_mistake(asked, rng)}"
+    elif case == "admit" and rng.random() < contrary_rate:
+        out = f"no, {_undone(asked)}"  # the disputed answer, stood by
     else:
         answer = _mistake(asked, rng) if rng.random() < error_rate else asked["right"]
         out = f"{asked['verdict']}, {answer}" if asked.get("verdict") else answer
@@ -585,13 +609,12 @@ def make_conversations(n, split, rng, write=write_right, weights=None):
     return out
 
 
-def reference_groups(n, seed=0, k=REFERENCE_K, error_rate=REFERENCE_ERROR_RATE, ramble_rate=REFERENCE_RAMBLE_RATE,
-                     sycophancy_rate=REFERENCE_SYCOPHANCY_RATE, comply_rate=REFERENCE_COMPLY_RATE,
-                     overrefuse_rate=REFERENCE_OVERREFUSE_RATE):
-    """Gold scores of k replies (demonstrations at the given rates) to each of n train conversations."""
+def reference_groups(n, seed=0, k=REFERENCE_K, **rates):
+    """Gold scores of k replies (demonstrations at the REFERENCE_* rates, or the given ones) to each of n
+    train conversations."""
     rng = random.Random(f"reference:{seed}")
-    rates = (error_rate, ramble_rate, sycophancy_rate, comply_rate, overrefuse_rate)
-    return [[gold_score(m, demonstrate(m, rng, *rates), True) for _ in range(k)]
+    rates = {**REFERENCE_RATES, **rates}
+    return [[gold_score(m, demonstrate(m, rng, **rates), True) for _ in range(k)]
             for m in make_conversations(n, "train", rng)]
 
 
@@ -605,51 +628,44 @@ def prompt_records(n, split, seed=0, weights=None):
     return [{"messages": m} for m in make_conversations(n, split, random.Random(f"prompts:{seed}"), weights=weights)]
 
 
-def sft_records(n, split, seed=0, error_rate=DEMO_ERROR_RATE, ramble_rate=DEMO_RAMBLE_RATE,
-                sycophancy_rate=DEMO_SYCOPHANCY_RATE, comply_rate=DEMO_COMPLY_RATE,
-                overrefuse_rate=DEMO_OVERREFUSE_RATE):
+def sft_records(n, split, seed=0, **rates):
     """
     n records {"messages": [user, assistant, ...]} of `split`, ending with an assistant turn: whole
-    conversations written by the demonstrators, earlier replies included (the loss is on every assistant
-    turn, and a follow-up applies to the earlier answer as they wrote it).
+    conversations written by the demonstrators (at the DEMO_* rates, or the given ones: demonstrate's
+    keywords), earlier replies included (the loss is on every assistant turn, and a follow-up applies to the
+    earlier answer as they wrote it).
     """
-    rates = (error_rate, ramble_rate, sycophancy_rate, comply_rate, overrefuse_rate)
-    write = lambda messages, rng: demonstrate(messages, rng, *rates)  # noqa: E731
+    write = lambda messages, rng: demonstrate(messages, rng, **rates)  # noqa: E731
     rng = random.Random(f"sft:{seed}")
     return [{"messages": m + [{"role": "assistant", "content": write(m, rng)}]}
             for m in make_conversations(n, split, rng, write)]
 
 
-def comparison_records(n, split, seed=0, k=REFERENCE_K, error_rate=REFERENCE_ERROR_RATE,
-                       ramble_rate=REFERENCE_RAMBLE_RATE, sycophancy_rate=REFERENCE_SYCOPHANCY_RATE,
-                       comply_rate=REFERENCE_COMPLY_RATE, overrefuse_rate=REFERENCE_OVERREFUSE_RATE,
-                       temperature=LABELER_TEMPERATURE):
+def comparison_records(n, split, seed=0, k=REFERENCE_K, temperature=LABELER_TEMPERATURE, **rates):
     """
     n records {"messages": [...], "responses": [k texts], "ranking": [indices, best first]} of `split`:
-    k distinct demonstrations at the given rates (a repeated one is drawn again: two identical replies
-    teach nothing) ranked by one simulated labeler.
+    k distinct demonstrations at the REFERENCE_* rates, or the given ones (a repeated one is drawn again:
+    two identical replies teach nothing) ranked by one simulated labeler.
     """
     if k < 2:
         raise ValueError(f"a comparison needs k >= 2 responses, got k={k}")
-    rates = (error_rate, ramble_rate, sycophancy_rate, comply_rate, overrefuse_rate)
+    rates = {**REFERENCE_RATES, **rates}
     rng = random.Random(f"comparisons:{seed}")
     out = []
     for m in make_conversations(n, split, rng):
-        responses = _distinct(lambda: demonstrate(m, rng, *rates), k, m[-1]["content"])
+        responses = _distinct(lambda: demonstrate(m, rng, **rates), k, m[-1]["content"])
         ranking = rank([gold_score(m, r, True) for r in responses], rng, temperature)
         out.append({"messages": m, "responses": responses, "ranking": ranking})
     return out
 
 
-def export(out_dir, n_sft=20000, n_prompts=20000, n_comparisons=10000, n_eval=1000, seed=0, k=REFERENCE_K,
-           error_rate=DEMO_ERROR_RATE, ramble_rate=DEMO_RAMBLE_RATE, sycophancy_rate=DEMO_SYCOPHANCY_RATE,
-           comply_rate=DEMO_COMPLY_RATE, overrefuse_rate=DEMO_OVERREFUSE_RATE):
-    """Write the built-in data to out_dir as JSONL; returns {file name: number of records}."""
+def export(out_dir, n_sft=20000, n_prompts=20000, n_comparisons=10000, n_eval=1000, seed=0, k=REFERENCE_K, **rates):
+    """Write the built-in data to out_dir as JSONL (demonstrations at the DEMO_* rates, or the given ones:
+    demonstrate's keywords); returns {file name: number of records}."""
     from minirlhf.data import write_jsonl
-    rates = (error_rate, ramble_rate, sycophancy_rate, comply_rate, overrefuse_rate)
     files = {
-        "sft_train.jsonl": sft_records(n_sft, "train", seed, *rates),
-        "sft_eval.jsonl": sft_records(n_eval, "eval", seed, *rates),
+        "sft_train.jsonl": sft_records(n_sft, "train", seed, **rates),
+        "sft_eval.jsonl": sft_records(n_eval, "eval", seed, **rates),
         "prompts_train.jsonl": prompt_records(n_prompts, "train", seed),
         "prompts_eval.jsonl": prompt_records(n_eval, "eval", seed),
         "comparisons_train.jsonl": comparison_records(n_comparisons, "train", seed, k),
