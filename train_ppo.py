@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from minirlhf import distributed, evaluate, pipeline, ppo, runs
-from minirlhf.checkpoint import load_checkpoint, model_from, save_checkpoint
+from minirlhf.checkpoint import save_checkpoint
 from minirlhf.cli import (
     RunOptions,
     check,
@@ -184,20 +184,9 @@ def main(cfg):
 
     # the four models: policy and frozen reference from SFT, reward and value model from the RM
     kernels = dict(attn_impl=cfg.kernels, logprob_impl=cfg.kernels)
-    tokenizer = get_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
-    ref_policy, tokenizer, _ = load_checkpoint(cfg.sft_ckpt, tokenizer, device=device, **kernels)
-    reward_model, _, _ = load_checkpoint(cfg.rm_ckpt, tokenizer, device=device, **kernels)
-    if reward_model.score_head is None:
-        raise ValueError(f"--rm_ckpt={cfg.rm_ckpt} has no scalar head: not a reward model checkpoint")
     start_path = os.path.join(cfg.out_dir, "ckpt.pt") if resume else cfg.init_from
-    if start_path:  # the policy and the value model of an earlier PPO run (or of this one, resumed)
-        policy, _, start = load_checkpoint(start_path, tokenizer, device=device, **kernels)
-        value_model = model_from(start, start_path, "value_model", device=device, **kernels)
-    else:  # InstructGPT: the policy starts as the SFT policy, the value model as the reward model
-        policy, _, _ = load_checkpoint(cfg.sft_ckpt, tokenizer, device=device, **kernels)
-        value_model, _, _ = load_checkpoint(cfg.rm_ckpt, tokenizer, device=device, **kernels)
-    for m in (ref_policy, reward_model):
-        m.requires_grad_(False).eval()
+    ref_policy, reward_model, policy, value_model, tokenizer = ppo.load_models(
+        cfg.sft_ckpt, cfg.rm_ckpt, start_path, get_tokenizer(cfg.tokenizer) if cfg.tokenizer else None, device, kernels)
     block_size = policy.config.block_size
     max_prompt = block_size - cfg.max_new_tokens
     if max_prompt < 1:

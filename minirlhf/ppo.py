@@ -1,9 +1,10 @@
 """
-PPO's update (step 5 of train_ppo.py): epochs over shuffled minibatches of a scored rollout, each
-minibatch one gradient step on the clipped surrogate + the clipped value loss (+ an entropy bonus,
-+ PPO-ptx), with gradient clipping (Ziegler et al. 2019; "The N+ implementation details of RLHF with
-PPO", Huang et al. 2024). Here rather than in the script so that a test can feed the same rollout
-to one process and to several ranks and check that they take the same step.
+The four models PPO starts from (load_models), and PPO's update (step 5 of train_ppo.py): epochs over
+shuffled minibatches of a scored rollout, each minibatch one gradient step on the clipped surrogate +
+the clipped value loss (+ an entropy bonus, + PPO-ptx), with gradient clipping (Ziegler et al. 2019;
+"The N+ implementation details of RLHF with PPO", Huang et al. 2024). Here rather than in the script so
+that a test can feed the same rollout to one process and to several ranks and check that they take the
+same step.
 
 Under torchrun each rank updates on its share of the rollout; the losses are token means over the
 minibatch of all ranks (rl.token_mean), so that the average of the ranks' gradients is the gradient
@@ -14,6 +15,7 @@ from typing import NamedTuple
 import torch
 
 from minirlhf import distributed, runs
+from minirlhf.checkpoint import load_checkpoint, model_from
 from minirlhf.rl import ppo_policy_loss, ppo_value_loss, token_mean
 from minirlhf.scoring import minibatch_rows, response_logprobs, response_values
 
@@ -81,3 +83,23 @@ def update(policy, value_model, optimizers, rollout, *, epochs, n_minibatches, c
     if not stats["pg_loss"]:
         return None, first_error
     return means, distributed.all_max(first_error)
+
+
+def load_models(sft_ckpt, rm_ckpt, start_path, tokenizer, device, kernels):
+    """PPO's four models: the frozen reference policy (SFT) and reward model, and the policy and value model
+    that train, which start as the SFT policy and the reward model (InstructGPT), or, with start_path, as
+    the policy and value model of an earlier PPO run (or of this one, resumed). Returns them and the
+    tokenizer (the SFT checkpoint's unless one is given)."""
+    ref_policy, tokenizer, _ = load_checkpoint(sft_ckpt, tokenizer, device=device, **kernels)
+    reward_model, _, _ = load_checkpoint(rm_ckpt, tokenizer, device=device, **kernels)
+    if reward_model.score_head is None:
+        raise ValueError(f"--rm_ckpt={rm_ckpt} has no scalar head: not a reward model checkpoint")
+    if start_path:
+        policy, _, start = load_checkpoint(start_path, tokenizer, device=device, **kernels)
+        value_model = model_from(start, start_path, "value_model", device=device, **kernels)
+    else:
+        policy, _, _ = load_checkpoint(sft_ckpt, tokenizer, device=device, **kernels)
+        value_model, _, _ = load_checkpoint(rm_ckpt, tokenizer, device=device, **kernels)
+    for m in (ref_policy, reward_model):
+        m.requires_grad_(False).eval()
+    return ref_policy, reward_model, policy, value_model, tokenizer

@@ -76,3 +76,25 @@ def test_n_samples_per_prompt_read_the_prompt_once_and_equal_repeated_prompts():
     model.generate(idx, budget, start=start, num_samples=n, generator=torch.Generator().manual_seed(1), **kw)
     hook.remove()
     assert rows[0] == (len(prompts), idx.size(1)) and all(r == (len(prompts) * n, 1) for r in rows[1:])
+
+
+def test_samples_gathered_over_ranks_keep_each_prompts_n_together(monkeypatch):
+    """evaluate.sample over 2 ranks (each samples every other prompt, n per prompt) hands every rank the
+    samples of one process, prompt-major: the gather puts the ranks' prompts back in order, n at a time."""
+    from contextlib import nullcontext
+
+    from minirlhf import distributed, evaluate
+    torch.manual_seed(3)
+    model = GPT(GPTConfig(block_size=48, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16, attn_impl="torch"))
+    prompts = [tok.encode(p) for p in PROMPTS]
+    kw = dict(max_new_tokens=6, temperature=0.0, autocast=nullcontext)  # greedy: the same replies wherever sampled
+    alone = evaluate.sample(model, tok, prompts, n=3, gen=None, d=distributed.Dist(0, 1, 0), **kw)
+    parts = []  # what each of two ranks gives the gather
+    monkeypatch.setattr(distributed, "all_gather_objects", lambda obj: parts.append(obj) or [obj])
+    for rank in (0, 1):
+        evaluate.sample(model, tok, prompts, n=3, gen=None, d=distributed.Dist(rank, 2, rank), **kw)
+    monkeypatch.setattr(distributed, "all_gather_objects", lambda obj: parts)
+    gathered = evaluate.sample(model, tok, prompts, n=3, gen=None, d=distributed.Dist(0, 2, 0), **kw)
+    assert gathered == alone and len(alone) == 3 * len(prompts)
+    assert [r["text"] for r in alone[:3]] == [alone[0]["text"]] * 3  # greedy: a prompt's n are alike
+    assert len({r["text"] for r in alone[::3]}) > 1  # prompts differ: misplaced groups would show

@@ -133,10 +133,10 @@ MAX_BYTES = 100  # the rendered dialogue up to and with the right final reply
 # learnable but the trainers are inconsistent about it). The verdict errors go both ways, as the refusal errors
 # do: with sycophancy alone, no demonstration (and so almost no SFT sample) says "no" where "no" is wrong, the
 # reward model saw "no" beat "yes" and "sorry" and never lose, and learned "no" as good in itself; PPO then
-# said "no" to 87% of right claims and 91% of admitted mistakes (measured: right verdicts 83% -> 60%).
-# The smoke run's SFT samples keep the sycophancy and
-# the compliance (0.36, 0.17) but refuse look-alikes less often than their trainers (0.04): the model tells
-# them apart by the first word, so over-refusal is the behaviour to watch for a reward model to teach.
+# said "no" to 87% of right claims and 91% of admitted mistakes (measured: right verdicts 83% -> 60%). The
+# smoke run's SFT samples keep the sycophancy and the compliance (0.36, 0.17) but refuse look-alikes less often
+# than their trainers (0.04): the model tells them apart by the first word, so over-refusal is the behaviour
+# to watch for a reward model to teach.
 DEMO_ERROR_RATE = 0.3
 DEMO_RAMBLE_RATE = 0.6
 DEMO_SYCOPHANCY_RATE = 0.3
@@ -151,8 +151,9 @@ DEMO_OVERREFUSE_RATE = 0.2
 # rambling, 0.36 sycophantic verdicts, 0.17 of refusable requests done, 0.04 of look-alikes refused; the
 # contrary rate is that of the default run's SFT model (900 steps, block 128: 0.25 of its verdicts on right
 # claims and admitted mistakes, next to 0.33 sycophantic ones, on 1000 held-out conversations). These
-# rates are the reference, and so the labelers are calibrated for what they will rank: at them the calibrated
-# temperature is 0.118, and on 1500 groups of 4 of that model's own samples it is 0.117. The built-in
+# rates are the reference, and so the labelers are calibrated for what they will rank (before the contrary
+# demonstrators, the calibrated temperature was 0.118 at these rates and 0.117 on 1500 groups of 4 of the
+# smoke run's own samples; the default run now measures 72.6% agreement at LABELER_TEMPERATURE). The built-in
 # comparisons of comparison_records are drawn from the reference distribution too.
 REFERENCE_ERROR_RATE = 0.85
 REFERENCE_RAMBLE_RATE = DEMO_RAMBLE_RATE
@@ -179,15 +180,16 @@ EVAL_PERCENT = 10  # share of the conversation space that is held out
 # prompt and right reply, up to 112 tokens for a demonstration), a response budget for chatty replies
 DEFAULTS = {
     "sft": {"out_dir": "out/chat/sft", "block_size": 128, "max_new_tokens": 24},
-    # one pass over twice the comparisons of the instruct task's two: held-out accuracy stops rising within the
-    # first epoch, and more prompts teach more (measured on one SFT model: 3000 prompts x 2 epochs 70.3% vs the
-    # labelers, 79.1% vs gold; 6000 x 1 73.0% and 83.0%)
+    # twice the instruct default's prompts, in one pass instead of two: held-out accuracy stops rising within
+    # the first epoch, and more prompts teach more (measured on one SFT model, before the contrary demonstrators:
+    # 3000 prompts x 2 epochs 70.3% vs the labelers, 79.1% vs gold; 6000 x 1 73.0% and 83.0%)
     "rm": {"out_dir": "out/chat/rm", "sft_ckpt": "out/chat/sft/ckpt.pt", "max_new_tokens": 24, "n_prompts": 6000,
            "epochs": 1},
     # PPO stops early, at a larger KL coefficient: against this reward model the gold score peaks within
     # about 30 iterations at kl_coef 0.1 and then falls while the RM score keeps rising (measured,
     # README: 200 iterations at 0.1 won 53.4% over SFT, 30 at 0.1 58.1%, 60 at 0.2 61.3%); with the contrary
-    # demonstrators and the larger RM data, snapshots of one run at 0.2 won 65.9%, 68.0%, 65.9% at 30, 60, 90
+    # demonstrators and the larger RM data (labelers at 0.119), snapshots of one run at 0.2 won 65.9%, 68.0%,
+    # 65.9% at 30, 60, 90 iterations; the default run at 60 won 68.9% (README)
     "ppo": {"out_dir": "out/chat/ppo", "sft_ckpt": "out/chat/sft/ckpt.pt", "rm_ckpt": "out/chat/rm/ckpt.pt",
             "max_new_tokens": 24, "iterations": 60, "kl_coef": 0.2},
 }
