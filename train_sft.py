@@ -23,7 +23,7 @@ import torch
 from minirlhf import distributed, evaluate, runs
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
 from minirlhf.cli import RunOptions, check, check_at_least_one, check_files, print_config, run, setup_device
-from minirlhf.data import IGNORE_INDEX, encode_sft, read_sft, sft_batch
+from minirlhf.data import IGNORE_INDEX, encode_sft, read_sft, sft_micro_batches
 from minirlhf.model import GPT, GPTConfig
 from minirlhf.sampling import Progress, format_eta
 from minirlhf.tasks import get_task
@@ -63,6 +63,9 @@ class Config(RunOptions):
     """optimizer steps"""
     batch_size: int = 64
     """sequences per step (over all ranks)"""
+    micro_batches: int = 1
+    """each rank's share of a batch goes through forward and backward in up to this many parts of similar
+    lengths, whose gradients add up to the batch's: the same step, less padding (the chat task: 4)"""
     learning_rate: float = 2e-3
     """peak learning rate (AdamW), reached after warmup_iters, then cosine decay to min_lr"""
     min_lr: float = 1e-4
@@ -91,7 +94,8 @@ class Config(RunOptions):
     def __post_init__(self):
         super().__post_init__()
         check_at_least_one(self, "n_layer", "n_head", "n_embd", "block_size", "n_builtin", "max_iters", "batch_size",
-                           "max_bad_steps", "log_interval", "eval_interval", "eval_batches", "max_new_tokens")
+                           "micro_batches", "max_bad_steps", "log_interval", "eval_interval", "eval_batches",
+                           "max_new_tokens")
         check(self, "n_gold_eval", lambda x: x >= 0, ">= 0")
         for name in ("demo_error_rate", "demo_ramble_rate"):
             check(self, name, lambda x: x == -1 or 0 <= x <= 1, "in [0, 1] (or -1: the task's default)")
@@ -167,17 +171,18 @@ def main(cfg):
     distributed.share(cfg.batch_size, d, "batch_size")
 
     def batch(examples, rng):
-        """This rank's share of a batch drawn with rng (which every rank draws alike)."""
+        """This rank's share of a batch drawn with rng (which every rank draws alike), as micro-batches
+        (idx, targets), and the number of loss tokens in the whole batch (all ranks')."""
         picks = [examples[rng.randrange(len(examples))] for _ in range(cfg.batch_size)]
-        idx, targets = sft_batch(distributed.my_slice(picks, d), tokenizer.pad_id)
-        return idx.to(device), targets.to(device)
+        micro = sft_micro_batches(distributed.my_slice(picks, d), tokenizer.pad_id, cfg.micro_batches)
+        n_tokens = distributed.all_sum(sum((targets != IGNORE_INDEX).sum() for _, targets in micro).to(device))
+        return [(idx.to(device), targets.to(device)) for idx, targets in micro], n_tokens
 
     train_model = distributed.wrap(model, d, cfg.fsdp)  # what forward and backward go through
 
-    def loss_of(idx, targets):
-        """Mean negative log-likelihood of the completion tokens of the whole batch (all ranks');
-        targets of -100 carry no loss."""
-        n_tokens = distributed.all_sum((targets != IGNORE_INDEX).sum())
+    def loss_of(idx, targets, n_tokens):
+        """A micro-batch's part of the batch's loss: the mean negative log-likelihood of the completion
+        tokens of the whole batch (n_tokens of them); targets of -100 carry no loss."""
         with autocast():
             logprobs = train_model(idx, targets=targets)
         return -logprobs.sum() / n_tokens * d.world  # DDP and FSDP average the gradients over ranks
@@ -189,7 +194,10 @@ def main(cfg):
             return None
         model.eval()
         eval_rng = random.Random(cfg.seed + 1)
-        losses = [loss_of(*batch(evals, eval_rng)) / d.world for _ in range(cfg.eval_batches)]  # this rank's part
+        losses = []
+        for _ in range(cfg.eval_batches):
+            micro, n_tokens = batch(evals, eval_rng)
+            losses.append(sum(loss_of(idx, targets, n_tokens) for idx, targets in micro) / d.world)  # this rank's part
         model.train()
         return distributed.all_sum(torch.stack(losses).mean()).item()
 
@@ -223,16 +231,22 @@ def main(cfg):
             metrics.own()
 
     start_it = resume["step"] + 1 if resume else 1
-    progress, n_tokens, losses = Progress(cfg.max_iters, start_it - 1), 0, []
+    progress, seen_tokens, losses = Progress(cfg.max_iters, start_it - 1), 0, []
     model.train()
     for it in range(start_it, cfg.max_iters + 1):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(it - 1, cfg)
-        idx, targets = batch(train, rng)
-        loss = loss_of(idx, targets)
-        stepped, grad_norm = runs.step(loss, train_model.parameters(), [optimizer], cfg.grad_clip)
+        micro, n_loss_tokens = batch(train, rng)
+        optimizer.zero_grad(set_to_none=True)
+        loss = 0.0
+        for i, (idx, targets) in enumerate(micro):  # the gradients add up; the ranks reduce them after the last
+            with distributed.grad_sync(train_model, i == len(micro) - 1):
+                part = loss_of(idx, targets, n_loss_tokens)
+                part.backward()
+            loss += part.detach()
+            seen_tokens += idx.numel() * d.world
+        stepped, grad_norm = runs.apply_grads(train_model.parameters(), [optimizer], cfg.grad_clip)
         skips.record(stepped, f"step {it}")
-        n_tokens += idx.numel() * d.world
         losses.append(loss.detach() / d.world)  # this rank's part of the batch's loss; read at the log interval
 
         if it % cfg.log_interval == 0 or it == cfg.max_iters:
@@ -249,7 +263,7 @@ def main(cfg):
             shown = {"loss": row["train/loss"], "lr": row["train/lr"]}
             if row.get("eval/loss") is not None:
                 shown["eval_loss"] = row["eval/loss"]
-            print(progress.line(it, n_tokens, **shown))
+            print(progress.line(it, seen_tokens, **shown))
 
     # what SFT reached: eval loss, and on the built-in task the gold score of held-out responses
     summary = {"steps": cfg.max_iters, "eval_loss": eval_loss(), "skipped_steps": skips.total,

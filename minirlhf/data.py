@@ -324,3 +324,20 @@ def sft_batch(examples, pad_id):
         idx[b, :n] = ids_t[:-1]
         targets[b, :n] = torch.where(mask_t[1:], ids_t[1:], IGNORE_INDEX)  # (n,) next tokens, -100 off the loss
     return idx, targets
+
+
+def sft_micro_batches(examples, pad_id, n):
+    """
+    The examples as up to n sft_batch-es of similar lengths: sorted by length and cut in n runs, so each
+    pads only to its own longest. Their losses (summed over tokens) and so their gradients add up to
+    the whole batch's: the same step for less work. Conversations of 20 to 110 tokens pad to the
+    longest, ~100, in one batch; in 4 they go about 1.4x faster on a CPU. On a GPU, where a small
+    model's step costs kernel launches more than tokens, one batch may be faster.
+    """
+    if n < 1:
+        raise ValueError(f"sft_micro_batches needs n >= 1, got {n}")
+    if n == 1:
+        return [sft_batch(examples, pad_id)]  # as drawn, not sorted: to the bit what one batch always gave
+    examples = sorted(examples, key=lambda e: len(e[0]))
+    size = -(-len(examples) // n)  # ceil
+    return [sft_batch(examples[i:i + size], pad_id) for i in range(0, len(examples), size)]

@@ -16,6 +16,7 @@ FSDP average gradients over ranks: the average of world * local_sum / global_cou
 global_sum / global_count, the single-process loss. Only rank 0 writes files and prints; the others
 stay silent but for errors, and a rank that raises makes torchrun stop the whole job.
 """
+import contextlib
 import os
 import sys
 from typing import NamedTuple
@@ -117,6 +118,26 @@ def wrap(model, d, fsdp):
     from torch.nn.parallel import DistributedDataParallel
     device_ids = [model.lm_head.weight.device.index] if model.lm_head.weight.is_cuda else None
     return DistributedDataParallel(model, device_ids=device_ids)
+
+
+@contextlib.contextmanager
+def grad_sync(model, sync):
+    """Around the forward and backward of one micro-batch of a step: with sync False (every one but the
+    step's last) the gradients only add up on each rank, and DDP or FSDP2 reduce the sum over ranks in
+    the last backward, once. (Reducing after each would give the same sum, with more communication.)"""
+    if sync:
+        yield
+    elif hasattr(model, "no_sync"):  # DistributedDataParallel
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:  # one process
+        yield
 
 
 def unwrapped(model):

@@ -159,6 +159,11 @@ def step(loss, params, optimizers, grad_clip):
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     loss.backward()
+    return apply_grads(params, optimizers, grad_clip)
+
+
+def apply_grads(params, optimizers, grad_clip):
+    """The second half of step, for gradients already there (added up over micro-batches)."""
     grad_norm = distributed.local(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf")))
     if not torch.isfinite(grad_norm):
         return False, grad_norm

@@ -16,6 +16,7 @@ from minirlhf.data import (
     read_prompts,
     read_sft,
     sft_batch,
+    sft_micro_batches,
     write_jsonl,
 )
 from minirlhf.tasks import instruct as tasks
@@ -69,6 +70,42 @@ def test_cross_entropy_on_the_batch_is_the_masked_sft_loss():
     terms = [-logp[b, t, ids[t + 1]] for b, (ids, mask) in enumerate(examples)
              for t in range(len(ids) - 1) if mask[t + 1]]
     torch.testing.assert_close(loss, torch.stack(terms).mean())
+
+
+def test_micro_batches_sum_to_the_batch_loss_and_gradient_with_less_padding():
+    from minirlhf.model import GPT, GPTConfig
+    from minirlhf.tasks import chat
+    torch.manual_seed(0)
+    examples = [encode_sft(tok, r) for r in chat.sft_records(12, "train", seed=0)]
+    assert len({len(ids) for ids, _ in examples}) > 4  # lengths vary, or sorting would not matter
+    model = GPT(GPTConfig(block_size=128, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16))
+
+    def loss_and_grad(batches):
+        model.zero_grad()
+        n_tokens = sum((t != IGNORE_INDEX).sum() for _, t in batches)
+        loss = sum(-model(idx, targets=t).sum() / n_tokens for idx, t in batches)
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    whole = sft_batch(examples, tok.pad_id)
+    micro = sft_micro_batches(examples, tok.pad_id, 4)
+    assert len(micro) == 4 and [idx.size(0) for idx, _ in micro] == [3, 3, 3, 3]
+    # the same rows, shortest first, each part padded only to its own longest
+    rows = lambda batches: sorted(tuple(t.tolist()) for _, ts in batches for t in ts)  # noqa: E731
+    widths = [idx.size(1) for idx, _ in micro]
+    assert widths == sorted(widths) and widths[-1] == whole[0].size(1)
+    assert sum(idx.numel() for idx, _ in micro) < 0.9 * whole[0].numel()
+    assert rows([(None, torch.cat([t, t.new_full((t.size(0), widths[-1] - t.size(1)), IGNORE_INDEX)], 1))
+                 for _, t in micro]) == rows([whole])
+    loss, grad = loss_and_grad([whole])
+    micro_loss, micro_grad = loss_and_grad(micro)
+    torch.testing.assert_close(micro_loss, loss)
+    torch.testing.assert_close(micro_grad, grad)
+    # one part is the batch as drawn (unsorted); more parts than examples: one example each
+    assert all(torch.equal(a, b) for a, b in zip(sft_micro_batches(examples, tok.pad_id, 1)[0], whole))
+    assert len(sft_micro_batches(examples[:3], tok.pad_id, 8)) == 3
+    with pytest.raises(ValueError, match="n >= 1"):
+        sft_micro_batches(examples, tok.pad_id, 0)
 
 
 def test_chat_trains_assistant_turns_only():

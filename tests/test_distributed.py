@@ -1,6 +1,7 @@
 """
 Past one device: two Gloo ranks on the CPU, each with half of every batch, take the same steps as one
-process with the whole batch (to fp32 noise), with DistributedDataParallel and with FSDP2; FSDP's
+process with the whole batch (to fp32 noise), with DistributedDataParallel and with FSDP2 (SFT's
+ranks also in micro-batches); FSDP's
 checkpoint loads in a single process; a rank that fails stops the whole job.
 """
 import json
@@ -44,8 +45,9 @@ SFT = [*TINY_MODEL, "--max_iters=3", "--log_interval=1", "--eval_interval=3", "-
 def sft_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
     run("train_sft.py", f"--out_dir={out}/one", *SFT)
-    torchrun("train_sft.py", "--device=cpu", f"--out_dir={out}/ddp", *SFT)
-    torchrun("train_sft.py", "--device=cpu", f"--out_dir={out}/fsdp", "--fsdp", *SFT)
+    # the ranks in micro-batches: gradients that add up on each rank, reduced over ranks once per step
+    torchrun("train_sft.py", "--device=cpu", f"--out_dir={out}/ddp", "--micro_batches=2", *SFT)
+    torchrun("train_sft.py", "--device=cpu", f"--out_dir={out}/fsdp", "--fsdp", "--micro_batches=2", *SFT)
     return out
 
 
