@@ -28,7 +28,7 @@ import torch
 from minirlhf import distributed, evaluate, runs
 from minirlhf.checkpoint import load_checkpoint, require_finished, save_checkpoint
 from minirlhf.cli import RunOptions, check, check_at_least_one, check_files, print_config, run, setup_device
-from minirlhf.data import encode_comparison, read_comparisons
+from minirlhf.data import encode_comparison, micro_batches, read_comparisons
 from minirlhf.rl import pairwise_loss, ranking_pairs
 from minirlhf.sampling import Progress, format_eta
 from minirlhf.scoring import comparison_batch, rewards_at_eos
@@ -71,6 +71,9 @@ class Config(RunOptions):
     """passes over the comparisons (InstructGPT: 1, where data is plentiful; a small RM from scratch needs 2)"""
     batch_size: int = 32
     """prompts (each with all its responses and pairs) per step, over all ranks"""
+    micro_batches: int = 1
+    """each rank's prompts of a step go through forward and backward in up to this many parts of similar
+    lengths, whose gradients add up to the step's: the same step, less padding (the chat task: 4)"""
     learning_rate: float = 5e-4
     """peak learning rate (AdamW), linear warmup then cosine decay to a tenth"""
     warmup_iters: int = 20
@@ -92,7 +95,7 @@ class Config(RunOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        check_at_least_one(self, "n_prompts", "n_eval_prompts", "epochs", "batch_size", "max_bad_steps",
+        check_at_least_one(self, "n_prompts", "n_eval_prompts", "epochs", "batch_size", "micro_batches", "max_bad_steps",
                            "n_bias_samples", "log_interval", "eval_interval", "max_new_tokens")
         check(self, "k", lambda x: x >= 2, "at least 2 (a ranking compares responses)")
         check(self, "sample_temperature", lambda x: x >= 0, ">= 0 (0: greedy)")
@@ -167,9 +170,9 @@ def main(cfg):
     train_model = distributed.wrap(model, d, cfg.fsdp)
 
     def rewards_of(groups):
-        """This rank's share of the groups: the reward of each of their responses (one forward pass per
-        response, not per pair), the (better, worse) index pairs of every ranking, each pair's weight."""
-        seqs, better, worse, weights = comparison_batch(distributed.shard(groups, d))
+        """The reward of each response of the groups (one forward pass per response, not per pair), the
+        (better, worse) index pairs of every ranking, each pair's weight."""
+        seqs, better, worse, weights = comparison_batch(groups)
         rewards = rewards_at_eos(train_model, seqs, tokenizer.pad_id, device, autocast)
         return rewards, better.to(device), worse.to(device), weights.to(device)
 
@@ -226,15 +229,24 @@ def main(cfg):
             groups = [train[j] for j in order[i:i + cfg.batch_size]]
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(it)
-            rewards, better, worse, weights = rewards_of(groups)
-            loss = (weights * pairwise_loss(rewards[better], rewards[worse])).sum() / len(groups) * d.world
-            stepped, _ = runs.step(loss, train_model.parameters(), [optimizer], cfg.grad_clip)
+            optimizer.zero_grad(set_to_none=True)
+            parts = micro_batches(distributed.shard(groups, d), cfg.micro_batches,
+                                  lambda g: len(g[0]) + max(map(len, g[1])))  # this rank's groups, by longest sequence
+            loss = agree = n_pairs = 0.0
+            for m, part in enumerate(parts):  # the gradients add up; the ranks reduce them after the last part
+                with distributed.grad_sync(train_model, m == len(parts) - 1):
+                    rewards, better, worse, weights = rewards_of(part)
+                    part_loss = (weights * pairwise_loss(rewards[better], rewards[worse])).sum() / len(groups) * d.world
+                    part_loss.backward()
+                loss += part_loss.detach()
+                agree += ((rewards[better] > rewards[worse]).sum() + 0.5 * (rewards[better] == rewards[worse]).sum())
+                n_pairs += len(better)
+            stepped, _ = runs.apply_grads(train_model.parameters(), [optimizer], cfg.grad_clip)
             skips.record(stepped, f"step {it + 1}")
             it += 1
-            seen_pairs += len(better) * d.world
-            agree = (rewards[better] > rewards[worse]).float() + 0.5 * (rewards[better] == rewards[worse]).float()
+            seen_pairs += n_pairs * d.world
             # this rank's part of the loss, its agreeing pairs and its pairs; read at the log interval
-            window.append(torch.stack([loss.detach() / d.world, agree.sum(), torch.tensor(float(len(better)))]))
+            window.append(torch.stack([loss / d.world, agree.float(), torch.tensor(float(n_pairs), device=device)]))
             if it % cfg.log_interval == 0 or it == max_iters:
                 loss_sum, agree_sum, n = distributed.all_sum(torch.stack(window).sum(0)).tolist()
                 mean_loss, mean_acc = loss_sum / len(window), agree_sum / max(n, 1)

@@ -23,7 +23,7 @@ import torch
 from minirlhf import distributed, evaluate, runs
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
 from minirlhf.cli import RunOptions, check, check_at_least_one, check_files, print_config, run, setup_device
-from minirlhf.data import IGNORE_INDEX, encode_sft, read_sft, sft_micro_batches
+from minirlhf.data import IGNORE_INDEX, encode_sft, micro_batches, read_sft, sft_batch
 from minirlhf.model import GPT, GPTConfig
 from minirlhf.sampling import Progress, format_eta
 from minirlhf.tasks import get_task
@@ -174,7 +174,8 @@ def main(cfg):
         """This rank's share of a batch drawn with rng (which every rank draws alike), as micro-batches
         (idx, targets), and the number of loss tokens in the whole batch (all ranks')."""
         picks = [examples[rng.randrange(len(examples))] for _ in range(cfg.batch_size)]
-        micro = sft_micro_batches(distributed.my_slice(picks, d), tokenizer.pad_id, cfg.micro_batches)
+        micro = [sft_batch(part, tokenizer.pad_id)
+                 for part in micro_batches(distributed.my_slice(picks, d), cfg.micro_batches, lambda e: len(e[0]))]
         n_tokens = distributed.all_sum(sum((targets != IGNORE_INDEX).sum() for _, targets in micro).to(device))
         return [(idx.to(device), targets.to(device)) for idx, targets in micro], n_tokens
 

@@ -326,18 +326,19 @@ def sft_batch(examples, pad_id):
     return idx, targets
 
 
-def sft_micro_batches(examples, pad_id, n):
+def micro_batches(items, n, length):
     """
-    The examples as up to n sft_batch-es of similar lengths: sorted by length and cut in n runs, so each
-    pads only to its own longest. Their losses (summed over tokens) and so their gradients add up to
-    the whole batch's: the same step for less work. Conversations of 20 to 110 tokens pad to the
-    longest, ~100, in one batch; in 4 they go about 1.4x faster on a CPU. On a GPU, where a small
-    model's step costs kernel launches more than tokens, one batch may be faster.
+    The items (a rank's share of a batch) in up to n parts of similar length(item): sorted by length and
+    cut in n runs, so that each part pads only to its own longest. Losses that sum over the items
+    (SFT's tokens, the RM's prompts) and so their gradients add up over the parts to the whole batch's:
+    the same step for less work. The built-in conversations (20 to 110 tokens) pad to ~100 in one
+    batch; in 4 parts SFT steps go about 1.4x faster on a CPU. On a GPU, where a small model's step
+    costs kernel launches more than tokens, one part may be faster. n = 1: the items as they are.
     """
     if n < 1:
-        raise ValueError(f"sft_micro_batches needs n >= 1, got {n}")
+        raise ValueError(f"micro_batches needs n >= 1, got {n}")
     if n == 1:
-        return [sft_batch(examples, pad_id)]  # as drawn, not sorted: to the bit what one batch always gave
-    examples = sorted(examples, key=lambda e: len(e[0]))
-    size = -(-len(examples) // n)  # ceil
-    return [sft_batch(examples[i:i + size], pad_id) for i in range(0, len(examples), size)]
+        return [items]  # as drawn, not sorted: to the bit what one batch always gave
+    items = sorted(items, key=length)
+    size = -(-len(items) // n)  # ceil
+    return [items[i:i + size] for i in range(0, len(items), size)]

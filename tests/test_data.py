@@ -15,8 +15,8 @@ from minirlhf.data import (
     read_comparisons,
     read_prompts,
     read_sft,
+    micro_batches,
     sft_batch,
-    sft_micro_batches,
     write_jsonl,
 )
 from minirlhf.tasks import instruct as tasks
@@ -87,25 +87,21 @@ def test_micro_batches_sum_to_the_batch_loss_and_gradient_with_less_padding():
         loss.backward()
         return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
 
-    whole = sft_batch(examples, tok.pad_id)
-    micro = sft_micro_batches(examples, tok.pad_id, 4)
-    assert len(micro) == 4 and [idx.size(0) for idx, _ in micro] == [3, 3, 3, 3]
-    # the same rows, shortest first, each part padded only to its own longest
-    rows = lambda batches: sorted(tuple(t.tolist()) for _, ts in batches for t in ts)  # noqa: E731
-    widths = [idx.size(1) for idx, _ in micro]
-    assert widths == sorted(widths) and widths[-1] == whole[0].size(1)
-    assert sum(idx.numel() for idx, _ in micro) < 0.9 * whole[0].numel()
-    assert rows([(None, torch.cat([t, t.new_full((t.size(0), widths[-1] - t.size(1)), IGNORE_INDEX)], 1))
-                 for _, t in micro]) == rows([whole])
+    parts = micro_batches(examples, 4, lambda e: len(e[0]))
+    assert [len(p) for p in parts] == [3, 3, 3, 3]
+    assert sorted(e for p in parts for e in p) == sorted(examples)  # the same examples, shortest first
+    assert [len(e[0]) for p in parts for e in p] == sorted(len(e[0]) for e in examples)
+    whole, micro = sft_batch(examples, tok.pad_id), [sft_batch(p, tok.pad_id) for p in parts]
+    assert sum(idx.numel() for idx, _ in micro) < 0.9 * whole[0].numel()  # each part padded to its own longest
     loss, grad = loss_and_grad([whole])
     micro_loss, micro_grad = loss_and_grad(micro)
     torch.testing.assert_close(micro_loss, loss)
     torch.testing.assert_close(micro_grad, grad)
-    # one part is the batch as drawn (unsorted); more parts than examples: one example each
-    assert all(torch.equal(a, b) for a, b in zip(sft_micro_batches(examples, tok.pad_id, 1)[0], whole))
-    assert len(sft_micro_batches(examples[:3], tok.pad_id, 8)) == 3
+    # one part: the batch as drawn (unsorted); more parts than items: one each
+    assert micro_batches(examples, 1, len) == [examples]
+    assert micro_batches([3, 1, 2], 8, abs) == [[1], [2], [3]]
     with pytest.raises(ValueError, match="n >= 1"):
-        sft_micro_batches(examples, tok.pad_id, 0)
+        micro_batches(examples, 0, len)
 
 
 def test_chat_trains_assistant_turns_only():
