@@ -185,7 +185,7 @@ DEFAULTS = {
     # the first epoch, and more prompts teach more (measured on one SFT model, before the contrary demonstrators:
     # 3000 prompts x 2 epochs 70.3% vs the labelers, 79.1% vs gold; 6000 x 1 73.0% and 83.0%)
     "rm": {"out_dir": "out/chat/rm", "sft_ckpt": "out/chat/sft/ckpt.pt", "max_new_tokens": 24, "n_prompts": 6000,
-           "epochs": 1},
+           "epochs": 1, "micro_batches": 4},
     # PPO stops early, at a larger KL coefficient: against this reward model the gold score peaks within
     # about 30 iterations at kl_coef 0.1 and then falls while the RM score keeps rising (measured,
     # README: 200 iterations at 0.1 won 53.4% over SFT, 30 at 0.1 58.1%, 60 at 0.2 61.3%); with the contrary
