@@ -31,7 +31,7 @@ from minirlhf.cli import RunOptions, check, check_at_least_one, check_files, pri
 from minirlhf.data import encode_comparison, micro_batches, read_comparisons
 from minirlhf.rl import pairwise_loss, ranking_pairs
 from minirlhf.sampling import Progress, format_eta
-from minirlhf.scoring import comparison_batch, rewards_at_eos
+from minirlhf.scoring import comparison_batch, group_rewards, rewards_at_eos
 from minirlhf.tasks import get_task, labelers
 from minirlhf.tokenizer import get_tokenizer
 
@@ -95,8 +95,8 @@ class Config(RunOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        check_at_least_one(self, "n_prompts", "n_eval_prompts", "epochs", "batch_size", "micro_batches", "max_bad_steps",
-                           "n_bias_samples", "log_interval", "eval_interval", "max_new_tokens")
+        check_at_least_one(self, "n_prompts", "n_eval_prompts", "epochs", "batch_size", "micro_batches",
+                           "max_bad_steps", "n_bias_samples", "log_interval", "eval_interval", "max_new_tokens")
         check(self, "k", lambda x: x >= 2, "at least 2 (a ranking compares responses)")
         check(self, "sample_temperature", lambda x: x >= 0, ">= 0 (0: greedy)")
         check(self, "learning_rate", lambda x: x > 0, "> 0")
@@ -170,10 +170,14 @@ def main(cfg):
     train_model = distributed.wrap(model, d, cfg.fsdp)
 
     def rewards_of(groups):
-        """The reward of each response of the groups (one forward pass per response, not per pair), the
-        (better, worse) index pairs of every ranking, each pair's weight."""
+        """The reward of each response of the groups (one forward pass per response, not per pair, and
+        each prompt read once for its K responses), the (better, worse) index pairs of every ranking,
+        each pair's weight. Under FSDP2 each response is read with its prompt: the responses' gradients
+        reach a block's prompt pass through its keys and values, not its outputs, where FSDP2 would
+        gather the block's weights again for the backward."""
         seqs, better, worse, weights = comparison_batch(groups)
-        rewards = rewards_at_eos(train_model, seqs, tokenizer.pad_id, device, autocast)
+        rewards = rewards_at_eos(train_model, seqs, tokenizer.pad_id, device, autocast) if cfg.fsdp else \
+            group_rewards(train_model, groups, tokenizer.pad_id, device, autocast)
         return rewards, better.to(device), worse.to(device), weights.to(device)
 
     def accuracy(groups, gold=None):
@@ -232,7 +236,7 @@ def main(cfg):
             optimizer.zero_grad(set_to_none=True)
             parts = micro_batches(distributed.shard(groups, d), cfg.micro_batches,
                                   lambda g: len(g[0]) + max(map(len, g[1])))  # this rank's groups, by longest sequence
-            loss = agree = n_pairs = 0.0
+            loss = agree = step_pairs = 0.0
             for m, part in enumerate(parts):  # the gradients add up; the ranks reduce them after the last part
                 with distributed.grad_sync(train_model, m == len(parts) - 1):
                     rewards, better, worse, weights = rewards_of(part)
@@ -240,13 +244,13 @@ def main(cfg):
                     part_loss.backward()
                 loss += part_loss.detach()
                 agree += ((rewards[better] > rewards[worse]).sum() + 0.5 * (rewards[better] == rewards[worse]).sum())
-                n_pairs += len(better)
+                step_pairs += len(better)
             stepped, _ = runs.apply_grads(train_model.parameters(), [optimizer], cfg.grad_clip)
             skips.record(stepped, f"step {it + 1}")
             it += 1
-            seen_pairs += n_pairs * d.world
+            seen_pairs += step_pairs * d.world
             # this rank's part of the loss, its agreeing pairs and its pairs; read at the log interval
-            window.append(torch.stack([loss / d.world, agree.float(), torch.tensor(float(n_pairs), device=device)]))
+            window.append(torch.stack([loss / d.world, agree.float(), torch.tensor(float(step_pairs), device=device)]))
             if it % cfg.log_interval == 0 or it == max_iters:
                 loss_sum, agree_sum, n = distributed.all_sum(torch.stack(window).sum(0)).tolist()
                 mean_loss, mean_acc = loss_sum / len(window), agree_sum / max(n, 1)

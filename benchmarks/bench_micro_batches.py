@@ -28,7 +28,8 @@ from minirlhf.tokenizer import get_tokenizer  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--task", default="chat")
-p.add_argument("--parts", type=int, nargs="+", default=[1, 4], help="micro-batch counts to time; the first is the baseline")
+p.add_argument("--parts", type=int, nargs="+", default=[1, 4],
+               help="micro-batch counts to time; the first is the baseline")
 p.add_argument("--n_layer", type=int, default=4)
 p.add_argument("--n_embd", type=int, default=192)
 p.add_argument("--n_head", type=int, default=4)

@@ -17,7 +17,7 @@ from minirlhf import distributed
 from minirlhf.data import encode_prompt
 from minirlhf.rl import eos_penalty
 from minirlhf.sampling import sample_responses
-from minirlhf.scoring import comparison_batch, response_batch, response_logprobs, reward_scores, rewards_at_eos
+from minirlhf.scoring import comparison_batch, group_rewards, response_batch, response_logprobs, reward_scores
 from minirlhf.tasks import labelers
 
 
@@ -60,9 +60,9 @@ def rm_accuracy(reward_model, groups, tokenizer, *, device, autocast, d, gold=No
         mine = distributed.shard(list(range(i, min(i + batch_size, len(groups)))), d)
         if not mine:
             continue
-        seqs, better, worse, _ = comparison_batch([groups[j] for j in mine])
+        _, better, worse, _ = comparison_batch([groups[j] for j in mine])
         with distributed.full_weights(reward_model):
-            rewards = rewards_at_eos(reward_model, seqs, tokenizer.pad_id, device, autocast).cpu()
+            rewards = group_rewards(reward_model, [groups[j] for j in mine], tokenizer.pad_id, device, autocast).cpu()
         agree += ((rewards[better] > rewards[worse]).sum() + 0.5 * (rewards[better] == rewards[worse]).sum()).item()
         total += len(better)
         if gold is not None:

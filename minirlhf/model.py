@@ -40,7 +40,7 @@ class GPTConfig:
     bias: bool = True  # biases in Linears and LayerNorms, as GPT-2 has
     layer_norm_epsilon: float = 1e-5
     scalar_head: bool = False  # add an n_embd -> 1 head: a reward or value model
-    attn_impl: str = "auto"  # auto: the Triton kernel on CUDA, plain PyTorch elsewhere | torch | triton
+    attn_impl: str = "auto"  # auto: the Triton kernel on CUDA, plain PyTorch (SDPA) elsewhere | torch | triton
     logprob_impl: str = "auto"  # the same choice for log-probs from hidden states (token_logprobs)
 
     def __post_init__(self):
@@ -61,7 +61,7 @@ def attention(q, k, v, key_start, impl):
     The queries are the last Tq of the Tk positions; keys before key_start[b] are left padding."""
     if impl == "triton" or (impl == "auto" and q.is_cuda):
         return kernels.attention.flash_attention(q, k, v, causal=True, key_start=key_start)
-    return kernels.attention.attention_reference(q, k, v, causal=True, key_start=key_start)
+    return kernels.attention.attention_sdpa(q, k, v, causal=True, key_start=key_start)
 
 
 class KVCache:
@@ -89,6 +89,35 @@ class KVCache:
         self.shape = (self.shape[0], self.shape[1] * n, *self.shape[2:])
         if self.k is not None:
             self.k, self.v = self.k.repeat_interleave(n, dim=1), self.v.repeat_interleave(n, dim=1)
+
+    def keep_rows(self, keep):
+        """Only the rows where keep (B,) is True: the rows that have stopped sampling leave the batch."""
+        self.shape = (self.shape[0], int(keep.sum()), *self.shape[2:])
+        if self.k is not None:
+            self.k, self.v = self.k[:, keep], self.v[:, keep]
+
+
+class PromptCache:
+    """Keys and values of every layer of a prompt batch, kept as ordinary tensors that gradients flow
+    through (KVCache writes into preallocated memory, which only inference allows): the prompt is read
+    once, then each of its responses goes on from it (GPT.forward with responses, the reward model's
+    K responses per prompt)."""
+
+    def __init__(self):
+        self.k, self.v = {}, {}  # layer -> (B, nh, T, hs)
+        self.len = 0
+
+    def update(self, layer, k, v):
+        if layer in self.k:
+            k, v = torch.cat([self.k[layer], k], 2), torch.cat([self.v[layer], v], 2)
+        self.k[layer], self.v[layer] = k, v
+        return k, v
+
+    def repeat_rows(self, repeats):
+        """Row b repeats[b] times, neighbours (an int, or a (B,) tensor of counts)."""
+        for layer in self.k:
+            self.k[layer] = self.k[layer].repeat_interleave(repeats, dim=0)
+            self.v[layer] = self.v[layer].repeat_interleave(repeats, dim=0)
 
 
 class CausalSelfAttention(nn.Module):
@@ -187,7 +216,8 @@ class GPT(nn.Module):
         """Final hidden states (B, T, C), after ln_f, for tokens idx (B, T).
         They are what lm_head turns into logits and score_head into scalars; the fused log-prob
         kernel takes them with lm_head.weight so the (B, T, V) logits never exist.
-        start (B,): pad tokens on the left of each row. cache: a KVCache with the earlier positions.
+        start (B,): pad tokens on the left of each row. cache: a KVCache (or PromptCache) with the
+        earlier positions.
         last: only the final `last` positions are wanted (B, last, C), e.g. a response after its
         prompt: the final block then computes queries, attention and MLP for those alone (their
         keys and values still come from every position), the work no later layer would read."""
@@ -205,15 +235,37 @@ class GPT(nn.Module):
             cache.len += T
         return self.transformer.ln_f(x)
 
-    def forward(self, idx, start=None, *, last=None, targets=None, temperature=1.0, return_entropy=False):
+    def forward(self, idx, start=None, *, last=None, targets=None, temperature=1.0, return_entropy=False,
+                responses=None, repeats=None):
         """What the model computes for tokens idx (B, T) at the final `last` positions (all if None):
         - a model with a scalar head: its scalars (B, last), fp32: rewards (read at the EOS) or values;
         - with targets (B, last): the log-probs of the targets there (token_logprobs: the SFT loss,
           PPO's log-probs; with return_entropy also the entropies), fp32;
         - otherwise: the logits (B, last, V).
         Training goes through here, and only here, so that DistributedDataParallel and FSDP, which
-        hook forward, see every pass. start: left padding, as in hidden_states."""
-        h = self.hidden_states(idx, start, last=last)
+        hook forward, see every pass. start: left padding, as in hidden_states.
+
+        With responses (N, R): idx are left-padded prompts, and responses[n] (right-padded) goes on
+        from prompt b for repeats[b] neighbouring rows n (N = sum of repeats, an int for all alike);
+        the outputs above are those of the response positions (N, R, ...), as if each prompt and
+        response were one sequence. A prompt is read once for all of its responses: for the reward
+        model's K responses to a prompt (InstructGPT, section 3.5) that is most of the work saved."""
+        if responses is not None:
+            if last is not None:
+                raise ValueError("forward: last does not go with responses (the outputs are the responses')")
+            cache = PromptCache()
+            self.hidden_states(idx, start, cache, last=1)  # the prompts' keys and values, every layer
+            repeats = torch.as_tensor(repeats, device=idx.device)
+            if repeats.dim() == 0:
+                repeats = repeats.expand(idx.size(0))
+            if int(repeats.sum()) != responses.size(0):
+                raise ValueError(f"forward: repeats sum to {int(repeats.sum())}, but there are "
+                                 f"{responses.size(0)} responses")
+            cache.repeat_rows(repeats)
+            start = start.repeat_interleave(repeats) if start is not None else None
+            h = self.hidden_states(responses, start, cache)  # (N, R, C)
+        else:
+            h = self.hidden_states(idx, start, last=last)
         if self.score_head is not None:
             return self.score_head(h).squeeze(-1).float()
         if targets is not None:
@@ -249,7 +301,8 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, *, start=None, temperature=1.0, top_k=None, top_p=None,
-                 eos_id=None, pad_id=None, use_cache=True, generator=None, on_token=None, num_samples=1):
+                 eos_id=None, pad_id=None, use_cache=True, generator=None, on_token=None, num_samples=1,
+                 drop_stopped=True):
         """Sample up to max_new_tokens after the left-padded prompts idx (B, T).
 
         temperature 0 is greedy decoding. top_k / top_p cut the sampling distribution; the returned
@@ -260,6 +313,9 @@ class GPT(nn.Module):
         pad_id already in place for stopped rows, e.g. to print a reply as it is sampled.
         num_samples: samples per prompt, rows b * num_samples ... (b + 1) * num_samples - 1 of the result for
         prompt b; the prompt's forward pass (most of the work for short replies) runs once for all of them.
+        drop_stopped: once half of the rows still running have stopped, the stopped ones leave the batch
+        (and the KV cache), so that a few long replies do not keep every row's work going; the random
+        draws are made for every row all the same, so this changes no sample, only the time taken.
         Returns Generation(tokens (B', n), mask (B', n), logprobs (B', n)) with n <= max_new_tokens and
         B' = B * num_samples."""
         if num_samples < 1:
@@ -276,7 +332,9 @@ class GPT(nn.Module):
         logprobs_op = kernels.logprobs.token_logprobs if self._triton_logprobs(idx) else \
             kernels.logprobs.token_logprobs_reference  # the log-softmax that token_logprobs runs
         seq, step_in = idx, idx  # all tokens so far; what the next forward reads
-        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        B_out = B * num_samples
+        rows = torch.arange(B_out, device=idx.device)  # the rows of the result still in the batch
+        done = torch.zeros(B, dtype=torch.bool, device=idx.device)  # of the rows in the batch
         tokens, masks, logprobs = [], [], []
         for step in range(max_new_tokens):
             if cache is not None:
@@ -289,21 +347,30 @@ class GPT(nn.Module):
                 if cache is not None:
                     cache.repeat_rows(num_samples)
             logits = self.head_logits(h)  # (B, V)
-            tok = _sample(logits.float(), temperature, top_k, top_p, generator)  # (B,)
+            tok = _sample(logits.float(), temperature, top_k, top_p, generator, rows, B_out)  # (B,)
             lp = logprobs_op(logits, tok, temperature=temperature if temperature > 0 else 1.0)  # (B,) fp32
             if eos_id is not None:
                 tok = tok.masked_fill(done, pad_id)
+            # this step's tokens, masks and log-probs for every row of the result (pad, False, 0 for the rows gone)
+            tokens.append(torch.full((B_out,), pad_id if pad_id is not None else 0, dtype=tok.dtype,
+                                     device=tok.device).index_copy(0, rows, tok))
+            masks.append(torch.zeros(B_out, dtype=torch.bool, device=tok.device).index_copy(0, rows, ~done))
+            logprobs.append(torch.zeros(B_out, dtype=lp.dtype, device=lp.device).index_copy(0, rows,
+                                                                                          lp.masked_fill(done, 0.0)))
             if on_token is not None:
-                on_token(tok)
-            tokens.append(tok)
-            masks.append(~done)
-            logprobs.append(lp.masked_fill(done, 0.0))
+                on_token(tokens[-1])
             if eos_id is not None:
                 done = done | (tok == eos_id)
             seq = torch.cat([seq, tok[:, None]], dim=1)
             step_in = tok[:, None]
             if done.all():
                 break
+            if drop_stopped and 2 * int(done.sum()) >= len(done):  # half have stopped: on with the others alone
+                keep = ~done
+                rows, seq, step_in, done = rows[keep], seq[keep], step_in[keep], done[keep]
+                start = start[keep] if start is not None else None
+                if cache is not None:
+                    cache.keep_rows(keep)
         return Generation(torch.stack(tokens, 1), torch.stack(masks, 1), torch.stack(logprobs, 1))
 
     @classmethod
@@ -385,8 +452,10 @@ class GPT(nn.Module):
         self.config.vocab_size = vocab_size
 
 
-def _sample(logits, temperature, top_k, top_p, generator):
-    """One token per row from logits (B, V)."""
+def _sample(logits, temperature, top_k, top_p, generator, rows=None, n_rows=None):
+    """One token per row from logits (B, V). rows: which of n_rows rows of the whole batch these are
+    (generate drops the rows that have stopped); the random draws are made for all n_rows, so that a
+    row's sample does not depend on which other rows are still there."""
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits / temperature
@@ -399,7 +468,12 @@ def _sample(logits, temperature, top_k, top_p, generator):
         drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p
         logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
     probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    # an exponential race, which draws a token with probability probs exactly: argmax probs / q with
+    # q ~ Exp(1) per token (what torch.multinomial does for one sample, on the CPU with the same draws)
+    if rows is None:
+        rows, n_rows = torch.arange(len(probs), device=probs.device), len(probs)
+    q = torch.empty(n_rows, probs.size(-1), device=probs.device).exponential_(generator=generator)[rows]
+    return (probs / q).argmax(-1)
 
 
 def _read_hf_weights(path, name=None):

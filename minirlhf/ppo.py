@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from minirlhf import distributed, runs
+from minirlhf import data, distributed, runs
 from minirlhf.checkpoint import load_checkpoint, model_from
 from minirlhf.rl import ppo_policy_loss, ppo_value_loss, token_mean
 from minirlhf.scoring import minibatch_rows, response_logprobs, response_values
@@ -34,50 +34,66 @@ class Rollout(NamedTuple):
 
 
 def update(policy, value_model, optimizers, rollout, *, epochs, n_minibatches, clip_range, vf_clip_range, vf_coef,
-           ent_coef, temperature, grad_clip, autocast, d, ptx_batch=None, ptx_coef=0.0):
+           ent_coef, temperature, grad_clip, autocast, d, ptx_batch=None, ptx_coef=0.0, micro_batches=1):
     """PPO's epochs over one rollout. policy and value_model are what backward goes through (DDP- or
     FSDP-wrapped under torchrun); optimizers step them. ptx_batch(): this rank's (idx, targets) of a
-    batch of demonstrations for PPO-ptx. Returns (stats, first_error): the whole batch's mean of
-    each statistic over the minibatches that stepped (None when none did), and the largest |log pi -
-    log pi_old| of the first minibatch, which sees the rollout's own weights: fp noise unless the
-    rollout's log-probs and the update's disagree."""
+    batch of demonstrations for PPO-ptx. micro_batches: each minibatch goes through forward and
+    backward in up to this many parts of rows with similar prompt lengths, each without the columns
+    that are padding in all of its rows; the losses are sums over tokens divided by the minibatch's
+    token count, so the parts' gradients add up to the minibatch's: the same step, less padding.
+    Returns (stats, first_error): the whole batch's mean of each statistic over the minibatches that
+    stepped (None when none did), and the largest |log pi - log pi_old| of the first minibatch, which
+    sees the rollout's own weights: fp noise unless the rollout's log-probs and the update's disagree."""
     B = rollout.seq.size(0)
     params = [p for m in (policy, value_model) for p in m.parameters()]
     names = ("pg_loss", "vf_loss", "entropy", "approx_kl", "clipfrac", "vf_clipfrac")
     names += ("ptx_loss",) if ptx_batch else ()
     stats, first_error = {k: [] for k in names}, None
+    prompt_lengths = (rollout.P - rollout.start).tolist()
     for epoch in range(epochs):
         perm = torch.randperm(B, device=rollout.seq.device)
         for mb in perm.split(B // n_minibatches):
-            seq, start, P = minibatch_rows(mb, rollout.seq, rollout.start, rollout.P)
-            mask, old_logprobs = rollout.mask[mb], rollout.logprobs[mb]
-            n_tokens = distributed.all_sum(mask.sum()).float() / d.world  # see rl.token_mean
-            logprobs, entropy = response_logprobs(policy, seq, start, P, rollout.targets[mb], temperature, autocast,
-                                                  entropy=True)
-            values = response_values(value_model, seq, start, P, autocast)
+            n_tokens = distributed.all_sum(rollout.mask[mb].sum()).float() / d.world  # see rl.token_mean
+            parts = data.micro_batches(mb.tolist(), micro_batches, lambda i: prompt_lengths[i])
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            step, errors = dict.fromkeys(names, 0.0), []
+            for j, part in enumerate(parts):  # the gradients add up; the ranks reduce them after the last part
+                rows = torch.tensor(part, device=rollout.seq.device)
+                seq, start, P = minibatch_rows(rows, rollout.seq, rollout.start, rollout.P)
+                mask, old_logprobs = rollout.mask[rows], rollout.logprobs[rows]
+                with distributed.grad_sync(policy, j == len(parts) - 1), \
+                        distributed.grad_sync(value_model, j == len(parts) - 1):
+                    logprobs, entropy = response_logprobs(policy, seq, start, P, rollout.targets[rows], temperature,
+                                                          autocast, entropy=True)
+                    values = response_values(value_model, seq, start, P, autocast)
+                    errors.append(((logprobs - old_logprobs).abs() * mask).max().detach())
+                    pg_loss, clipfrac, approx_kl = ppo_policy_loss(logprobs, old_logprobs, rollout.advantages[rows],
+                                                                   mask, clip_range, n_tokens)
+                    vf_loss, vf_clipfrac = ppo_value_loss(values, rollout.values[rows], rollout.returns[rows], mask,
+                                                          vf_clip_range, n_tokens)
+                    entropy = token_mean(entropy, mask, n_tokens)
+                    loss = pg_loss + vf_coef * vf_loss - ent_coef * entropy
+                    part_stats = {"pg_loss": pg_loss, "vf_loss": vf_loss, "entropy": entropy, "approx_kl": approx_kl,
+                                  "clipfrac": clipfrac, "vf_clipfrac": vf_clipfrac}
+                    if ptx_batch is not None and j == len(parts) - 1:  # PPO-ptx: keep the demonstrations'
+                        idx, targets = ptx_batch()                      # likelihood (InstructGPT, eq. 2)
+                        with autocast():
+                            ptx_logprobs = policy(idx, targets=targets)
+                        n_ptx = distributed.all_sum((targets != -100).sum()).float() / d.world
+                        part_stats["ptx_loss"] = -ptx_logprobs.sum() / n_ptx
+                        loss = loss + ptx_coef * part_stats["ptx_loss"]
+                    loss.backward()
+                for k, v in part_stats.items():  # each part's share of the minibatch's token means: they add up
+                    step[k] = step[k] + v.detach()
             if first_error is None:
-                first_error = ((logprobs - old_logprobs).abs() * mask).max().detach()
-            pg_loss, clipfrac, approx_kl = ppo_policy_loss(logprobs, old_logprobs, rollout.advantages[mb], mask,
-                                                           clip_range, n_tokens)
-            vf_loss, vf_clipfrac = ppo_value_loss(values, rollout.values[mb], rollout.returns[mb], mask, vf_clip_range,
-                                                  n_tokens)
-            entropy = token_mean(entropy, mask, n_tokens)
-            loss = pg_loss + vf_coef * vf_loss - ent_coef * entropy
-            step = {"pg_loss": pg_loss, "vf_loss": vf_loss, "entropy": entropy, "approx_kl": approx_kl,
-                    "clipfrac": clipfrac, "vf_clipfrac": vf_clipfrac}
-            if ptx_batch is not None:  # PPO-ptx: keep the demonstrations' likelihood (InstructGPT, eq. 2)
-                idx, targets = ptx_batch()
-                with autocast():
-                    ptx_logprobs = policy(idx, targets=targets)
-                n_ptx = distributed.all_sum((targets != -100).sum()).float() / d.world
-                step["ptx_loss"] = -ptx_logprobs.sum() / n_ptx
-                loss = loss + ptx_coef * step["ptx_loss"]
-            stepped, _ = runs.step(loss, params, optimizers, grad_clip)
+                first_error = torch.stack(errors).max()
+            stepped, _ = runs.apply_grads(params, optimizers, grad_clip)
             if not stepped:  # the same on every rank: gradients are shared
                 print("non-finite loss or gradient: minibatch skipped")
                 continue
             for k, v in step.items():
-                stats[k].append(v.detach())
+                stats[k].append(v)
     # every rank's statistic is its tokens' sum over the global count (rl.token_mean): summed over ranks, the mean
     means = {k: (distributed.all_sum(torch.stack(v).mean()) / d.world).item() if v else None for k, v in stats.items()}
     if not stats["pg_loss"]:

@@ -9,11 +9,14 @@ and every evaluation, so that all of them read the same positions the same way.
     reward_scores       the reward model's score of each response, at its EOS     reward model
     response_batch      prompts and sampled responses -> that layout
     minibatch_rows      some rows of a batch, without the prompt columns that are padding in all of them
+    in_parts            a batch scored in parts of similar prompt lengths, put back in row order
     comparison_batch    ranked responses -> sequences, (better, worse) pairs, pair weights
+    group_rewards       the reward model's score of each ranked response, a prompt read once for all of its
 """
 import torch
 
-from minirlhf.data import IGNORE_INDEX, left_pad
+from minirlhf import distributed
+from minirlhf.data import IGNORE_INDEX, left_pad, micro_batches
 from minirlhf.rl import ranking_pairs
 
 
@@ -59,6 +62,21 @@ def response_batch(prompts, responses, tokenizer, device):
             ended.to(device))
 
 
+def in_parts(n, seq, start, P, score):
+    """score(rows, seq, start, P) -> a tuple of per-row tensors, for a left-padded batch, computed in up
+    to n parts of rows with similar prompt lengths, each without the prompt columns that are padding in
+    all of its rows (minibatch_rows), and put back in row order: the same outputs for less padding.
+    rows: a part's indices into the batch, to pick its rows of other per-row inputs."""
+    if n == 1:
+        return score(torch.arange(seq.size(0), device=seq.device), seq, start, P)
+    prompt_lengths = (P - start).tolist()
+    parts = micro_batches(list(range(seq.size(0))), n, lambda i: prompt_lengths[i])
+    outs = [score(torch.tensor(part, device=seq.device), *minibatch_rows(torch.tensor(part, device=seq.device),
+                                                                         seq, start, P)) for part in parts]
+    inverse = torch.argsort(torch.tensor([i for part in parts for i in part], device=seq.device))
+    return tuple(torch.cat(pieces)[inverse] for pieces in zip(*outs))
+
+
 def minibatch_rows(rows, seq, start, P):
     """Rows (a LongTensor of indices) of a left-padded batch, with the prompt columns that are
     padding in every one of them dropped: a PPO minibatch's forward then skips work no row needs
@@ -91,3 +109,28 @@ def rewards_at_eos(reward_model, seqs, pad_id, device, autocast):
     idx, start = left_pad(seqs, pad_id)
     with autocast():
         return reward_model(idx.to(device), start.to(device), last=1).view(-1)
+
+
+def group_rewards(reward_model, groups, pad_id, device, autocast):
+    """The reward (n,) of every response of the groups (prompt ids, [response ids ending in EOS], ...),
+    in comparison_batch's order, read at each response's EOS: what rewards_at_eos gives for the
+    sequences prompt + response, but each prompt goes through the model once for all of its K
+    responses (GPT.forward with responses), K times less work on the prompt tokens. A batch whose
+    longest prompt and longest response would not fit in the block together is scored in halves."""
+    prompts = [prompt for prompt, _, _ in groups]
+    responses = [r for _, rs, _ in groups for r in rs]
+    if max(map(len, prompts)) + max(map(len, responses)) > distributed.unwrapped(reward_model).config.block_size \
+            and len(groups) > 1:
+        half = len(groups) // 2
+        return torch.cat([group_rewards(reward_model, part, pad_id, device, autocast)
+                          for part in (groups[:half], groups[half:])])
+    idx, start = left_pad(prompts, pad_id)
+    lengths = torch.tensor([len(r) for r in responses])
+    tokens = torch.full((len(responses), int(lengths.max())), pad_id, dtype=torch.long)  # right-padded
+    for n, r in enumerate(responses):
+        tokens[n, :len(r)] = torch.tensor(r, dtype=torch.long)
+    repeats = torch.tensor([len(rs) for _, rs, _ in groups])
+    with autocast():
+        rewards = reward_model(idx.to(device), start.to(device), responses=tokens.to(device),
+                               repeats=repeats.to(device))  # (n, R)
+    return rewards[torch.arange(len(responses), device=rewards.device), lengths.to(device) - 1]

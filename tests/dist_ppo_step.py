@@ -1,6 +1,7 @@
 """
 One PPO update on a fixed rollout, for tests/test_distributed.py: run by `python` (one process with
-the whole batch) and by `torchrun --nproc_per_node=2` (each rank with half of it, DDP or --fsdp).
+the whole batch) and by `torchrun --nproc_per_node=2` (each rank with half of it, DDP or --fsdp, in
+two micro-batches of similar prompt lengths).
 Every rank builds the same models and the same whole rollout, keeps its rows, whitens the advantages
 over all ranks, and takes the step through minirlhf/ppo.py, as train_ppo.py does. Rank 0 saves the
 updated weights, the statistics and the whitened advantages of all rows to the path in argv[1].
@@ -49,7 +50,8 @@ optimizers = [torch.optim.Adam(m.parameters(), lr=1e-2, eps=1e-5) for m in (poli
 rollout = ppo.Rollout(seq, start, P, targets, mask, old_logprobs, old_values, advantages, returns)
 stats, first_error = ppo.update(policy_train, value_train, optimizers, rollout, epochs=1, n_minibatches=1,
                                 clip_range=0.2, vf_clip_range=0.2, vf_coef=0.1, ent_coef=0.01, temperature=1.0,
-                                grad_clip=1.0, autocast=nullcontext, d=d)
+                                grad_clip=1.0, autocast=nullcontext, d=d,
+                                micro_batches=2 if d.world > 1 else 1)  # the ranks in parts of similar lengths
 weights = [distributed.model_state(m, fsdp) for m in (policy_train, value_train)]
 all_advantages = torch.cat(distributed.all_gather_objects(advantages))
 if d.is_main:

@@ -1,6 +1,7 @@
 """flash_attention (Triton kernels) == attention_reference (plain PyTorch, fp32 math): outputs and
-gradients, on random shapes, masks and dtypes. On the CPU the kernels run in Triton's interpreter,
-which is slow, so shapes stay small there; on CUDA they grow."""
+gradients, on random shapes, masks and dtypes; and so is attention_sdpa, the model's plain-PyTorch
+path. On the CPU the kernels run in Triton's interpreter, which is slow, so shapes stay small there;
+on CUDA they grow."""
 import math
 
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import kernels.attention
-from kernels.attention import attention_reference, flash_attention
+from kernels.attention import attention_reference, attention_sdpa, flash_attention
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -43,11 +44,11 @@ def run(fn, q, k, v, do, **kwargs):
     return (o, *torch.autograd.grad(o, (q, k, v), do))
 
 
-def assert_matches_reference(q, k, v, atol, rtol, seed=0, **kwargs):
-    """flash_attention and attention_reference agree on o, dq, dk, dv (from the same leaves), and
-    nothing is NaN. Returns flash_attention's (o, dq, dk, dv)."""
+def assert_matches_reference(q, k, v, atol, rtol, seed=0, op=flash_attention, **kwargs):
+    """op (flash_attention) and attention_reference agree on o, dq, dk, dv (from the same leaves), and
+    nothing is NaN. Returns op's (o, dq, dk, dv)."""
     do = randn(*q.shape, dtype=q.dtype, seed=seed + 1)
-    ours = run(flash_attention, *leaves(q, k, v), do, **kwargs)
+    ours = run(op, *leaves(q, k, v), do, **kwargs)
     ref = run(attention_reference, *leaves(q, k, v), do, **kwargs)
     assert ours[0].shape == q.shape and ours[0].dtype == q.dtype
     for name, a, b in zip(("o", "dq", "dk", "dv"), ours, ref):
@@ -71,9 +72,10 @@ def attention_problems(draw):
     )
 
 
+@pytest.mark.parametrize("op", [flash_attention, attention_sdpa], ids=["triton", "sdpa"])
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
-@settings(max_examples=EXAMPLES)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(p=attention_problems())
 # Hypothesis spends many of its few examples on tiny shapes; these always run and cross tile edges
 # (16 keys a tile in the interpreter): key_start inside a tile and on an edge, a prefill chunk,
@@ -81,25 +83,26 @@ def attention_problems(draw):
 @example(p=dict(B=2, H=2, Tq=40, Tk=40, D=64, sm_scale=None, key_start=([5, 16], torch.int64), seed=0))
 @example(p=dict(B=1, H=2, Tq=19, Tk=40, D=80, sm_scale=0.2, key_start=None, seed=1))
 @example(p=dict(B=2, H=1, Tq=1, Tk=37, D=128, sm_scale=None, key_start=([37, 3], torch.int32), seed=2))
-def test_flash_attention_matches_reference(dtype, atol, rtol, causal, p):
+def test_flash_attention_matches_reference(op, dtype, atol, rtol, causal, p):
     q = randn(p["B"], p["H"], p["Tq"], p["D"], dtype=dtype, seed=p["seed"])
     k = randn(p["B"], p["H"], p["Tk"], p["D"], dtype=dtype, seed=p["seed"] + 2)
     v = randn(p["B"], p["H"], p["Tk"], p["D"], dtype=dtype, seed=p["seed"] + 3)
     key_start = None if p["key_start"] is None else torch.tensor(p["key_start"][0], dtype=p["key_start"][1],
                                                                  device=DEVICE)
-    assert_matches_reference(q, k, v, atol, rtol, seed=p["seed"], causal=causal, sm_scale=p["sm_scale"],
+    assert_matches_reference(q, k, v, atol, rtol, seed=p["seed"], op=op, causal=causal, sm_scale=p["sm_scale"],
                              key_start=key_start)
 
 
+@pytest.mark.parametrize("op", [flash_attention, attention_sdpa], ids=["triton", "sdpa"])
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
 @pytest.mark.parametrize("Tq", [37, 9])
-def test_rows_that_see_no_key_are_exactly_zero(dtype, atol, rtol, Tq):
+def test_rows_that_see_no_key_are_exactly_zero(op, dtype, atol, rtol, Tq):
     """Row 0 is all padding; in row 1 the first queries, with causality, see only padding.
     Their outputs and gradients are exactly zero, as are dk, dv of every padding key; no NaN."""
     B, H, Tk, D = 2, 2, 37, 32
     q, k, v = (randn(B, H, T, D, dtype=dtype, seed=s) for s, T in ((0, Tq), (1, Tk), (2, Tk)))
     key_start = torch.tensor([Tk, 33], device=DEVICE)  # row 1: queries before position 33 see nothing
-    o, dq, dk, dv = assert_matches_reference(q, k, v, atol, rtol, causal=True, key_start=key_start)
+    o, dq, dk, dv = assert_matches_reference(q, k, v, atol, rtol, op=op, causal=True, key_start=key_start)
     blind = Tk - Tq + torch.arange(Tq, device=DEVICE) < 33  # row 1's queries that see no key
     assert blind.any() and not blind.all()
     assert (o[0] == 0).all() and (dq[0] == 0).all() and (dk[0] == 0).all() and (dv[0] == 0).all()

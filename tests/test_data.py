@@ -12,10 +12,10 @@ from minirlhf.data import (
     encode_prompt,
     encode_sft,
     left_pad,
+    micro_batches,
     read_comparisons,
     read_prompts,
     read_sft,
-    micro_batches,
     sft_batch,
     write_jsonl,
 )

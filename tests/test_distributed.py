@@ -1,7 +1,7 @@
 """
 Past one device: two Gloo ranks on the CPU, each with half of every batch, take the same steps as one
 process with the whole batch (to fp32 noise), with DistributedDataParallel and with FSDP2 (the
-ranks' SFT and RM steps also in micro-batches); FSDP's
+ranks' SFT, RM and PPO steps also in micro-batches); FSDP's
 checkpoint loads in a single process; a rank that fails stops the whole job.
 """
 import json
@@ -80,13 +80,17 @@ def test_rm_steps_on_two_ranks_equal_one_process(sft_runs, tmp_path):
             "--eval_interval=3", "--n_bias_samples=4", "--threads=1", "--max_new_tokens=8"]
     run("train_rm.py", f"--out_dir={tmp_path}/one", *args)
     torchrun("train_rm.py", "--device=cpu", f"--out_dir={tmp_path}/ddp", "--micro_batches=2", *args)
-    # the final bias step averages the reward of samples each rank draws with its own seed: only it differs
-    assert_same_weights(weights(tmp_path / "ddp" / "ckpt.pt"), weights(tmp_path / "one" / "ckpt.pt"),
-                        skip=("score_head.bias",))
-    one, ddp = ([json.loads(line) for line in open(tmp_path / d / "metrics.jsonl")] for d in ("one", "ddp"))
-    assert [r["train/loss"] for r in ddp] == pytest.approx([r["train/loss"] for r in one], rel=1e-5)
-    assert [r["train/accuracy"] for r in ddp] == [r["train/accuracy"] for r in one]
-    assert ddp[-1]["eval/accuracy"] == one[-1]["eval/accuracy"]
+    # FSDP2 too: a prompt read once for its responses runs every block twice in one forward
+    torchrun("train_rm.py", "--device=cpu", f"--out_dir={tmp_path}/fsdp", "--micro_batches=2", "--fsdp", *args)
+    one = [json.loads(line) for line in open(tmp_path / "one" / "metrics.jsonl")]
+    for name in ("ddp", "fsdp"):
+        # the final bias step averages the reward of samples each rank draws with its own seed: only it differs
+        assert_same_weights(weights(tmp_path / name / "ckpt.pt"), weights(tmp_path / "one" / "ckpt.pt"),
+                            skip=("score_head.bias",))
+        two = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
+        assert [r["train/loss"] for r in two] == pytest.approx([r["train/loss"] for r in one], rel=1e-5)
+        assert [r["train/accuracy"] for r in two] == [r["train/accuracy"] for r in one]
+        assert two[-1]["eval/accuracy"] == one[-1]["eval/accuracy"]
 
 
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])

@@ -71,11 +71,50 @@ def test_n_samples_per_prompt_read_the_prompt_once_and_equal_repeated_prompts():
         assert torch.equal(a.tokens, b.tokens) and torch.equal(a.mask, b.mask)
         torch.testing.assert_close(a.logprobs, b.logprobs)
 
-    rows = []  # the batch sizes of the forward passes: the prompts' pass sees 7 rows, then 21
+    rows = []  # the batch sizes of the forward passes: the prompts' pass sees 7 rows, then 21 (fewer once rows stop)
     hook = model.transformer.h[0].register_forward_hook(lambda m, args, out: rows.append(args[0].shape[:2]))
     model.generate(idx, budget, start=start, num_samples=n, generator=torch.Generator().manual_seed(1), **kw)
     hook.remove()
-    assert rows[0] == (len(prompts), idx.size(1)) and all(r == (len(prompts) * n, 1) for r in rows[1:])
+    assert rows[0] == (len(prompts), idx.size(1)) and rows[1] == (len(prompts) * n, 1)
+    assert all(r[1] == 1 and r[0] <= len(prompts) * n for r in rows[2:])
+
+
+def test_rows_that_stop_leave_the_batch_and_change_no_sample():
+    """Once half of the running rows have stopped at their EOS, generate goes on with the others alone;
+    the result is the one of the whole batch going on to the end (drop_stopped=False); and every row's
+    tokens up to its EOS, and their log-probs, are those of a run where no row stops (no eos_id: every
+    row runs the whole budget), since the random draws are made for every row at every step. With and
+    without the cache, with n samples per prompt."""
+    torch.manual_seed(5)
+    model = GPT(GPTConfig(block_size=48, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=32, attn_impl="torch"))
+    with torch.no_grad():  # EOS about one time in ten: replies of 1 to 12 tokens
+        model.lm_head.weight[tok.eos_id] = 0
+        model.lm_head.weight[tok.eos_id, 0] = 1.0
+        model.transformer.ln_f.bias[0] = 3.5
+    idx, start = left_pad([tok.encode(p) for p in PROMPTS], tok.pad_id)
+    budget, n = 12, 3
+    for use_cache in (True, False):
+        rows = []  # rows of each forward pass after the prompts'
+        hook = model.transformer.h[0].register_forward_hook(lambda m, args, out: rows.append(args[0].size(0)))
+        stops = model.generate(idx, budget, start=start, temperature=1.0, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                               num_samples=n, use_cache=use_cache, generator=torch.Generator().manual_seed(2))
+        hook.remove()
+        runs_on = model.generate(idx, budget, start=start, temperature=1.0, num_samples=n, use_cache=use_cache,
+                                 generator=torch.Generator().manual_seed(2))
+        kept = model.generate(idx, budget, start=start, temperature=1.0, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                              num_samples=n, use_cache=use_cache, generator=torch.Generator().manual_seed(2),
+                              drop_stopped=False)
+        assert rows[1] == len(PROMPTS) * n and min(rows[1:]) < len(PROMPTS) * n / 2  # rows did leave the batch
+        assert torch.equal(stops.tokens, kept.tokens) and torch.equal(stops.mask, kept.mask)
+        torch.testing.assert_close(stops.logprobs, kept.logprobs)
+        lengths = stops.mask.sum(1)
+        assert len(set(lengths.tolist())) > 2 and lengths.min() < stops.tokens.size(1)
+        for b, length in enumerate(lengths.tolist()):
+            assert torch.equal(stops.tokens[b, :length], runs_on.tokens[b, :length])
+            assert (stops.tokens[b, length:] == tok.pad_id).all() and not stops.mask[b, length:].any()
+            assert stops.tokens[b, length - 1] == tok.eos_id or length == budget
+            torch.testing.assert_close(stops.logprobs[b, :length], runs_on.logprobs[b, :length])
+            assert (stops.logprobs[b, length:] == 0).all()
 
 
 def test_samples_gathered_over_ranks_keep_each_prompts_n_together(monkeypatch):

@@ -18,6 +18,8 @@ from minirlhf.model import GPT, GPTConfig
 from minirlhf.sampling import sample_responses
 from minirlhf.scoring import (
     comparison_batch,
+    group_rewards,
+    in_parts,
     minibatch_rows,
     response_batch,
     response_logprobs,
@@ -177,6 +179,33 @@ def test_minibatch_rows_change_no_logprob_or_value(data):
     torch.testing.assert_close(mb_v, full_v[rows], atol=1e-5, rtol=1e-5)
 
 
+@settings(max_examples=10)
+@given(data=st.data(), n=st.integers(2, 5))
+def test_in_parts_gives_the_whole_batchs_scores_in_row_order(data, n):
+    """PPO scores its rollout in parts of similar prompt lengths (scoring.in_parts): the reference
+    log-probs, values and rewards of every row are those of the whole batch, in the batch's order."""
+    policy, value_model = make_model(data.draw(st.integers(0, 50))), make_model(7, scalar_head=True)
+    reward_model = make_model(8, scalar_head=True)
+    prompts, responses = random_rows(data, max_rows=8)
+    seq, start, P, targets, lengths, _ = response_batch(prompts, responses, tok, "cpu")
+    parts = []
+
+    def score(rows, seq, start, P):
+        parts.append((len(rows), seq.size(1)))
+        return (response_logprobs(policy, seq, start, P, targets[rows], 0.8, NO_AUTOCAST),
+                response_values(value_model, seq, start, P, NO_AUTOCAST),
+                reward_scores(reward_model, seq, start, P, lengths[rows], NO_AUTOCAST))
+    with torch.no_grad():
+        whole = score(torch.arange(len(prompts)), seq, start, P)
+        got = in_parts(n, seq, start, P, score)
+    assert sum(rows for rows, _ in parts[1:]) == len(prompts) and len(parts) - 1 <= n
+    assert len(parts) - 1 > 1 or len(prompts) == 1  # in parts indeed
+    for a, b in zip(got, whole):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert in_parts(1, seq, start, P, score)[2].tolist() == whole[2].tolist()  # one part: the batch as it is
+
+
 # ---------------------------------------------------------------------------------------------- rollout == training
 
 
@@ -231,3 +260,44 @@ def test_comparison_batch_pairs_and_weights(ks, seed):
         offset, pair = offset + k, pair + n_pairs
     assert len(better) == len(worse) == len(weights) == pair and len(seqs) == offset
     assert weights.sum().item() == pytest.approx(len(groups))  # each prompt weighs one, whatever its K
+
+
+@settings(max_examples=15, deadline=None)
+@given(ks=st.lists(st.integers(1, 5), min_size=1, max_size=5), block=st.sampled_from([48, 14]),
+       seed=st.integers(0, 1000))
+def test_group_rewards_are_each_sequence_scored_alone(ks, block, seed):
+    """The reward model reads each prompt once for its K responses (GPT.forward with responses): every
+    response's reward, and the gradient of any weighting of them, is what the whole sequence prompt +
+    response gives alone, read at its EOS; groups of different K, prompts and responses of different
+    lengths. In a block of 14 the longest prompt and the longest response often do not fit together:
+    the batch is then scored in parts, in order."""
+    model = make_model(seed % 50, scalar_head=True)
+    model.config.block_size = block  # positions past it are never read: a smaller block forces the split
+    g = torch.Generator().manual_seed(seed)
+    groups = []
+    for k in ks:
+        prompt = torch.randint(0, 256, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
+        responses = [torch.randint(0, 256, (int(torch.randint(0, 14 - len(prompt), (1,), generator=g)),),
+                                   generator=g).tolist() + [EOS] for _ in range(k)]
+        groups.append((prompt, responses, list(range(k))))
+    seqs = [prompt + r for prompt, responses, _ in groups for r in responses]
+    rewards = group_rewards(model, groups, PAD, "cpu", NO_AUTOCAST)
+    assert rewards.shape == (len(seqs),)
+    alone = torch.stack([model(torch.tensor([s]))[0, -1] for s in seqs])
+    torch.testing.assert_close(rewards, alone, atol=1e-5, rtol=1e-5)
+    w = torch.randn(len(seqs), generator=g)
+    params = [p for p in model.parameters()]
+    got = torch.autograd.grad((w * rewards).sum(), params)
+    want = torch.autograd.grad((w * alone).sum(), params)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_forward_with_responses_checks_repeats():
+    model = make_model(0, scalar_head=True)
+    idx, responses = torch.randint(0, 256, (2, 3)), torch.randint(0, 256, (5, 2))
+    with pytest.raises(ValueError, match="repeats sum to 4, but there are 5 responses"):
+        model(idx, responses=responses, repeats=2)
+    with pytest.raises(ValueError, match="last does not go with responses"):
+        model(idx, responses=responses, repeats=torch.tensor([2, 3]), last=1)
+    assert model(idx, responses=responses, repeats=torch.tensor([2, 3])).shape == (5, 2)
