@@ -179,13 +179,14 @@ def main(cfg):
     print_config(cfg)
     t_start = time.time()
     device, autocast = setup_device(cfg, device)
+    # a finished run in out_dir, or a resume with other options, is an error now, before any SFT or RM stage runs
+    resume = runs.start(cfg, d.is_main) if cfg.rounds == 1 else None
     stages = [("sft", "train_sft.py")] + ([("rm", "train_rm.py")] if cfg.rounds == 1 else [])  # rounds train their RMs
     for what, script in stages:
         default = task_config_defaults(cfg.task, "ppo").get(f"{what}_ckpt", getattr(Config, f"{what}_ckpt"))
         pipeline.ensure_stage(cfg, d, what, script, default, HERE)
     if cfg.rounds > 1:
         return pipeline.run_rounds(cfg, d, device, autocast, HERE)
-    resume = runs.start(cfg, d.is_main)
     t_ppo = time.time()
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)  # prompt order and PPO-ptx batches: the same on every rank

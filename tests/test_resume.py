@@ -206,6 +206,7 @@ def test_a_rerun_into_a_finished_run_changes_nothing(runs):
         done = run(script_name, f"--out_dir={runs}/{d}", f"--sft_ckpt={runs}/sft/ckpt.pt" if d == "ppo" else "--seed=1",
                    ok=False)
         assert done.returncode == 2 and "already holds a finished run" in done.stderr
+        assert "is missing: running" not in done.stdout  # refused before training a missing stage (the RM here)
     assert {d: snapshot(runs / d) for d in ("sft", "rm", "ppo")} == before
 
 
