@@ -363,9 +363,10 @@ class GPT(nn.Module):
                 done = done | (tok == eos_id)
             seq = torch.cat([seq, tok[:, None]], dim=1)
             step_in = tok[:, None]
-            if done.all():
+            n_done = int(done.sum())  # one host sync per step, for both tests below
+            if n_done == len(done):
                 break
-            if drop_stopped and 2 * int(done.sum()) >= len(done):  # half have stopped: on with the others alone
+            if drop_stopped and 2 * n_done >= len(done):  # half have stopped: on with the others alone
                 keep = ~done
                 rows, seq, step_in, done = rows[keep], seq[keep], step_in[keep], done[keep]
                 start = start[keep] if start is not None else None
