@@ -17,8 +17,9 @@ setup(
     ],
     extras_require={
         # safetensors: tests read GPT-2 weights in that format; ruff: the linter .ci/run runs;
-        # matplotlib (the plot extra): the tests check the PNGs the report and the experiments draw
-        "dev": ["pytest", "hypothesis", "safetensors", "ruff", "matplotlib"],
+        # matplotlib (the plot extra): the tests check the PNGs the report and the experiments draw;
+        # pytest-xdist: the tests run in one process per core (pytest.ini)
+        "dev": ["pytest", "hypothesis", "pytest-xdist", "safetensors", "ruff", "matplotlib"],
         "plot": ["matplotlib"],  # the training-curve PNG of a PPO run, the experiments' figures
     },
 )

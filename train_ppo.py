@@ -39,7 +39,7 @@ from minirlhf.cli import (
     setup_device,
     task_config_defaults,
 )
-from minirlhf.data import IGNORE_INDEX, encode_prompt, encode_sft, left_pad, read_prompts, read_sft, sft_batch
+from minirlhf.data import IGNORE_INDEX, left_pad, sft_batch
 from minirlhf.report import iteration_line, write_ppo_report
 from minirlhf.rl import (
     AdaptiveKLController,
@@ -198,30 +198,9 @@ def main(cfg):
     start_path = os.path.join(cfg.out_dir, "ckpt.pt") if resume else cfg.init_from
     ref_policy, reward_model, policy, value_model, tokenizer = ppo.load_models(
         cfg.sft_ckpt, cfg.rm_ckpt, start_path, get_tokenizer(cfg.tokenizer) if cfg.tokenizer else None, device, kernels)
-    block_size = policy.config.block_size
-    max_prompt = block_size - cfg.max_new_tokens
-    if max_prompt < 1:
-        raise ValueError(f"--max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in "
-                         f"block_size={block_size}")
-
-    # prompts (token ids) for the rollouts, and the held-out ones for the report
+    # prompts (token ids) for the rollouts, the held-out ones for the report, demonstrations for PPO-ptx
     builtin = cfg.prompts == "builtin"
-    if builtin:
-        prompt_seed = cfg.seed + 1 if cfg.prompt_seed < 0 else cfg.prompt_seed
-        train_prompts = task.prompt_records(cfg.iterations * cfg.batch_size, "train", prompt_seed,
-                                            parse_kind_weights(cfg.kind_weights))
-        eval_prompts = task.prompt_records(cfg.n_eval, "eval", cfg.seed + 2)
-    else:
-        train_prompts = [r for path in cfg.prompts.split(",") for r in read_prompts(path)]
-        eval_prompts = [r for path in cfg.eval_prompts.split(",") for r in read_prompts(path)][:cfg.n_eval]
-    train_ids = [encode_prompt(tokenizer, r, max_prompt) for r in train_prompts]
-    for r in eval_prompts:
-        encode_prompt(tokenizer, r, max_prompt)  # a prompt too long for the report is an error now, not at the end
-    ptx = []
-    if cfg.ptx_coef > 0:
-        records = (task.sft_records(20000, "train", cfg.seed) if cfg.ptx_data == "builtin"
-                   else [r for path in cfg.ptx_data.split(",") for r in read_sft(path)])
-        ptx = [encode_sft(tokenizer, r, block_size) for r in records]
+    train_prompts, eval_prompts, train_ids, ptx = ppo.load_prompts(cfg, task, tokenizer, policy.config.block_size)
 
     local_batch = distributed.share(cfg.batch_size, d, "batch_size")
     if local_batch % cfg.n_minibatches:

@@ -1,10 +1,10 @@
 """
-The four models PPO starts from (load_models), and PPO's update (step 5 of train_ppo.py): epochs over
-shuffled minibatches of a scored rollout, each minibatch one gradient step on the clipped surrogate +
-the clipped value loss (+ an entropy bonus, + PPO-ptx), with gradient clipping (Ziegler et al. 2019;
-"The N+ implementation details of RLHF with PPO", Huang et al. 2024). Here rather than in the script so
-that a test can feed the same rollout to one process and to several ranks and check that they take the
-same step.
+The four models PPO starts from (load_models), its prompts (load_prompts), and PPO's update (step 5 of
+train_ppo.py): epochs over shuffled minibatches of a scored rollout, each minibatch one gradient step on
+the clipped surrogate + the clipped value loss (+ an entropy bonus, + PPO-ptx), with gradient clipping
+(Ziegler et al. 2019; "The N+ implementation details of RLHF with PPO", Huang et al. 2024). Here rather
+than in the script so that a test can feed the same rollout to one process and to several ranks and
+check that they take the same step.
 
 Under torchrun each rank updates on its share of the rollout; the losses are token means over the
 minibatch of all ranks (rl.token_mean), so that the average of the ranks' gradients is the gradient
@@ -18,6 +18,7 @@ from minirlhf import data, distributed, runs
 from minirlhf.checkpoint import load_checkpoint, model_from
 from minirlhf.rl import ppo_policy_loss, ppo_value_loss, token_mean
 from minirlhf.scoring import minibatch_rows, response_logprobs, response_values
+from minirlhf.tasks import parse_kind_weights
 
 
 class Rollout(NamedTuple):
@@ -119,3 +120,30 @@ def load_models(sft_ckpt, rm_ckpt, start_path, tokenizer, device, kernels):
     for m in (ref_policy, reward_model):
         m.requires_grad_(False).eval()
     return ref_policy, reward_model, policy, value_model, tokenizer
+
+
+def load_prompts(cfg, task, tokenizer, block_size):
+    """The prompt records of the rollouts and of the report, the rollouts' token ids, and PPO-ptx's encoded
+    demonstrations (empty without ptx_coef): the task's built-in splits, or the JSONL files of cfg. A prompt
+    with no room for max_new_tokens after it is an error now, the report's included, not at the end."""
+    max_prompt = block_size - cfg.max_new_tokens
+    if max_prompt < 1:
+        raise ValueError(f"--max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in "
+                         f"block_size={block_size}")
+    if cfg.prompts == "builtin":
+        prompt_seed = cfg.seed + 1 if cfg.prompt_seed < 0 else cfg.prompt_seed
+        train = task.prompt_records(cfg.iterations * cfg.batch_size, "train", prompt_seed,
+                                    parse_kind_weights(cfg.kind_weights))
+        held_out = task.prompt_records(cfg.n_eval, "eval", cfg.seed + 2)
+    else:
+        train = [r for path in cfg.prompts.split(",") for r in data.read_prompts(path)]
+        held_out = [r for path in cfg.eval_prompts.split(",") for r in data.read_prompts(path)][:cfg.n_eval]
+    train_ids = [data.encode_prompt(tokenizer, r, max_prompt) for r in train]
+    for r in held_out:
+        data.encode_prompt(tokenizer, r, max_prompt)
+    ptx = []
+    if cfg.ptx_coef > 0:
+        records = (task.sft_records(20000, "train", cfg.seed) if cfg.ptx_data == "builtin"
+                   else [r for path in cfg.ptx_data.split(",") for r in data.read_sft(path)])
+        ptx = [data.encode_sft(tokenizer, r, block_size) for r in records]
+    return train, held_out, train_ids, ptx

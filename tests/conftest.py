@@ -1,8 +1,15 @@
 # Triton kernels run on the CPU under its interpreter; the variable must be set before triton is imported.
 import os
 
-import torch
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n N: N test processes share the cores, so each (and each script it runs) takes one thread;
+    # threads that wait for each other on a busy core are slower than one
+    os.environ["OMP_NUM_THREADS"] = "1"
 
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

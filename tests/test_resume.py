@@ -200,6 +200,28 @@ def test_bad_options_are_one_line_errors_that_touch_nothing(runs, monkeypatch, c
     assert {d: snapshot(runs / d) for d in ("sft", "rm", "ppo")} == before
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--max_new_tokens=64"], "--max_new_tokens=64 leaves no room for a prompt in block_size=64"),
+    (["--prompts={long}", "--eval_prompts={short}"], "long.jsonl:2: prompt of 72 tokens, more than the 40"),
+    (["--prompts={short}", "--eval_prompts={long}"], "long.jsonl:2: prompt of 72 tokens, more than the 40"),
+])
+def test_ppo_prompts_without_room_for_a_response_are_errors_before_any_update(runs, tmp_path, monkeypatch, capsys,
+                                                                              args, message):
+    """Checked once the models are loaded (their block_size decides), the report's prompts included,
+    before the first rollout: nothing is written."""
+    (tmp_path / "short.jsonl").write_text(json.dumps({"prompt": "add 1 2"}) + "\n")
+    (tmp_path / "long.jsonl").write_text("\n".join(json.dumps({"prompt": p}) for p in ("add 1 2", "add 1 2 " * 9)))
+    module = script("train_ppo")
+    args = [a.format(long=tmp_path / "long.jsonl", short=tmp_path / "short.jsonl") for a in args]
+    monkeypatch.setattr(sys, "argv", ["train_ppo.py", f"--out_dir={tmp_path}/ppo", f"--sft_ckpt={runs}/sft/ckpt.pt",
+                                      f"--rm_ckpt={runs}/rm/ckpt.pt", "--device=cpu", *args])
+    with pytest.raises(SystemExit) as exit_:
+        module.run(module.main, module.Config, "train_ppo.py", task_defaults="ppo")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "ppo").exists() or not os.listdir(tmp_path / "ppo")
+
+
 def test_a_rerun_into_a_finished_run_changes_nothing(runs):
     before = {d: snapshot(runs / d) for d in ("sft", "rm", "ppo")}
     for script_name, d in (("train_sft.py", "sft"), ("train_ppo.py", "ppo")):

@@ -11,6 +11,9 @@ from minirlhf.checkpoint import read_checkpoint
 from minirlhf.pipeline import kind_weights, shares, weights_text
 from minirlhf.tasks import instruct
 
+# under pytest -n, this module's tests run in one process, which builds the rounds_run fixture once
+pytestmark = pytest.mark.xdist_group("test_rounds")
+
 
 def test_budget_shares():
     assert shares(200, 3) == [67, 67, 66] and sum(shares(3000, 7)) == 3000 and shares(5, 1) == [5]

@@ -7,6 +7,9 @@ import sys
 import pytest
 import torch
 
+# under pytest -n, this module's tests run in one process, which builds the pipeline fixture once
+pytestmark = pytest.mark.xdist_group("test_scripts")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MODEL = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=64"]
 SMALL_MODEL = ["--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=64"]
