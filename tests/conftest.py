@@ -18,13 +18,3 @@ from hypothesis import settings  # noqa: E402
 # no per-example deadline: interpreted kernels and model forwards are slow and their time varies
 settings.register_profile("default", deadline=None, print_blob=True)
 settings.load_profile("default")
-
-# the modules with the longest tests first: pytest -n hands tests out in collection order, and a long
-# test handed out last leaves the other processes idle while it runs
-SLOW_FIRST = ["test_experiments", "test_scripts", "test_rounds", "test_resume", "test_distributed", "test_cuda_path",
-              "test_attention"]
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(item.module.__name__, len(SLOW_FIRST)))  # stable: a module stays in order
