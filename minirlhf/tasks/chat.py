@@ -203,8 +203,8 @@ DEFAULTS = {
     # kl_coef 0.15 67.3%; 4 epochs 67.0%; batch 128 x 30 iterations 68.2%, x 60 at 1 epoch 68.1%; lambda 1 68.0%.
     # All on the SFT model and RM of one earlier run (trained before attention_sdpa and group_rewards); on the
     # next run's, value lr 1.5e-4 68.9% vs value lr = lr 68.4% (README)
-    # PPO's seed moves the measure more than these settings: on that run's SFT and RM, --seed=2 gave 64.7% against
-    # 68.9% (2026-12-01): single-seed differences of a point or two do not separate settings
+    # PPO's seed moves the measure more than these settings: on that run's SFT and RM, --seed=2 and 3 gave 64.7%
+    # and 67.2% against 68.9% (2026-12-01): single-seed differences of a point or two do not separate settings
     "ppo": {"out_dir": "out/chat/ppo", "sft_ckpt": "out/chat/sft/ckpt.pt", "rm_ckpt": "out/chat/rm/ckpt.pt",
             "max_new_tokens": 24, "iterations": 60, "kl_coef": 0.2, "value_learning_rate": 1.5e-4,
             "micro_batches": 4},
