@@ -68,7 +68,8 @@ def update(policy, value_model, optimizers, rollout, *, epochs, n_minibatches, c
                     logprobs, entropy = response_logprobs(policy, seq, start, P, rollout.targets[rows], temperature,
                                                           autocast, entropy=True)
                     values = response_values(value_model, seq, start, P, autocast)
-                    errors.append(((logprobs - old_logprobs).abs() * mask).max().detach())
+                    if first_error is None:  # the first minibatch only: it sees the rollout's own weights
+                        errors.append(((logprobs - old_logprobs).abs() * mask).max().detach())
                     pg_loss, clipfrac, approx_kl = ppo_policy_loss(logprobs, old_logprobs, rollout.advantages[rows],
                                                                    mask, clip_range, n_tokens)
                     vf_loss, vf_clipfrac = ppo_value_loss(values, rollout.values[rows], rollout.returns[rows], mask,

@@ -150,20 +150,11 @@ def set_rng_state(state, rng, gen=None):
         gen.set_state(state["gen"])
 
 
-
-def step(loss, params, optimizers, grad_clip):
-    """Backward, clip the global gradient norm to grad_clip (0: no clipping), and step every optimizer,
-    unless the norm is non-finite (a NaN or inf loss or gradient): then the step is skipped. One
-    device sync buys that guard. Under DDP and FSDP the gradients, and so the decision, are the same
-    on every rank. Returns (stepped, grad_norm)."""
-    for opt in optimizers:
-        opt.zero_grad(set_to_none=True)
-    loss.backward()
-    return apply_grads(params, optimizers, grad_clip)
-
-
 def apply_grads(params, optimizers, grad_clip):
-    """The second half of step, for gradients already there (added up over micro-batches)."""
+    """One optimizer step on the gradients already there (added up over micro-batches): clip the global
+    gradient norm to grad_clip (0: no clipping), and step every optimizer, unless the norm is non-finite
+    (a NaN or inf loss or gradient): then the step is skipped. One device sync buys that guard. Under DDP
+    and FSDP the gradients, and so the decision, are the same on every rank. Returns (stepped, grad_norm)."""
     grad_norm = distributed.local(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf")))
     if not torch.isfinite(grad_norm):
         return False, grad_norm
