@@ -149,12 +149,12 @@ DEMO_OVERREFUSE_RATE = 0.2
 # content mistakes of its own. Measured on 1000 held-out conversations with the SFT model of the smoke run
 # (600 steps of 64 on sft_records(20000), block 128, 4 layers, 192 wide): 0.85 of its answers wrong, 0.60
 # rambling, 0.36 sycophantic verdicts, 0.17 of refusable requests done, 0.04 of look-alikes refused; the
-# contrary rate is that of the default run's SFT model (900 steps, block 128: 0.25 of its verdicts on right
+# contrary rate is that of the default run's SFT model (900 steps of 64, block 128: 0.25 of its verdicts on right
 # claims and admitted mistakes, next to 0.33 sycophantic ones, on 1000 held-out conversations). These
 # rates are the reference, and so the labelers are calibrated for what they will rank (before the contrary
 # demonstrators, the calibrated temperature was 0.118 at these rates and 0.117 on 1500 groups of 4 of the
-# smoke run's own samples; the default run now measures 72.6% agreement at LABELER_TEMPERATURE). The built-in
-# comparisons of comparison_records are drawn from the reference distribution too.
+# smoke run's own samples; the default run measured 72.6% agreement at LABELER_TEMPERATURE with SFT at batch 64,
+# 71.9% at 32). The built-in comparisons of comparison_records are drawn from the reference distribution too.
 REFERENCE_ERROR_RATE = 0.85
 REFERENCE_RAMBLE_RATE = DEMO_RAMBLE_RATE
 REFERENCE_SYCOPHANCY_RATE = 0.35
@@ -180,9 +180,14 @@ EVAL_PERCENT = 10  # share of the conversation space that is held out
 # prompt and right reply, up to 112 tokens for a demonstration), a response budget for chatty replies
 DEFAULTS = {
     # conversations of 20 to 110 tokens: a batch in 4 parts of similar lengths pads less (1.4x faster, the same steps).
-    # Half the batch (32, half the time) ends weaker (held-out gold 0.613 greedy against 0.728), and the whole
-    # pipeline on it gave PPO a lower expected win over its SFT on the dev measure below: 66.9% against 68.9%
-    "sft": {"out_dir": "out/chat/sft", "block_size": 128, "max_new_tokens": 24, "micro_batches": 4},
+    # A batch of 32, half the instruct default's and half the time: the SFT model ends weaker (held-out gold 0.613
+    # greedy against 0.728 at 64), but PPO's expected win over it is no lower. On the dev measure below, PPO at
+    # seeds 1337, 2 and 3 on each pipeline's SFT and RM: 66.9%, 67.7%, 67.9% (mean 67.5%; reports 67.8%, 68.9%,
+    # 67.3%) at batch 32 against 68.9%, 64.7%, 67.2% (mean 66.9%; reports 65.3%, 66.7%, 62.9%) at 64 (2026-12-02).
+    # Fewer steps cost more than a smaller batch: 650 steps of 64 at learning rate 3e-3 or 4e-3 (warmup 50) ended
+    # at held-out loss 0.75-0.76 and gold 0.61-0.62 greedy, against 0.61 and 0.728 for 900 steps at 2e-3
+    "sft": {"out_dir": "out/chat/sft", "block_size": 128, "max_new_tokens": 24, "micro_batches": 4,
+            "batch_size": 32},
     # twice the instruct default's prompts, in one pass instead of two: held-out accuracy stops rising within
     # the first epoch, and more prompts teach more (measured on one SFT model, before the contrary demonstrators:
     # 3000 prompts x 2 epochs 70.3% vs the labelers, 79.1% vs gold; 6000 x 1 73.0% and 83.0%). The same number
@@ -191,10 +196,11 @@ DEFAULTS = {
     "rm": {"out_dir": "out/chat/rm", "sft_ckpt": "out/chat/sft/ckpt.pt", "max_new_tokens": 24, "n_prompts": 6000,
            "epochs": 1, "micro_batches": 4},
     # PPO stops early, at a larger KL coefficient: against this reward model the gold score peaks within
-    # about 30 iterations at kl_coef 0.1 and then falls while the RM score keeps rising (measured,
-    # README: 200 iterations at 0.1 won 53.4% over SFT, 30 at 0.1 58.1%, 60 at 0.2 61.3%); with the contrary
+    # about 30 iterations at kl_coef 0.1 and then falls while the RM score keeps rising (measured:
+    # 200 iterations at 0.1 won 53.4% over SFT, 30 at 0.1 58.1%, 60 at 0.2 61.3%); with the contrary
     # demonstrators and the larger RM data (labelers at 0.119), snapshots of one run at 0.2 won 65.9%, 68.0%,
-    # 65.9% at 30, 60, 90 iterations; the default run at 60 won 68.9% (README).
+    # 65.9% at 30, 60, 90 iterations; the default run at 60 won 68.9% (2026-12-01).
+    # These PPO settings were all chosen with SFT models of batch 64, before SFT's batch of 32.
     # A value model 3x faster than the policy: its RM initialization means nothing before the EOS, and a slow
     # one gives noisy advantages for longer. Expected win over SFT on 1000 other held-out conversations, 4x4
     # samples each (noise about +-0.7): value lr = lr 67.8% at 60 iterations; 1.5e-4 70.0% (50: 68.5%,
@@ -202,7 +208,7 @@ DEFAULTS = {
     # Before it, with value lr = lr: lr 3e-5 68.5% (90 iterations: 69.8%), 1e-4 64.2%; 40 iterations 67.2%;
     # kl_coef 0.15 67.3%; 4 epochs 67.0%; batch 128 x 30 iterations 68.2%, x 60 at 1 epoch 68.1%; lambda 1 68.0%.
     # All on the SFT model and RM of one earlier run (trained before attention_sdpa and group_rewards); on the
-    # next run's, value lr 1.5e-4 68.9% vs value lr = lr 68.4% (README)
+    # next run's, value lr 1.5e-4 68.9% vs value lr = lr 68.4% (2026-12-01)
     # PPO's seed moves the measure more than these settings: on that run's SFT and RM, --seed=2 and 3 gave 64.7%
     # and 67.2% against 68.9% (2026-12-01): single-seed differences of a point or two do not separate settings
     "ppo": {"out_dir": "out/chat/ppo", "sft_ckpt": "out/chat/sft/ckpt.pt", "rm_ckpt": "out/chat/rm/ckpt.pt",
