@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from minirlhf import distributed, evaluate, pipeline, ppo, runs
+from minirlhf import distributed, evaluate, pipeline, ppo, rl, runs
 from minirlhf.checkpoint import save_checkpoint
 from minirlhf.cli import (
     RunOptions,
@@ -41,15 +41,6 @@ from minirlhf.cli import (
 )
 from minirlhf.data import IGNORE_INDEX, left_pad, sft_batch
 from minirlhf.report import iteration_line, write_ppo_report
-from minirlhf.rl import (
-    AdaptiveKLController,
-    eos_penalty,
-    explained_variance,
-    gae,
-    kl_penalty,
-    masked_whiten,
-    shaped_rewards,
-)
 from minirlhf.sampling import format_eta
 from minirlhf.scoring import in_parts, response_logprobs, response_values, reward_scores
 from minirlhf.tasks import get_task, parse_kind_weights
@@ -212,7 +203,7 @@ def main(cfg):
     value_lr = cfg.learning_rate if cfg.value_learning_rate < 0 else cfg.value_learning_rate
     optimizers = [torch.optim.Adam(m.parameters(), lr=lr, eps=cfg.adam_eps, fused=not cfg.fsdp)
                   for m, lr in ((policy_train, cfg.learning_rate), (value_train, value_lr))]
-    kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else None
+    kl_ctl = rl.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else None
     kl_coef = cfg.kl_coef
 
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
@@ -288,15 +279,15 @@ def main(cfg):
                         reward_scores(reward_model, seq, start, P, lengths[rows], autocast))
             ref_logprobs, old_values, rm_scores = in_parts(cfg.micro_batches, seq, start, P, score)
             # the EOS trick: a response that never ended gets a fixed score instead of the RM's
-            scores = eos_penalty(rm_scores, ended, cfg.eos_penalty_score) if cfg.stop_at_eos else rm_scores
+            scores = rl.eos_penalty(rm_scores, ended, cfg.eos_penalty_score) if cfg.stop_at_eos else rm_scores
 
             # 3. rewards: the per-token KL penalty, and the score at the last token
-            kl = kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator) * mask
-            rewards = shaped_rewards(scores, kl, mask, kl_coef)
+            kl = rl.kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator) * mask
+            rewards = rl.shaped_rewards(scores, kl, mask, kl_coef)
 
             # 4. GAE; returns = advantages + values; advantages whitened over the whole batch (all ranks)
-            advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-            advantages = masked_whiten(advantages, mask, reduce=distributed.all_sum)
+            advantages, returns = rl.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+            advantages = rl.masked_whiten(advantages, mask, reduce=distributed.all_sum)
         t_score = time.time() - t_it - t_rollout
 
         finite = distributed.all_sum(torch.stack([rewards.isfinite().all(), advantages.isfinite().all()]).all().float())
@@ -325,21 +316,15 @@ def main(cfg):
                "objective/rm_score": mean(rm_scores.mean()).item(), "objective/score": mean(scores.mean()).item(),
                "objective/kl": mean_kl, "objective/kl_coef": kl_coef,
                "objective/rlhf_reward": mean((scores - kl_coef * kl.sum(1)).mean()).item(),
-               "val/explained_variance": explained_variance(old_values, returns, mask, distributed.all_sum),
+               "val/explained_variance": rl.explained_variance(old_values, returns, mask, distributed.all_sum),
                "charts/response_length": mean(lengths.float().mean()).item(),
                "charts/ended": mean(ended.float().mean()).item(),
                "charts/tokens_per_s": seq.numel() * d.world / (time.time() - t_it),
                "charts/skipped_updates": skips.total + (stats is None),
                "time/rollout": t_rollout, "time/score": t_score, "time/update": t_update,
                "time/iteration": time.time() - t_it}
-        if stats:
-            row.update({"policy/entropy": stats["entropy"], "losses/pg_loss": stats["pg_loss"],
-                        "losses/vf_loss": stats["vf_loss"], "policy/approx_kl": stats["approx_kl"],
-                        "policy/clipfrac": stats["clipfrac"], "val/clipfrac": stats["vf_clipfrac"],
-                        # max |log pi - log pi_old| at the first minibatch: fp noise unless rollout and update disagree
-                        "debug/first_minibatch_logprob_error": first_error.item()})
-            if "ptx_loss" in stats:
-                row["losses/ptx_loss"] = stats["ptx_loss"]
+        if stats:  # and max |log pi - log pi_old| at the first minibatch: fp noise unless rollout and update disagree
+            row.update(stats, **{"debug/first_minibatch_logprob_error": first_error.item()})
         if builtin:
             texts = [tokenizer.decode([t for t, m in zip(toks, msk) if m])
                      for toks, msk in zip(out.tokens.tolist(), mask.tolist())]

@@ -43,12 +43,13 @@ def update(policy, value_model, optimizers, rollout, *, epochs, n_minibatches, c
     that are padding in all of its rows; the losses are sums over tokens divided by the minibatch's
     token count, so the parts' gradients add up to the minibatch's: the same step, less padding.
     Returns (stats, first_error): the whole batch's mean of each statistic over the minibatches that
-    stepped (None when none did), and the largest |log pi - log pi_old| of the first minibatch, which
-    sees the rollout's own weights: fp noise unless the rollout's log-probs and the update's disagree."""
+    stepped (None when none did), under the names the metrics log shows, and the largest
+    |log pi - log pi_old| of the first minibatch, which sees the rollout's own weights: fp noise unless
+    the rollout's log-probs and the update's disagree."""
     B = rollout.seq.size(0)
     params = [p for m in (policy, value_model) for p in m.parameters()]
-    names = ("pg_loss", "vf_loss", "entropy", "approx_kl", "clipfrac", "vf_clipfrac")
-    names += ("ptx_loss",) if ptx_batch else ()
+    names = ("losses/pg_loss", "losses/vf_loss", "policy/entropy", "policy/approx_kl", "policy/clipfrac",
+             "val/clipfrac") + (("losses/ptx_loss",) if ptx_batch else ())
     stats, first_error = {k: [] for k in names}, None
     prompt_lengths = (rollout.P - rollout.start).tolist()
     for epoch in range(epochs):
@@ -76,15 +77,14 @@ def update(policy, value_model, optimizers, rollout, *, epochs, n_minibatches, c
                                                           vf_clip_range, n_tokens)
                     entropy = token_mean(entropy, mask, n_tokens)
                     loss = pg_loss + vf_coef * vf_loss - ent_coef * entropy
-                    part_stats = {"pg_loss": pg_loss, "vf_loss": vf_loss, "entropy": entropy, "approx_kl": approx_kl,
-                                  "clipfrac": clipfrac, "vf_clipfrac": vf_clipfrac}
+                    part_stats = dict(zip(names, (pg_loss, vf_loss, entropy, approx_kl, clipfrac, vf_clipfrac)))
                     if ptx_batch is not None and j == len(parts) - 1:  # PPO-ptx: keep the demonstrations'
                         idx, targets = ptx_batch()                      # likelihood (InstructGPT, eq. 2)
                         with autocast():
                             ptx_logprobs = policy(idx, targets=targets)
                         n_ptx = distributed.all_sum((targets != -100).sum()).float() / d.world
-                        part_stats["ptx_loss"] = -ptx_logprobs.sum() / n_ptx
-                        loss = loss + ptx_coef * part_stats["ptx_loss"]
+                        part_stats["losses/ptx_loss"] = -ptx_logprobs.sum() / n_ptx
+                        loss = loss + ptx_coef * part_stats["losses/ptx_loss"]
                     loss.backward()
                 for k, v in part_stats.items():  # each part's share of the minibatch's token means: they add up
                     step[k] = step[k] + v.detach()
@@ -98,7 +98,7 @@ def update(policy, value_model, optimizers, rollout, *, epochs, n_minibatches, c
                 stats[k].append(v)
     # every rank's statistic is its tokens' sum over the global count (rl.token_mean): summed over ranks, the mean
     means = {k: (distributed.all_sum(torch.stack(v).mean()) / d.world).item() if v else None for k, v in stats.items()}
-    if not stats["pg_loss"]:
+    if not stats["losses/pg_loss"]:
         return None, first_error
     return means, distributed.all_max(first_error)
 

@@ -59,7 +59,7 @@ def test_micro_batches_take_the_same_step_for_less_work(ptx):
     for a, b in ((policy, whole_policy), (value, whole_value)):
         for (name, x), y in zip(a.named_parameters(), b.parameters()):
             torch.testing.assert_close(x, y, atol=2e-6, rtol=1e-5, msg=name)
-    assert stats.keys() == whole_stats.keys() and ("ptx_loss" in stats) == ptx
+    assert stats.keys() == whole_stats.keys() and ("losses/ptx_loss" in stats) == ptx
     for k in stats:
         assert stats[k] == pytest.approx(whole_stats[k], rel=1e-5, abs=1e-7), k
     assert error < 1e-5 and whole_error < 1e-5  # the first minibatch sees the rollout's own weights
