@@ -10,8 +10,10 @@ Benchmark flash_attention (kernels/attention.py) against torch's scaled_dot_prod
    Providers: ours; SDPA forced onto its flash backend; ours with key_start (left padding) against
    SDPA with the same padding as an explicit boolean mask, which rules its flash backend out; and
    attention_reference, skipped where its (T, T) matrices would not fit in memory.
-2. One KV-cache decode step, bf16: Tq = 1 query over Tk = 1k..16k cached keys, B = 8, latency in us.
-   k and v are slices of a preallocated cache, as the model passes them.
+2. One KV-cache decode step, bf16: Tq = 1 query over Tk = 1k..16k cached keys, B = 1 and 8, latency in
+   us and the bandwidth reached: the bytes of k and v read once (2 * B * H * Tk * D * 2) over the time,
+   against the roofline, the device-to-device copy bandwidth measured in the same run (read + write
+   bytes). k and v are slices of a preallocated cache, as the model passes them.
 
 Times are medians of triton.testing.do_bench. The table goes to stdout, every number to --out as JSON.
 """
@@ -57,11 +59,12 @@ from kernels.attention import attention_reference, flash_attention  # noqa: E402
 DEVICE = "cpu" if SMOKE else "cuda"
 DTYPE = torch.float32 if SMOKE else torch.bfloat16  # the interpreter has no bf16
 if SMOKE:
-    HEAD_DIMS, SEQ_LENS, TOKENS, WIDTH = [16, 32], [16, 32], 64, 64  # H * D = WIDTH, B * T = TOKENS
-    DECODE_LENS, DECODE_B = [16, 48], 2
+    # two head dims and two batch sizes as on the GPU; 48 keys split over programs in the interpreter
+    HEAD_DIMS, SEQ_LENS, TOKENS, WIDTH = [16, 32], [32], 64, 64  # H * D = WIDTH, B * T = TOKENS
+    DECODE_LENS, DECODE_BATCHES = [48], [1, 2]
 else:
     HEAD_DIMS, SEQ_LENS, TOKENS, WIDTH = [64, 128], [1024, 2048, 4096, 8192, 16384], 16384, 2048
-    DECODE_LENS, DECODE_B = [1024, 2048, 4096, 8192, 16384], 8
+    DECODE_LENS, DECODE_BATCHES = [1024, 2048, 4096, 8192, 16384], [1, 8]
 
 
 def bench_ms(fn, grad_to_none=()):
@@ -158,24 +161,38 @@ def bench_training():
     return rows
 
 
-def bench_decode():
+def copy_bandwidth():
+    """Device-to-device copy bandwidth in bytes/s, counting the bytes read and written."""
+    n_bytes = 2**24 if SMOKE else 2**30
+    src = torch.empty(n_bytes, dtype=torch.uint8, device=DEVICE)
+    dst = torch.empty_like(src)
+    return 2 * n_bytes / (bench_ms(lambda: dst.copy_(src)) * 1e-3)
+
+
+def bench_decode(bandwidth):
     rows = []
     for D in HEAD_DIMS:
         H = WIDTH // D
         max_len = max(DECODE_LENS) + 1
-        g = torch.Generator(device=DEVICE).manual_seed(0)
-        k_cache, v_cache = (torch.randn(DECODE_B, H, max_len, D, device=DEVICE, dtype=DTYPE, generator=g)
-                            for _ in range(2))
-        q = torch.randn(DECODE_B, H, 1, D, device=DEVICE, dtype=DTYPE, generator=g)
-        for Tk in DECODE_LENS:
-            k, v = k_cache[:, :, :Tk], v_cache[:, :, :Tk]  # (B, H, Tk, D) views of the cache
-            # one query at the last position sees every key: no mask (SDPA's is_causal aligns top-left)
-            ours = lambda: flash_attention(q, k, v)  # noqa: E731
-            sdpa = lambda: F.scaled_dot_product_attention(q, k, v)  # noqa: E731
-            note = agreement(lambda: ours(), lambda: sdpa())
-            for name, fn, note in (("flash (ours)", ours, note), ("sdpa", sdpa, "")):
-                rows.append(dict(D=D, Tk=Tk, B=DECODE_B, H=H, provider=name, latency_us=bench_ms(fn) * 1e3, note=note))
-                print_decode_row(rows[-1])
+        for B in DECODE_BATCHES:
+            g = torch.Generator(device=DEVICE).manual_seed(0)
+            k_cache, v_cache = (torch.randn(B, H, max_len, D, device=DEVICE, dtype=DTYPE, generator=g)
+                                for _ in range(2))
+            q = torch.randn(B, H, 1, D, device=DEVICE, dtype=DTYPE, generator=g)
+            for Tk in DECODE_LENS:
+                k, v = k_cache[:, :, :Tk], v_cache[:, :, :Tk]  # (B, H, Tk, D) views of the cache
+                # one query at the last position sees every key: no mask (SDPA's is_causal aligns top-left)
+                ours = lambda: flash_attention(q, k, v)  # noqa: E731
+                sdpa = lambda: F.scaled_dot_product_attention(q, k, v)  # noqa: E731
+                note = agreement(lambda: ours(), lambda: sdpa())
+                kv_bytes = 2 * k.numel() * k.element_size()  # k and v, each read once
+                for name, fn, note in (("flash (ours)", ours, note), ("sdpa", sdpa, "")):
+                    us = bench_ms(fn) * 1e3
+                    rows.append(dict(D=D, Tk=Tk, B=B, H=H, provider=name, latency_us=us,
+                                     gb_per_s=kv_bytes / (us * 1e-6) / 1e9,
+                                     roofline_fraction=kv_bytes / (us * 1e-6) / bandwidth, note=note))
+                    print_decode_row(rows[-1])
+            del k_cache, v_cache
     return rows
 
 
@@ -190,8 +207,8 @@ def print_training_row(r):
 
 
 def print_decode_row(r):
-    print(f"{r['D']:>4} {r['Tk']:>6} {r['B']:>4} {r['H']:>4}  {r['provider']:<26}{r['latency_us']:>12.1f}  {r['note']}",
-          flush=True)
+    print(f"{r['D']:>4} {r['Tk']:>6} {r['B']:>4} {r['H']:>4}  {r['provider']:<26}{r['latency_us']:>12.1f} "
+          f"{r['gb_per_s']:>8.1f} {r['roofline_fraction']:>9.2f}  {r['note']}", flush=True)
 
 
 def main():
@@ -207,9 +224,11 @@ def main():
           f"{'fwd+bwd ms':>12} {'fwd+bwd TF/s':>12}  note")
     training = bench_training()
 
-    print(f"\n2. One KV-cache decode step: Tq = 1, B = {DECODE_B}, k and v slices of a cache")
-    print(f"{'D':>4} {'Tk':>6} {'B':>4} {'H':>4}  {'provider':<26}{'latency us':>12}  note")
-    decode = bench_decode()
+    bandwidth = copy_bandwidth()
+    print(f"\n2. One KV-cache decode step: Tq = 1, k and v slices of a cache; roofline: the copy bandwidth "
+          f"{bandwidth / 1e9:.0f} GB/s (read + write bytes)")
+    print(f"{'D':>4} {'Tk':>6} {'B':>4} {'H':>4}  {'provider':<26}{'latency us':>12} {'GB/s':>8} {'roofline':>9}  note")
+    decode = bench_decode(bandwidth)
 
     out = Path(args.out or (Path(tempfile.gettempdir()) / "attention_results.smoke.json" if SMOKE
                             else ROOT / "benchmarks" / "attention_results.json"))
@@ -218,6 +237,7 @@ def main():
         note="smoke run on the CPU: times are not measurements" if SMOKE else "medians of triton.testing.do_bench",
         device=device, torch=torch.__version__, triton=triton.__version__, dtype=str(DTYPE),
         flops="fwd 4*B*H*T*T*D/2 (causal), fwd+bwd 3.5x fwd",
+        copy_bandwidth_bytes_per_s=bandwidth,
         training=training, decode=decode,
     )
     out.write_text(json.dumps(results, indent=2))

@@ -18,6 +18,7 @@ Configurations estimated not to fit in the card's memory are skipped and listed.
 Usage (from the repository root):
     python benchmarks/bench_logprobs.py [--out benchmarks/logprobs_results.json]
     python benchmarks/bench_logprobs.py --smoke
+    python benchmarks/bench_logprobs.py --tokens 16384 --no_compile   # what benchmarks/gpu.py runs
 --smoke runs tiny fp32 shapes through the same code on the CPU, under the Triton interpreter,
 with a plain timer: it checks the script end to end and measures nothing.
 """
@@ -44,6 +45,9 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/logprobs_results.json", help="where to write the JSON results")
     parser.add_argument("--smoke", action="store_true", help="tiny fp32 shapes on the CPU: a check, not a measurement")
+    parser.add_argument("--tokens", type=int, nargs="+", default=None, help=f"token counts N (default {TOKENS})")
+    parser.add_argument("--no_compile", action="store_true", help="leave out torch.compile (its compilation takes "
+                        "most of a short run)")
     return parser.parse_args()
 
 
@@ -247,15 +251,17 @@ def main():
     bench = Bench(args.smoke)
     dtype = torch.float32 if args.smoke else torch.bfloat16
     n_tokens, vocabs, hiddens = (SMOKE_TOKENS, SMOKE_VOCABS, SMOKE_HIDDENS) if args.smoke else (TOKENS, VOCABS, HIDDENS)
+    n_tokens = args.tokens or n_tokens
     device_name = torch.cuda.get_device_name() if bench.cuda else "cpu"
     bandwidth = bench.copy_bandwidth()
     print(f"device: {device_name}; copy bandwidth (read + write bytes): {bandwidth / 1e9:.0f} GB/s")
 
     # torch.compile is lazy: a failure shows at the first call and is reported in that row
-    token_ops = {"triton": token_logprobs, "torch": token_logprobs_reference,
-                 "torch.compile": torch.compile(token_logprobs_reference)}
-    linear_ops = {"triton": linear_token_logprobs, "torch": linear_token_logprobs_reference,
-                  "torch.compile": torch.compile(linear_token_logprobs_reference)}
+    token_ops = {"triton": token_logprobs, "torch": token_logprobs_reference}
+    linear_ops = {"triton": linear_token_logprobs, "torch": linear_token_logprobs_reference}
+    if not args.no_compile:
+        token_ops["torch.compile"] = torch.compile(token_logprobs_reference)
+        linear_ops["torch.compile"] = torch.compile(linear_token_logprobs_reference)
     token_rows, linear_rows, skipped = [], [], []
     for N in n_tokens:
         for V in vocabs:

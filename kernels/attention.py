@@ -24,11 +24,22 @@ How the kernels avoid the (Tq, Tk) matrix of scores:
   of them on long sequences, take a path without masks.
 - the scores are kept in base 2: the scale is folded with log2(e) so that exp2, one instruction on
   the GPU, replaces exp. The saved log-sum-exp is in the same base-2 units.
+- a decode step (Tq = 1) has one query per (batch, head) row and takes kernels of its own, without
+  matrix products: the keys are split over several programs when B * H rows alone would leave most
+  of the GPU idle ("Flash-Decoding", Dao et al. 2023). Each program keeps the m, l and accumulator
+  of its keys; a second kernel merges them, with M = max_s m_s:
+      l = sum_s 2^(m_s - M) l_s,    o = sum_s 2^(m_s - M) acc_s / l,    lse = M + log2(l).
+
+What the kernels are compiled for: 16-byte-aligned tensors whose strides, but the head dim's 1, are
+multiples of 16 elements (the launchers copy an input that is not so, which no layout of the model
+needs); sizes (H, Tq, Tk) are not specialized. So each kernel has one compiled form per dtype, head
+dim, causality and tile, and benchmarks/kernel_compile.py checks every one of them for spills.
 
 flash_attention is the public op; attention_sdpa is the plain-PyTorch path (the CPU's), and
 attention_reference the test oracle of both. On the CPU the kernels run only under Triton's
 interpreter (TRITON_INTERPRET=1).
 """
+import functools
 import math
 import os
 
@@ -38,6 +49,10 @@ from kernels._triton import require_triton, tl, triton
 
 # Triton picks its interpreter when the kernels are decorated, so this is read once, at import.
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+# Sizes vary from call to call: compiled without value specialization (Triton would otherwise build one
+# kernel for sizes divisible by 16, another for 1, and another for the rest).
+_SIZES = ["H", "Tq", "Tk", "tq_bucket", "n_splits", "keys_per_split"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,6 +117,12 @@ def _key_blocks(start_m, Tq, Tk, key_lo, CAUSAL: tl.constexpr, BLOCK_M: tl.const
     return lo, mid_lo, mid_hi, hi
 
 
+@triton.jit
+def _row_start(KEY_START, b):
+    """key_start of batch row b (negative values count as 0)."""
+    return tl.maximum(tl.load(KEY_START + b).to(tl.int32), 0)
+
+
 # ----------------------------------------------------------------------------------------------
 # Forward
 
@@ -110,8 +131,9 @@ def _key_blocks(start_m, Tq, Tk, key_lo, CAUSAL: tl.constexpr, BLOCK_M: tl.const
 def _attn_fwd_inner(acc, l_i, m_i, q, q_pos, k_base, v_base, stride_kt, stride_vt, offs_d, key_lo, Tk,
                     qk_scale, start, end, MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
                     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Fold the key tiles starting in [start, end) into the running softmax of one query tile."""
-    for start_n in range(start, end, BLOCK_N):
+    """Fold the key tiles starting in [start, end) into the running softmax of one query tile.
+    A masked run is a tile or two: it is not software-pipelined, which would cost registers for nothing."""
+    for start_n in tl.range(start, end, BLOCK_N, num_stages=1 if MASKED else None):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _load_tile(k_base + offs_n[:, None] * stride_kt + offs_d[None, :], offs_n, Tk, offs_d, MASKED, HEAD_DIM,
                        BLOCK_D)  # (BLOCK_N, BLOCK_D)
@@ -136,7 +158,7 @@ def _attn_fwd_inner(acc, l_i, m_i, q, q_pos, k_base, v_base, stride_kt, stride_v
     return acc, l_i, m_i
 
 
-@triton.jit(do_not_specialize=["tq_bucket", "tk_bucket"])
+@triton.jit(do_not_specialize=_SIZES, do_not_specialize_on_alignment=_SIZES + ["KEY_START"])
 def _attn_fwd_kernel(
     # pointers
     Q, K, V, O, LSE, KEY_START,
@@ -147,14 +169,13 @@ def _attn_fwd_kernel(
     stride_ob, stride_oh, stride_ot,
     # sizes
     H, Tq, Tk,
-    tq_bucket, tk_bucket,  # Tq and Tk rounded up to powers of two: read only by the autotuner, as its key
+    tq_bucket,  # Tq rounded up to a power of two: read only by the autotuner, as its key
     # scale
     qk_scale,  # sm_scale * log2(e)
     # meta-parameters
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,  # HEAD_DIM rounded up to a power of two; the extra columns are masked
     CAUSAL: tl.constexpr,
-    HAS_KEY_START: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -175,9 +196,7 @@ def _attn_fwd_kernel(
 
     q = _load_tile(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :], offs_m, Tq,
                    offs_d, True, HEAD_DIM, BLOCK_D)  # (BLOCK_M, BLOCK_D)
-    key_lo = 0
-    if HAS_KEY_START:
-        key_lo = tl.maximum(tl.load(KEY_START + b).to(tl.int32), 0)
+    key_lo = _row_start(KEY_START, b)
     lo, mid_lo, mid_hi, hi = _key_blocks(start_m, Tq, Tk, key_lo, CAUSAL, BLOCK_M, BLOCK_N)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max of the base-2 scores
@@ -205,10 +224,117 @@ def _attn_fwd_kernel(
 
 
 # ----------------------------------------------------------------------------------------------
+# Decode: one query per (batch, head) row, the keys split over programs
+
+
+@triton.jit(do_not_specialize=_SIZES, do_not_specialize_on_alignment=_SIZES + ["KEY_START"])
+def _attn_decode_kernel(
+    # pointers
+    Q, K, V, O, LSE, KEY_START,
+    PARTIAL_ACC, PARTIAL_M, PARTIAL_L,  # (B * H, n_splits, BLOCK_D), (B * H, n_splits) x 2, fp32: when SPLIT
+    # strides in elements of the (batch, head, time) dims; the head dim is contiguous
+    stride_qb, stride_qh,
+    stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt,
+    stride_ob, stride_oh,
+    # sizes
+    H, Tk,
+    n_splits, keys_per_split,  # program s of a row takes the keys [s * keys_per_split, (s + 1) * keys_per_split)
+    # scale
+    qk_scale,
+    # meta-parameters
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    SPLIT: tl.constexpr,  # n_splits > 1: write the partial m, l, acc for _attn_decode_combine_kernel
+    BLOCK_N: tl.constexpr,
+):
+    split = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_d, mask=offs_d < HEAD_DIM, other=0.0).to(tl.float32)
+    key_lo = _row_start(KEY_START, b)
+    # the query is the last position: causal or not, it sees every key from key_start on
+    lo = tl.maximum(split * keys_per_split, key_lo // BLOCK_N * BLOCK_N)
+    hi = tl.minimum((split + 1) * keys_per_split, Tk)
+
+    m_i = tl.full((), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((), dtype=tl.float32)
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = _load_tile(k_base + offs_n[:, None] * stride_kt + offs_d[None, :], offs_n, hi, offs_d, True, HEAD_DIM,
+                       BLOCK_D)  # (BLOCK_N, BLOCK_D)
+        # a matrix-vector product: one query is too few rows for the tensor cores
+        s = tl.sum(k.to(tl.float32) * q[None, :], 1) * qk_scale  # (BLOCK_N,) base-2 scores
+        s = tl.where((offs_n >= key_lo) & (offs_n < hi), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 0))
+        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key seen yet: see _attn_fwd_inner
+        p = tl.exp2(s - m_sub)
+        alpha = tl.exp2(m_i - m_sub)
+        l_i = l_i * alpha + tl.sum(p, 0)
+        v = _load_tile(v_base + offs_n[:, None] * stride_vt + offs_d[None, :], offs_n, hi, offs_d, True, HEAD_DIM,
+                       BLOCK_D)  # (BLOCK_N, BLOCK_D)
+        acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), 0)
+        m_i = m_new
+
+    if SPLIT:
+        # a split that holds no visible key leaves m = -inf and l = 0: the merge gives it weight 0
+        part = bh * n_splits + split
+        tl.store(PARTIAL_M + part, m_i)
+        tl.store(PARTIAL_L + part, l_i)
+        tl.store(PARTIAL_ACC + part * BLOCK_D + offs_d, acc)
+    else:
+        empty = l_i == 0.0  # as in the forward kernel: zeros, and lse = +inf for the backward
+        l_safe = tl.where(empty, 1.0, l_i)
+        tl.store(O + b * stride_ob + h * stride_oh + offs_d, (acc / l_safe).to(O.dtype.element_ty),
+                 mask=offs_d < HEAD_DIM)
+        tl.store(LSE + bh, tl.where(empty, float("inf"), m_i + tl.log2(l_safe)))
+
+
+@triton.jit(do_not_specialize=_SIZES, do_not_specialize_on_alignment=_SIZES)
+def _attn_decode_combine_kernel(
+    # pointers
+    PARTIAL_ACC, PARTIAL_M, PARTIAL_L, O, LSE,
+    # strides of the (batch, head) dims of o
+    stride_ob, stride_oh,
+    # sizes
+    H, n_splits,
+    # meta-parameters
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr,  # >= n_splits
+):
+    """Merge the n_splits partial softmaxes of one (batch, head) row into its output and lse."""
+    bh = tl.program_id(0)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    part = bh * n_splits + offs_s
+    m_s = tl.load(PARTIAL_M + part, mask=offs_s < n_splits, other=float("-inf"))  # (BLOCK_S,)
+    l_s = tl.load(PARTIAL_L + part, mask=offs_s < n_splits, other=0.0)
+    m = tl.max(m_s, 0)
+    scale = tl.exp2(m_s - tl.where(m == float("-inf"), 0.0, m))  # 0 for splits that saw no key
+    l_i = tl.sum(l_s * scale, 0)
+    acc = tl.load(PARTIAL_ACC + part[:, None] * BLOCK_D + offs_d[None, :], mask=offs_s[:, None] < n_splits,
+                  other=0.0)  # (BLOCK_S, BLOCK_D)
+    acc = tl.sum(acc * scale[:, None], 0)
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    tl.store(O + b * stride_ob + h * stride_oh + offs_d, (acc / l_safe).to(O.dtype.element_ty),
+             mask=offs_d < HEAD_DIM)
+    tl.store(LSE + bh, tl.where(empty, float("inf"), m + tl.log2(l_safe)))
+
+
+# ----------------------------------------------------------------------------------------------
 # Backward
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES, do_not_specialize_on_alignment=_SIZES)
 def _attn_bwd_preprocess_kernel(
     # pointers
     O, DO, DELTA,
@@ -245,8 +371,9 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, offs_n, q_base, do_base, stride_qt, strid
                          DOT_PRECISION: tl.constexpr):
     """Add to dk, dv of one key tile the part from the query tiles starting in [start, end).
     Everything is transposed, keys along the rows, so that dk and dv come out of the dots
-    as (BLOCK_N, BLOCK_D) without transposing the accumulators."""
-    for start_m in range(start, end, BLOCK_M):
+    as (BLOCK_N, BLOCK_D) without transposing the accumulators. Masked runs are not pipelined (see
+    _attn_fwd_inner)."""
+    for start_m in tl.range(start, end, BLOCK_M, num_stages=1 if MASKED else None):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q = _load_tile(q_base + offs_m[:, None] * stride_qt + offs_d[None, :], offs_m, Tq, offs_d, True, HEAD_DIM,
                        BLOCK_D)  # (BLOCK_M, BLOCK_D)
@@ -266,7 +393,7 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, offs_n, q_base, do_base, stride_qt, strid
     return dk, dv
 
 
-@triton.jit(do_not_specialize=["tq_bucket", "tk_bucket"])
+@triton.jit(do_not_specialize=_SIZES, do_not_specialize_on_alignment=_SIZES + ["KEY_START"])
 def _attn_bwd_dkdv_kernel(
     # pointers
     Q, K, V, DO, DK, DV, LSE, DELTA, KEY_START,
@@ -279,14 +406,13 @@ def _attn_bwd_dkdv_kernel(
     stride_dvb, stride_dvh, stride_dvt,
     # sizes
     H, Tq, Tk,
-    tq_bucket, tk_bucket,  # read only by the autotuner
+    tq_bucket,  # read only by the autotuner
     # scales
     qk_scale, sm_scale,
     # meta-parameters
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr,
-    HAS_KEY_START: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,  # queries per step of the loop
     BLOCK_N: tl.constexpr,  # keys owned by the program
@@ -301,9 +427,7 @@ def _attn_bwd_dkdv_kernel(
                    offs_d, True, HEAD_DIM, BLOCK_D)  # (BLOCK_N, BLOCK_D)
     v = _load_tile(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vt + offs_d[None, :], offs_n, Tk,
                    offs_d, True, HEAD_DIM, BLOCK_D)  # (BLOCK_N, BLOCK_D)
-    key_lo = 0
-    if HAS_KEY_START:
-        key_lo = tl.maximum(tl.load(KEY_START + b).to(tl.int32), 0)
+    key_lo = _row_start(KEY_START, b)
 
     # The query tiles to visit, as runs of tile starts: [q_lo, q_mid) masked, [q_mid, q_hi) not.
     q_lo = 0
@@ -341,8 +465,9 @@ def _attn_bwd_dkdv_kernel(
 def _attn_bwd_dq_inner(dq, q, do, lse, delta, q_pos, k_base, v_base, stride_kt, stride_vt, offs_d, key_lo, Tk,
                        qk_scale, start, end, MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
                        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Add to dq of one query tile the part from the key tiles starting in [start, end)."""
-    for start_n in range(start, end, BLOCK_N):
+    """Add to dq of one query tile the part from the key tiles starting in [start, end); masked runs
+    are not pipelined (see _attn_fwd_inner)."""
+    for start_n in tl.range(start, end, BLOCK_N, num_stages=1 if MASKED else None):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _load_tile(k_base + offs_n[:, None] * stride_kt + offs_d[None, :], offs_n, Tk, offs_d, MASKED, HEAD_DIM,
                        BLOCK_D)  # (BLOCK_N, BLOCK_D)
@@ -358,7 +483,7 @@ def _attn_bwd_dq_inner(dq, q, do, lse, delta, q_pos, k_base, v_base, stride_kt, 
     return dq
 
 
-@triton.jit(do_not_specialize=["tq_bucket", "tk_bucket"])
+@triton.jit(do_not_specialize=_SIZES, do_not_specialize_on_alignment=_SIZES + ["KEY_START"])
 def _attn_bwd_dq_kernel(
     # pointers
     Q, K, V, DO, DQ, LSE, DELTA, KEY_START,
@@ -370,14 +495,13 @@ def _attn_bwd_dq_kernel(
     stride_dqb, stride_dqh, stride_dqt,
     # sizes
     H, Tq, Tk,
-    tq_bucket, tk_bucket,  # read only by the autotuner
+    tq_bucket,  # read only by the autotuner
     # scales
     qk_scale, sm_scale,
     # meta-parameters
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr,
-    HAS_KEY_START: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,  # queries owned by the program
     BLOCK_N: tl.constexpr,  # keys per step of the loop
@@ -398,9 +522,7 @@ def _attn_bwd_dq_kernel(
                     offs_d, True, HEAD_DIM, BLOCK_D)  # (BLOCK_M, BLOCK_D)
     lse = tl.load(LSE + bh * Tq + offs_m, mask=offs_m < Tq, other=float("inf"))  # (BLOCK_M,)
     delta = tl.load(DELTA + bh * Tq + offs_m, mask=offs_m < Tq, other=0.0)  # (BLOCK_M,)
-    key_lo = 0
-    if HAS_KEY_START:
-        key_lo = tl.maximum(tl.load(KEY_START + b).to(tl.int32), 0)
+    key_lo = _row_start(KEY_START, b)
     lo, mid_lo, mid_hi, hi = _key_blocks(start_m, Tq, Tk, key_lo, CAUSAL, BLOCK_M, BLOCK_N)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -426,37 +548,91 @@ def _configs(tiles):
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in tiles]
 
 
-def _prune_configs(configs, named_args, **kwargs):
-    """Drop tiles taller than the sequences they cover: a decode step (Tq = 1) only tries BLOCK_M = 16."""
-    fit = [c for c in configs
-           if c.kwargs["BLOCK_M"] <= max(16, named_args["tq_bucket"])
-           and c.kwargs["BLOCK_N"] <= max(16, named_args["tk_bucket"])]
-    return fit or [min(configs, key=lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]))]
-
-
 if _INTERPRET:
     # The interpreter runs every program in numpy: one small tile keeps the CPU tests quick while
     # short test sequences still span several tiles, with both masked and unmasked ones.
-    _FWD_CONFIGS = _DKDV_CONFIGS = _DQ_CONFIGS = _configs([(16, 16, 1, 1)])
+    _TILES = {kernel: {64: [(16, 16, 1, 1)], 128: [(16, 16, 1, 1)], "fp32": [(16, 16, 1, 1)]}
+              for kernel in ("fwd", "dkdv", "dq")}
+    _HOPPER_TILES = {kernel: {} for kernel in _TILES}
 else:
-    # Candidates for Ampere/Hopper, timed once per key by triton.autotune. Head dims up to 64 favour
-    # 4 warps and 3 stages; 128 favours 8 warps, and fewer stages to fit K and V tiles in shared memory.
-    # Configurations that do not fit a GPU fail to compile and are dropped by the autotuner.
-    _FWD_CONFIGS = _configs([
-        (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3),
-        (16, 64, 4, 3), (16, 128, 4, 3),  # short query chunks and decode steps
-    ])
-    _DKDV_CONFIGS = _configs([(32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 3), (16, 64, 4, 2)])
-    _DQ_CONFIGS = _configs([(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (16, 64, 4, 2)])
+    # Candidates timed by triton.autotune, for 16-bit inputs at head dims up to 64 and up to 128, and for
+    # fp32 inputs, whose exact fp32 dots run on the FMA units with their operands in registers (only
+    # small tiles fit). benchmarks/kernel_compile.py compiles the 16-bit ones for sm_80 and sm_90a, the
+    # Hopper ones for sm_90a: none spills registers.
+    _TILES = {
+        "fwd": {
+            64: [(128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (16, 64, 4, 3)],
+            128: [(128, 32, 8, 3), (64, 64, 8, 3), (64, 32, 4, 3), (32, 32, 4, 3)],
+            "fp32": [(32, 16, 8, 1), (16, 16, 4, 1)],
+        },
+        "dkdv": {  # BLOCK_N keys own dk and dv, two fp32 (BLOCK_N, D) accumulators: 8 warps for the large tiles
+            64: [(32, 128, 8, 3), (64, 128, 8, 3), (16, 64, 4, 2)],
+            128: [(32, 64, 8, 3), (16, 128, 8, 3), (16, 64, 4, 2)],
+            "fp32": [(16, 32, 8, 1), (16, 16, 4, 1)],
+        },
+        "dq": {
+            64: [(128, 32, 4, 3), (128, 32, 8, 3), (16, 64, 4, 2)],
+            128: [(128, 32, 8, 3), (64, 32, 4, 3), (64, 64, 8, 3), (16, 64, 4, 2)],
+            "fp32": [(32, 16, 8, 1), (16, 16, 4, 1)],
+        },
+    }
+    # Tiles that fit Hopper's registers (wgmma keeps its accumulators there, A100's mma.sync needs more
+    # around them) and spill on sm_80: tried only on compute capability 9.0 and later.
+    _HOPPER_TILES = {
+        "fwd": {64: [(128, 128, 8, 2)], 128: [(128, 64, 8, 3)]},
+        "dkdv": {64: [(64, 64, 4, 3)], 128: [(32, 128, 8, 3)]},
+        "dq": {64: [(128, 64, 8, 3), (64, 64, 4, 3)], 128: [(128, 64, 8, 3)]},
+    }
 
-# The key holds the problem sizes that decide the best tile; Triton adds the dtypes of the tensors.
-_TUNING_KEY = ["tq_bucket", "tk_bucket", "HEAD_DIM", "CAUSAL", "HAS_KEY_START"]
-_attn_fwd = triton.autotune(_FWD_CONFIGS, key=_TUNING_KEY, prune_configs_by={"early_config_prune": _prune_configs})(
-    _attn_fwd_kernel)
-_attn_bwd_dkdv = triton.autotune(_DKDV_CONFIGS, key=_TUNING_KEY,
-                                 prune_configs_by={"early_config_prune": _prune_configs})(_attn_bwd_dkdv_kernel)
-_attn_bwd_dq = triton.autotune(_DQ_CONFIGS, key=_TUNING_KEY,
-                               prune_configs_by={"early_config_prune": _prune_configs})(_attn_bwd_dq_kernel)
+
+def _autotune_configs(kernel, block_d, dot_precision, capability):
+    """The configs the autotuner may pick for one kernel ("fwd", "dkdv", "dq") at a head dim of BLOCK_D,
+    on a GPU of this compute capability (90 for sm_90); DOT_PRECISION is "ieee" for fp32 inputs."""
+    size = "fp32" if dot_precision == "ieee" else 64 if block_d <= 64 else 128
+    hopper = _HOPPER_TILES[kernel].get(size, []) if capability >= 90 else []
+    return _configs(_TILES[kernel][size] + hopper)
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device):
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
+def _pruner(kernel):
+    def prune(configs, named_args, **kwargs):
+        """The configs meant for these inputs and this GPU, less the tiles taller or wider than the
+        (bucketed) sequence: a prefill of 20 tokens only tries tiles of 16 or 32."""
+        capability = 0 if _INTERPRET else _capability(named_args["Q"].device)
+        ours = _autotune_configs(kernel, kwargs["BLOCK_D"], kwargs["DOT_PRECISION"], capability)
+        fit = [c for c in ours if max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) <= max(16, named_args["tq_bucket"])]
+        return fit or [min(ours, key=lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]))]
+    return prune
+
+
+def _autotuned(kernel, fn):
+    """fn timed over its configs once per key. The key: Tq in powers of two, because short sequences
+    want short tiles; not Tk, so that a prefill over a growing cache never re-tunes."""
+    every = _configs(sorted({t for table in (_TILES, _HOPPER_TILES) for tiles in table[kernel].values()
+                             for t in tiles}, reverse=True))
+    return triton.autotune(every, key=["tq_bucket", "HEAD_DIM", "CAUSAL"],  # and the dtypes, which Triton adds
+                           prune_configs_by={"early_config_prune": _pruner(kernel)})(fn)
+
+
+_attn_fwd = _autotuned("fwd", _attn_fwd_kernel)
+_attn_bwd_dkdv = _autotuned("dkdv", _attn_bwd_dkdv_kernel)
+_attn_bwd_dq = _autotuned("dq", _attn_bwd_dq_kernel)
+
+# A decode step is one matrix-vector product per row, bound by reading K and V: a fixed config, no tuning.
+_DECODE_CONFIG = triton.Config({"BLOCK_N": 16 if _INTERPRET else 64}, num_warps=1 if _INTERPRET else 4,
+                               num_stages=1 if _INTERPRET else 3)
+_DECODE_MAX_SPLITS = 64  # BLOCK_S of the merge: one program reads every split of a row
+_DECODE_COMBINE_CONFIG = triton.Config({"BLOCK_S": _DECODE_MAX_SPLITS}, num_warps=1 if _INTERPRET else 4,
+                                       num_stages=1)
+# Keys split over programs until each SM has about two programs, each with at least this many key tiles
+# (under the interpreter one tile, so that short test sequences take the split path).
+_DECODE_MIN_TILES_PER_SPLIT = 1 if _INTERPRET else 4
+_PREPROCESS_BLOCK_M = 16 if _INTERPRET else 64
 
 
 # ----------------------------------------------------------------------------------------------
@@ -506,25 +682,109 @@ def _check_inputs(q, k, v, key_start):
                          f"kernels in Triton's interpreter (slow; for tests)")
 
 
-def _head_contiguous(x):
-    """The kernels read the head dim as contiguous (stride 1): only a tensor without it is copied."""
-    return x if x.stride(-1) == 1 else x.contiguous()
+def _is_aligned(x):
+    """Laid out as the kernels are compiled for: a 16-byte-aligned start, a contiguous head dim and
+    every other stride a multiple of 16 elements (so that rows load as 16-byte vectors)."""
+    return x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and all(s % 16 == 0 for s in x.stride()[:-1])
 
 
-def _meta(q, k, causal, key_start):
-    """Arguments every kernel takes: bucketed sizes for the autotuner and the compile-time switches."""
-    Tq, Tk, D = q.shape[2], k.shape[2], q.shape[3]
-    buckets = (triton.next_power_of_2(Tq), triton.next_power_of_2(Tk))
-    meta = dict(
+def _empty_aligned(shape, dtype, device):
+    """An uninitialized (..., D) tensor laid out as _is_aligned asks: the head dim padded to a multiple of 16."""
+    D = shape[-1]
+    return torch.empty(*shape[:-1], -(-D // 16) * 16, dtype=dtype, device=device)[..., :D]
+
+
+def _aligned(x):
+    """x itself, or a copy of it laid out as _is_aligned asks (only layouts the model never passes)."""
+    return x if _is_aligned(x) else _empty_aligned(x.shape, x.dtype, x.device).copy_(x)
+
+
+def _empty_like(x):
+    """torch.empty_like(x), or an aligned tensor where x's layout is not."""
+    y = torch.empty_like(x)
+    return y if _is_aligned(y) else _empty_aligned(x.shape, x.dtype, x.device)
+
+
+_ZEROS = {}  # device -> an int32 buffer of zeros, grown as needed
+
+
+def _row_starts(key_start, B, device):
+    """key_start as the kernels read it, a contiguous int tensor; for None, zeros (no padding), sliced from
+    a buffer kept per device so that an unpadded batch costs no allocation and no launch. One compiled
+    kernel then serves padded and unpadded batches."""
+    if key_start is None:
+        zeros = _ZEROS.get(device)
+        if zeros is None or zeros.numel() < B:
+            zeros = _ZEROS[device] = torch.zeros(max(B, 256), dtype=torch.int32, device=device)
+        return zeros[:B]
+    return key_start.contiguous()
+
+
+def _meta(q):
+    """The compile-time switches every kernel takes."""
+    D = q.shape[3]
+    return dict(
         HEAD_DIM=D,
         BLOCK_D=max(16, triton.next_power_of_2(D)),
-        CAUSAL=causal,
-        HAS_KEY_START=key_start is not None,
         # fp32 inputs get exact fp32 dots, like torch's matmul default (tf32 would cost ~1e-3
         # relative error); fp16 and bf16 inputs take the default, tensor cores with fp32 sums
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else None,
     )
-    return buckets, meta
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device):
+    """Streaming multiprocessors of the GPU (a few under the interpreter, so that tests split the keys)."""
+    return 4 if _INTERPRET else torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _decode_splits(B, H, Tk, device):
+    """(n_splits, keys_per_split) of a decode step: enough programs per (batch, head) row to give
+    every SM about two, each program at least _DECODE_MIN_TILES_PER_SPLIT tiles of keys. Computed from
+    shapes alone, so that a decode step never waits on the GPU."""
+    block_n = _DECODE_CONFIG.kwargs["BLOCK_N"]
+    tiles = triton.cdiv(Tk, block_n)
+    n_splits = min(triton.cdiv(2 * _sm_count(device), B * H), tiles // _DECODE_MIN_TILES_PER_SPLIT,
+                   _DECODE_MAX_SPLITS)
+    n_splits = max(n_splits, 1)
+    keys_per_split = triton.cdiv(tiles, n_splits) * block_n
+    return triton.cdiv(Tk, keys_per_split), keys_per_split
+
+
+def _attn_decode(q, k, v, o, lse, sm_scale, key_start):
+    """Fill o (B, H, 1, D) and lse (B, H, 1) for one query per row over all of its keys."""
+    B, H, _, D = q.shape
+    Tk = k.shape[2]
+    meta = _meta(q)
+    n_splits, keys_per_split = _decode_splits(B, H, Tk, q.device)
+    split = n_splits > 1
+    # the partials are read only when split; otherwise any fp32 tensor stands in for them
+    partial_acc = torch.empty((B * H, n_splits, meta["BLOCK_D"]) if split else (1,), device=q.device,
+                              dtype=torch.float32)
+    partial_m = torch.empty((B * H, n_splits) if split else (1,), device=q.device, dtype=torch.float32)
+    partial_l = torch.empty_like(partial_m)
+    c = _DECODE_CONFIG
+    _attn_decode_kernel[(n_splits, B * H)](
+        q, k, v, o, lse, key_start,
+        partial_acc, partial_m, partial_l,
+        q.stride(0), q.stride(1),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        o.stride(0), o.stride(1),
+        H, Tk, n_splits, keys_per_split,
+        sm_scale * math.log2(math.e),
+        HEAD_DIM=D, BLOCK_D=meta["BLOCK_D"], SPLIT=split, **c.kwargs,
+        num_warps=c.num_warps, num_stages=c.num_stages,
+    )
+    if split:
+        c = _DECODE_COMBINE_CONFIG
+        _attn_decode_combine_kernel[(B * H,)](
+            partial_acc, partial_m, partial_l, o, lse,
+            o.stride(0), o.stride(1),
+            H, n_splits,
+            HEAD_DIM=D, BLOCK_D=meta["BLOCK_D"], **c.kwargs,
+            num_warps=c.num_warps, num_stages=c.num_stages,
+        )
 
 
 def _attn_forward(q, k, v, causal, sm_scale, key_start):
@@ -533,11 +793,13 @@ def _attn_forward(q, k, v, causal, sm_scale, key_start):
     Tk = k.shape[2]
     # o is a (B, H, Tq, D) view of a (B, Tq, H, D) buffer, as SDPA returns it: the caller's
     # transpose(1, 2) back to (B, T, C) is then already contiguous
-    o = torch.empty((B, Tq, H, D), device=q.device, dtype=q.dtype).transpose(1, 2)
+    o = _empty_aligned((B, Tq, H, D), q.dtype, q.device).transpose(1, 2)
     lse = torch.empty((B, H, Tq), device=q.device, dtype=torch.float32)
     if o.numel() == 0:
         return o, lse
-    buckets, meta = _meta(q, k, causal, key_start)
+    if Tq == 1:
+        _attn_decode(q, k, v, o, lse, sm_scale, key_start)
+        return o, lse
     grid = lambda META: (triton.cdiv(Tq, META["BLOCK_M"]), B * H)  # noqa: E731
     _attn_fwd[grid](
         q, k, v, o, lse, key_start,
@@ -545,9 +807,9 @@ def _attn_forward(q, k, v, causal, sm_scale, key_start):
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         o.stride(0), o.stride(1), o.stride(2),
-        H, Tq, Tk, *buckets,
+        H, Tq, Tk, triton.next_power_of_2(Tq),
         sm_scale * math.log2(math.e),
-        **meta,
+        CAUSAL=causal, **_meta(q),
     )
     return o, lse
 
@@ -556,22 +818,19 @@ def _attn_backward(do, q, k, v, o, lse, causal, sm_scale, key_start):
     """dq, dk, dv, shaped and typed like q, k, v."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
-    do = _head_contiguous(do)  # e.g. the stride-0 expand that o.sum().backward() sends
-    dq = torch.empty_like(q)
-    dk = torch.empty_like(k)
-    dv = torch.empty_like(v)
+    do = _aligned(do)  # e.g. the stride-0 expand that o.sum().backward() sends
+    dq, dk, dv = _empty_like(q), _empty_like(k), _empty_like(v)
     if q.numel() == 0:
         return dq, dk.zero_(), dv.zero_()
-    buckets, meta = _meta(q, k, causal, key_start)
+    meta = _meta(q)
 
     delta = torch.empty_like(lse)  # (B, H, Tq) fp32
-    pre_block = 16 if _INTERPRET else 64
-    _attn_bwd_preprocess_kernel[(triton.cdiv(Tq, pre_block), B * H)](
+    _attn_bwd_preprocess_kernel[(triton.cdiv(Tq, _PREPROCESS_BLOCK_M), B * H)](
         o, do, delta,
         o.stride(0), o.stride(1), o.stride(2),
         do.stride(0), do.stride(1), do.stride(2),
         H, Tq,
-        HEAD_DIM=D, BLOCK_D=meta["BLOCK_D"], BLOCK_M=pre_block,
+        HEAD_DIM=D, BLOCK_D=meta["BLOCK_D"], BLOCK_M=_PREPROCESS_BLOCK_M,
     )
     grid = lambda META: (triton.cdiv(Tk, META["BLOCK_N"]), B * H)  # noqa: E731
     _attn_bwd_dkdv[grid](
@@ -582,9 +841,9 @@ def _attn_backward(do, q, k, v, o, lse, causal, sm_scale, key_start):
         do.stride(0), do.stride(1), do.stride(2),
         dk.stride(0), dk.stride(1), dk.stride(2),
         dv.stride(0), dv.stride(1), dv.stride(2),
-        H, Tq, Tk, *buckets,
+        H, Tq, Tk, triton.next_power_of_2(Tq),
         sm_scale * math.log2(math.e), sm_scale,
-        **meta,
+        CAUSAL=causal, **meta,
     )
     grid = lambda META: (triton.cdiv(Tq, META["BLOCK_M"]), B * H)  # noqa: E731
     _attn_bwd_dq[grid](
@@ -594,9 +853,9 @@ def _attn_backward(do, q, k, v, o, lse, causal, sm_scale, key_start):
         v.stride(0), v.stride(1), v.stride(2),
         do.stride(0), do.stride(1), do.stride(2),
         dq.stride(0), dq.stride(1), dq.stride(2),
-        H, Tq, Tk, *buckets,
+        H, Tq, Tk, triton.next_power_of_2(Tq),
         sm_scale * math.log2(math.e), sm_scale,
-        **meta,
+        CAUSAL=causal, **meta,
     )
     return dq, dk, dv
 
@@ -608,7 +867,8 @@ def _attn_backward(do, q, k, v, o, lse, causal, sm_scale, key_start):
 class FlashAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal, sm_scale, key_start):
-        q, k, v = _head_contiguous(q), _head_contiguous(k), _head_contiguous(v)
+        q, k, v = _aligned(q), _aligned(k), _aligned(v)
+        key_start = _row_starts(key_start, q.shape[0], q.device)
         o, lse = _attn_forward(q, k, v, causal, sm_scale, key_start)
         ctx.save_for_backward(q, k, v, o, lse, key_start)
         ctx.causal, ctx.sm_scale = causal, sm_scale
@@ -625,15 +885,14 @@ class FlashAttentionFunction(torch.autograd.Function):
 def flash_attention(q, k, v, *, causal=True, sm_scale=None, key_start=None):
     """softmax(sm_scale * q @ k^T + mask) @ v with fused Triton kernels, differentiable in q, k, v.
     q (B, H, Tq, D); k, v (B, H, Tk, D) with Tq <= Tk; D in [16, 128]; fp16, bf16 or fp32; any
-    strides (a contiguous head dim avoids a copy). The queries are the last Tq positions
-    (bottom-right-aligned causal mask). key_start (B,) int: keys at positions < key_start[b] are
-    invisible to row b (left padding). sm_scale defaults to 1/sqrt(D). A query that sees no key
-    outputs zeros and gets zero gradients. Returns o (B, H, Tq, D) in the input dtype, stored as
-    (B, Tq, H, D) like SDPA's output, so that o.transpose(1, 2) is contiguous."""
+    strides (a contiguous head dim, other strides multiples of 16 and 16-byte-aligned starts avoid
+    a copy). The queries are the last Tq positions (bottom-right-aligned causal mask). key_start (B,)
+    int: keys at positions < key_start[b] are invisible to row b (left padding). sm_scale defaults
+    to 1/sqrt(D). A query that sees no key outputs zeros and gets zero gradients. Returns o
+    (B, H, Tq, D) in the input dtype, stored as (B, Tq, H, D) like SDPA's output, so that
+    o.transpose(1, 2) is contiguous (for D a multiple of 16)."""
     _check_inputs(q, k, v, key_start)
     sm_scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else float(sm_scale)
-    if key_start is not None:
-        key_start = key_start.contiguous()
     return FlashAttentionFunction.apply(q, k, v, bool(causal), sm_scale, key_start)
 
 

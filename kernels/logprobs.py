@@ -27,6 +27,9 @@ Conventions:
   (0 stands in for it only inside the exponentials), so the max that m and log s are taken
   against is the row's true max, however far below 0 it lies.
 - log-probs and entropies are fp32 whatever the input dtype.
+- a target outside [0, V) that is not -100 is a ValueError. Checking costs a host-device sync, so on
+  a GPU the Triton ops check only when CHECK_TARGETS_ON_GPU is set (MINIRLHF_CHECK_TARGETS=1); without
+  it such a row's logprob, and its logits gradient, is NaN (the kernels read nothing out of range).
 
 Derivation of the online entropy. With d_j = z_j - m, s = sum_j e^{d_j}, t = sum_j e^{d_j} d_j,
 p_j = e^{d_j} / s and log p_j = d_j - log s:
@@ -99,7 +102,13 @@ def _online_update(x, m, s, t, inv_temperature, COMPUTE_ENTROPY: tl.constexpr):
     return m_new, s, t
 
 
-@triton.jit
+# Compiled once per dtype and switches: the sizes, and the alignment of the per-row pointers (slices of
+# longer tensors in the chunked op), are not specialized; the logits are always 16-byte aligned.
+_PER_ROW = ["targets_ptr", "logprobs_ptr", "entropy_ptr", "row_max_ptr", "row_log_sum_ptr", "grad_logprobs_ptr",
+            "grad_entropy_ptr", "stride_row", "V"]
+
+
+@triton.jit(do_not_specialize=["stride_row", "V"], do_not_specialize_on_alignment=_PER_ROW)
 def _token_logprobs_fwd_kernel(
     # pointers
     logits_ptr,  # (N, V), rows `stride_row` elements apart, columns contiguous
@@ -154,8 +163,10 @@ def _token_logprobs_fwd_kernel(
     log_s = tl.log(s)
     target = tl.load(targets_ptr + row).to(tl.int64)
     ignored = target == IGNORE
-    x_target = tl.load(logits_ptr + row_start + target, mask=target != IGNORE, other=0.0).to(tl.float32)
-    logprob = (x_target - m) * inv_temperature - log_s
+    # a target out of [0, V) (not checked on a GPU, see CHECK_TARGETS_ON_GPU) reads nothing and gives NaN
+    valid = (target >= 0) & (target < V)
+    x_target = tl.load(logits_ptr + row_start + target, mask=valid, other=0.0).to(tl.float32)
+    logprob = tl.where(valid, (x_target - m) * inv_temperature - log_s, float("nan"))
     tl.store(logprobs_ptr + row, tl.where(ignored, 0.0, logprob))
     if COMPUTE_ENTROPY:
         tl.store(entropy_ptr + row, log_s - t / s)
@@ -181,7 +192,7 @@ def _logits_grad(
     return grad * inv_temperature
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_row", "V"], do_not_specialize_on_alignment=_PER_ROW)
 def _token_logprobs_bwd_kernel(
     # pointers
     logits_ptr,  # (N, V) as in forward
@@ -220,8 +231,11 @@ def _token_logprobs_bwd_kernel(
     g_entropy = 0.0
     entropy = 0.0
     if HAS_GRAD_LOGPROBS:
-        # an ignored row's logprob is the constant 0: no gradient flows through it
-        g_logprob = tl.where(target == IGNORE, 0.0, tl.load(grad_logprobs_ptr + row))
+        # an ignored row's logprob is the constant 0: no gradient flows through it; a row whose target
+        # is out of range gets NaN, as its logprob did
+        g_logprob = tl.load(grad_logprobs_ptr + row)
+        g_logprob = tl.where((target >= 0) & (target < V), g_logprob, float("nan"))
+        g_logprob = tl.where(target == IGNORE, 0.0, g_logprob)
     if HAS_GRAD_ENTROPY:
         g_entropy = tl.load(grad_entropy_ptr + row)
         entropy = tl.load(entropy_ptr + row)
@@ -288,6 +302,12 @@ def _check_targets(targets, batch_shape, device):
         raise ValueError(f"targets are on {targets.device}, the other inputs on {device}")
 
 
+# Out-of-range targets are refused with a ValueError, which costs a host-device sync (the targets' min
+# and max are read back). The references and the CPU check always; the Triton ops on a GPU only when
+# this is set (MINIRLHF_CHECK_TARGETS=1 in the environment), and otherwise give NaN for such a target.
+CHECK_TARGETS_ON_GPU = os.environ.get("MINIRLHF_CHECK_TARGETS", "0") == "1"
+
+
 def _check_targets_in_range(targets, V):
     """Every target in [0, V) or IGNORE_INDEX. One min/max reduction and one device sync."""
     if targets.numel() == 0:
@@ -299,17 +319,23 @@ def _check_targets_in_range(targets, V):
         raise ValueError(f"target {bad} is out of range: targets must be in [0, {V}) or {IGNORE_INDEX}")
 
 
-def _check_logprobs_inputs(logits, targets, temperature):
+def _check_logprobs_inputs(logits, targets, temperature, check_range=True):
     if not isinstance(logits, torch.Tensor) or logits.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"logits must be an fp32, fp16 or bf16 tensor, got {getattr(logits, 'dtype', type(logits))}")
     if logits.dim() < 1 or logits.shape[-1] < 1:
         raise ValueError(f"logits must have shape (..., V) with V >= 1, got {tuple(logits.shape)}")
     _check_targets(targets, logits.shape[:-1], logits.device)
     _check_temperature(temperature)
-    _check_targets_in_range(targets, logits.shape[-1])
+    if check_range:
+        _check_targets_in_range(targets, logits.shape[-1])
 
 
-def _check_linear_inputs(hidden, weight, targets, temperature):
+def _check_range(tensor):
+    """Whether a Triton op checks its targets' range (see CHECK_TARGETS_ON_GPU)."""
+    return tensor.device.type != "cuda" or CHECK_TARGETS_ON_GPU
+
+
+def _check_linear_inputs(hidden, weight, targets, temperature, check_range=True):
     if not isinstance(hidden, torch.Tensor) or hidden.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"hidden must be an fp32, fp16 or bf16 tensor, got {getattr(hidden, 'dtype', type(hidden))}")
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] < 1:
@@ -322,7 +348,8 @@ def _check_linear_inputs(hidden, weight, targets, temperature):
         raise ValueError(f"weight is on {weight.device}, hidden on {hidden.device}")
     _check_targets(targets, hidden.shape[:-1], hidden.device)
     _check_temperature(temperature)
-    _check_targets_in_range(targets, weight.shape[0])
+    if check_range:
+        _check_targets_in_range(targets, weight.shape[0])
 
 
 def _check_triton_device(tensor, op_name):
@@ -524,10 +551,12 @@ def token_logprobs(logits, targets, *, temperature=1.0, return_entropy=False):
     with return_entropy, a tuple (logprobs, entropy) with the fp32 entropy (...) of the tempered
     distribution of every row (ignored rows included). Differentiable w.r.t. logits.
     A layout whose rows cannot be viewed as (N, V) with contiguous columns is copied first."""
-    _check_logprobs_inputs(logits, targets, temperature)
+    _check_logprobs_inputs(logits, targets, temperature, check_range=_check_range(logits))
     _check_triton_device(logits, "token_logprobs")
     V = logits.shape[-1]
     logits_2d = logits.reshape(-1, V).contiguous()  # (N, V)
+    if logits_2d.data_ptr() % 16:  # a view at an odd offset: the kernels read from a 16-byte-aligned start
+        logits_2d = logits_2d.clone()
     out = _TokenLogprobs.apply(logits_2d, targets.reshape(-1).contiguous(), float(temperature), return_entropy)
     if return_entropy:
         return out[0].view(targets.shape), out[1].view(targets.shape)
@@ -544,7 +573,7 @@ def linear_token_logprobs(hidden, weight, targets, *, temperature=1.0, return_en
     chunk's logits (see _LinearTokenLogprobs). grad_weight is summed over chunks in the weight's
     dtype. No bias (GPT-2's lm_head has none); not autocast-aware: pass hidden and weight in the
     dtype you want the matmuls in."""
-    _check_linear_inputs(hidden, weight, targets, temperature)
+    _check_linear_inputs(hidden, weight, targets, temperature, check_range=_check_range(hidden))
     _check_triton_device(hidden, "linear_token_logprobs")
     hidden_2d = hidden.reshape(-1, hidden.shape[-1]).contiguous()  # (N, C)
     if chunk_size is None:

@@ -7,12 +7,14 @@ On the CPU the kernels run under Triton's interpreter (tests/conftest.py sets TR
 which is slow: shapes and example counts are small there and larger on a GPU.
 """
 import math
+import os
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import kernels.logprobs
 from kernels.logprobs import (
     IGNORE_INDEX,
     linear_token_logprobs,
@@ -23,9 +25,10 @@ from kernels.logprobs import (
 
 ON_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if ON_CUDA else "cpu"
+QUICK = os.environ.get("KERNEL_TESTS_QUICK") == "1"  # benchmarks/gpu.py's short GPU window: fewer examples
 MAX_N = 96 if ON_CUDA else 8
 MAX_V = 70_000 if ON_CUDA else 3_000
-EXAMPLES = 60 if ON_CUDA else 12
+EXAMPLES = 10 if QUICK else 60 if ON_CUDA else 12
 BLOCK_V = 4096 if ON_CUDA else 512  # the kernels' largest block (kernels.logprobs._block_config)
 # vocabularies that fit one block, of any size, and just past block boundaries (so that a row
 # has a masked first block, unmasked middle blocks and a masked last block)
@@ -491,12 +494,44 @@ def _bad_token_inputs():
     ]
 
 
+@pytest.fixture
+def check_targets(monkeypatch):
+    """On a GPU the Triton ops check the targets' range only when asked to; on the CPU they always do."""
+    if ON_CUDA:
+        monkeypatch.setattr(kernels.logprobs, "CHECK_TARGETS_ON_GPU", True)
+
+
 @pytest.mark.parametrize("op", [token_logprobs, token_logprobs_reference])
 @pytest.mark.parametrize("case", _bad_token_inputs(), ids=lambda case: case[0])
-def test_token_logprobs_rejects_bad_inputs(op, case):
+def test_token_logprobs_rejects_bad_inputs(op, case, check_targets):
     _, args, kwargs = case
     with pytest.raises(ValueError):
         op(*args, **kwargs)
+
+
+def test_unchecked_out_of_range_targets_give_nan(monkeypatch):
+    """On a GPU the Triton ops skip the range check (a host-device sync per call): a target outside
+    [0, V) then gives a NaN logprob and a NaN logits gradient in its row, and leaves the other rows as
+    they are. On the CPU the check is turned off here to run the same kernel path."""
+    monkeypatch.setattr(kernels.logprobs, "_check_range", lambda tensor: False)
+    gen = torch.Generator().manual_seed(7)
+    V = 37
+    logits = torch.randn(6, V, generator=gen).to(DEVICE)
+    targets = torch.tensor([0, V, -1, IGNORE_INDEX, V - 1, -5], device=DEVICE)
+    bad = torch.tensor([False, True, True, False, False, True], device=DEVICE)
+    x = logits.clone().requires_grad_()
+    logprobs, entropy = token_logprobs(x, targets, return_entropy=True)
+    (grad,) = torch.autograd.grad(logprobs, x, torch.ones(6, device=DEVICE))
+    assert logprobs[bad].isnan().all() and grad[bad].isnan().all()
+    safe = targets.masked_fill(bad, 0)
+    x_ref = logits.clone().requires_grad_()
+    logprobs_ref, entropy_ref = token_logprobs_reference(x_ref, safe, return_entropy=True)
+    (grad_ref,) = torch.autograd.grad(logprobs_ref, x_ref, torch.ones(6, device=DEVICE))
+    assert_close(logprobs[~bad], logprobs_ref[~bad], 1e-5, 1e-5, "logprobs of the other rows")
+    assert_close(grad[~bad], grad_ref[~bad], 1e-5, 1e-5, "logits grad of the other rows")
+    assert_close(entropy, entropy_ref, 1e-5, 1e-5, "entropy (does not depend on the target)")
+    hidden, weight = torch.randn(6, 8, generator=gen).to(DEVICE), torch.randn(V, 8, generator=gen).to(DEVICE)
+    assert linear_token_logprobs(hidden, weight, targets, chunk_size=4).isnan().eq(bad).all()
 
 
 def _bad_linear_inputs():
@@ -516,7 +551,7 @@ def _bad_linear_inputs():
 
 @pytest.mark.parametrize("op", [linear_token_logprobs, linear_token_logprobs_reference])
 @pytest.mark.parametrize("case", _bad_linear_inputs(), ids=lambda case: case[0])
-def test_linear_token_logprobs_rejects_bad_inputs(op, case):
+def test_linear_token_logprobs_rejects_bad_inputs(op, case, check_targets):
     _, args, kwargs = case
     with pytest.raises(ValueError):
         op(*args, **kwargs)
