@@ -14,12 +14,12 @@ setup(
         "triton>=3.0; platform_system == 'Linux'",  # the kernels; the CPU paths run without it
         "numpy",
         "tiktoken>=0.11",  # 0.11: single-byte token ids read from vocab.json
+        "safetensors",  # GPT-2 weights in Hugging Face's format: read (--init_from) and written (export)
     ],
     extras_require={
-        # safetensors: tests read GPT-2 weights in that format; ruff: the linter .ci/run runs;
-        # matplotlib (the plot extra): the tests check the PNGs the report and the experiments draw;
-        # pytest-xdist: the tests run in one process per core (pytest.ini)
-        "dev": ["pytest", "hypothesis", "pytest-xdist", "safetensors", "ruff", "matplotlib"],
+        # ruff: the linter .ci/run runs; matplotlib (the plot extra): the tests check the PNGs the report and
+        # the experiments draw; pytest-xdist: the tests run in one process per core (pytest.ini)
+        "dev": ["pytest", "hypothesis", "pytest-xdist", "ruff", "matplotlib"],
         "plot": ["matplotlib"],  # the training-curve PNG of a PPO run, the experiments' figures
     },
 )

@@ -9,7 +9,7 @@ over the pairs. After training, a bias makes the SFT model's samples score 0 on 
 
 On the built-in tasks the comparisons are made here: K samples per prompt from the SFT checkpoint
 (or any policy, --sample_from), ranked by a simulated labeler (Plackett-Luce on the gold scores, as
-noisy as InstructGPT's labelers).
+noisy as InstructGPT's labelers). The pieces are in minirlhf/reward.py.
 
     python train_rm.py                          # after train_sft.py; a few CPU minutes
     python train_rm.py --task=chat              # the dialogue task: replies ranked in their conversation
@@ -25,19 +25,17 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from minirlhf import distributed, evaluate, runs
-from minirlhf.checkpoint import load_checkpoint, require_finished, save_checkpoint
-from minirlhf.cli import RunOptions, check, check_at_least_one, check_files, print_config, run, setup_device
-from minirlhf.data import encode_comparison, micro_batches, read_comparisons
-from minirlhf.rl import pairwise_loss, ranking_pairs
-from minirlhf.sampling import Progress, format_eta
-from minirlhf.scoring import comparison_batch, group_rewards, rewards_at_eos
+from minirlhf import config, distributed, optim, reward, runs
+from minirlhf.checkpoint import load_checkpoint
+from minirlhf.config import at_least_one, check, check_files
+from minirlhf.data import encode_comparison, format_of, micro_batches, read_comparisons
+from minirlhf.sampling import sample
 from minirlhf.tasks import get_task, labelers
 from minirlhf.tokenizer import get_tokenizer
 
 
 @dataclass
-class Config(RunOptions):
+class Config(config.Options):
     """Reward modelling (InstructGPT step 2): Bradley-Terry loss on ranked responses."""
     out_dir: str = "out/rm"
     """where ckpt.pt, metrics.jsonl and summary.json are written"""
@@ -65,27 +63,21 @@ class Config(RunOptions):
     """built-in: responses ranked per prompt (InstructGPT: 4 to 9)"""
     sample_temperature: float = 1.0
     """built-in: temperature of the samples to rank"""
-    max_new_tokens: int = 24
-    """response budget of the samples"""
     epochs: int = 2
     """passes over the comparisons (InstructGPT: 1, where data is plentiful; a small RM from scratch needs 2)"""
     batch_size: int = 32
     """prompts (each with all its responses and pairs) per step, over all ranks"""
     micro_batches: int = 1
     """each rank's prompts of a step go through forward and backward in up to this many parts of similar
-    lengths, whose gradients add up to the step's: the same step, less padding (the chat task: 4)"""
+    lengths, whose gradients add up to the step's: the same step, less padding"""
     learning_rate: float = 5e-4
-    """peak learning rate (AdamW), linear warmup then cosine decay to a tenth"""
+    """peak learning rate (AdamW), linear warmup then cosine decay to min_lr"""
+    min_lr: float = 5e-5
+    """learning rate at the end of the cosine decay"""
     warmup_iters: int = 20
     """linear warmup steps"""
     weight_decay: float = 0.0
     """AdamW weight decay on matrices"""
-    adam_eps: float = 1e-5
-    """Adam epsilon (the N+ implementation details)"""
-    grad_clip: float = 1.0
-    """clip the global gradient norm to this (0: off)"""
-    max_bad_steps: int = 10
-    """stop with an error after this many steps in a row with a non-finite loss or gradient (each is skipped)"""
     n_bias_samples: int = 512
     """SFT samples whose mean reward the final bias sets to 0"""
     log_interval: int = 10
@@ -95,174 +87,122 @@ class Config(RunOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        check_at_least_one(self, "n_prompts", "n_eval_prompts", "epochs", "batch_size", "micro_batches",
-                           "max_bad_steps", "n_bias_samples", "log_interval", "eval_interval", "max_new_tokens")
+        at_least_one(self, "n_prompts", "n_eval_prompts", "epochs", "batch_size", "micro_batches", "n_bias_samples",
+                     "log_interval", "eval_interval")
         check(self, "k", lambda x: x >= 2, "at least 2 (a ranking compares responses)")
         check(self, "sample_temperature", lambda x: x >= 0, ">= 0 (0: greedy)")
         check(self, "learning_rate", lambda x: x > 0, "> 0")
+        check(self, "min_lr", lambda x: 0 <= x <= self.learning_rate, "in [0, learning_rate]")
         check(self, "warmup_iters", lambda x: x >= 0, ">= 0")
         check(self, "weight_decay", lambda x: x >= 0, ">= 0")
-        check(self, "adam_eps", lambda x: x > 0, "> 0")
-        check(self, "grad_clip", lambda x: x >= 0, ">= 0 (0: off)")
         if self.data != "builtin" and not self.eval_data:
             raise ValueError("--eval_data is required with JSONL --data (held-out comparisons for the accuracy)")
         check_files(self, "data", "eval_data")
 
 
 def main(cfg):
-    d, device = distributed.setup(cfg.device)
-    print_config(cfg)
-    t_start = time.time()
-    device, autocast = setup_device(cfg, device)
-    resume = runs.start(cfg, d.is_main)
+    d, device, autocast = distributed.setup(cfg)
+    run = runs.Run(cfg, d, total_steps=None)  # the step count depends on the data; set below
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)  # data order and labelers: the same on every rank
     gen = torch.Generator(device=device).manual_seed(cfg.seed + d.rank)  # each rank samples its own responses
     task = get_task(cfg.task)
 
     # the reward model: the SFT model plus a scalar head, N(0, 1/sqrt(n_embd + 1)) (the N+ implementation details)
-    sft_dir = os.path.dirname(cfg.sft_ckpt) or "."
-    require_finished(cfg.sft_ckpt, "SFT", f"finish it first: python train_sft.py --out_dir={sft_dir} --resume")
-    kernels = dict(attn_impl=cfg.kernels, logprob_impl=cfg.kernels)
+    kernels = dict(attn_impl=cfg.kernels, logprob_impl=cfg.kernels, device=device)
     sft, tokenizer, _ = load_checkpoint(cfg.sft_ckpt, get_tokenizer(cfg.tokenizer) if cfg.tokenizer else None,
-                                        device=device, **kernels)
+                                        kind="policy", option="sft_ckpt", **kernels)
     sft.requires_grad_(False).eval()
-    if sft.score_head is not None:
-        raise ValueError(f"--sft_ckpt={cfg.sft_ckpt} is a reward/value model, not an SFT policy")
-    if resume is not None:
-        model, _, _ = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), tokenizer, device=device, **kernels)
+    if run.ckpt is not None:
+        model, _, _ = load_checkpoint(run.path, tokenizer, finished=False, **kernels)
     elif cfg.init_from:
-        model, _, _ = load_checkpoint(cfg.init_from, tokenizer, device=device, **kernels)
-        if model.score_head is None:
-            raise ValueError(f"--init_from={cfg.init_from} has no scalar head: not a reward model checkpoint")
+        model, _, _ = load_checkpoint(cfg.init_from, tokenizer, kind="reward", option="init_from", **kernels)
     else:
-        model, _, _ = load_checkpoint(cfg.sft_ckpt, tokenizer, device=device, scalar_head=True, **kernels)
+        model, _, _ = load_checkpoint(cfg.sft_ckpt, tokenizer, scalar_head=True, **kernels)
     block_size = model.config.block_size
 
     # 1. the comparisons: (prompt ids, [response ids + EOS], ranking best first) per prompt
-    labeler_agreement = gold_pairs_agreement = eval_groups = None
+    labeler_agreement = gold_pairs_agreement = eval_gold = None
     if cfg.data == "builtin":
-        policy = load_checkpoint(cfg.sample_from, tokenizer, device=device, **kernels)[0] if cfg.sample_from else sft
+        policy = sft if not cfg.sample_from else \
+            load_checkpoint(cfg.sample_from, tokenizer, kind="policy", option="sample_from", **kernels)[0]
         prompt_seed = cfg.seed if cfg.prompt_seed < 0 else cfg.prompt_seed
 
-        def ranked_samples(n, split):
+        def ranked(n, split):
             """n prompts of the split with k samples each, ranked by a simulated labeler; and the gold scores."""
-            return evaluate.ranked_samples(policy, tokenizer, task.prompt_records(n, split, prompt_seed), task, rng,
-                                           k=cfg.k, temperature=cfg.sample_temperature,
-                                           max_new_tokens=cfg.max_new_tokens, gen=gen, d=d, autocast=autocast)
+            return reward.comparisons(policy, tokenizer, task.prompt_records(n, split, prompt_seed), task, rng, k=cfg.k,
+                                      temperature=cfg.sample_temperature, max_new_tokens=cfg.max_new_tokens, gen=gen,
+                                      d=d, autocast=autocast)
         t0 = time.time()
-        train, _ = ranked_samples(cfg.n_prompts, "train")
-        evals, eval_groups = ranked_samples(cfg.n_eval_prompts, "eval")
+        train, _ = ranked(cfg.n_prompts, "train")
+        run.info["data_format"] = format_of(task.prompt_records(1, "train", prompt_seed))
+        evals, eval_gold = ranked(cfg.n_eval_prompts, "eval")
         # the ceiling: how often a second, independent labeler agrees with the first on the held-out pairs
-        temperature = task.LABELER_TEMPERATURE
-        labeler_agreement = labelers.labeler_agreement(eval_groups, random.Random(cfg.seed + 1), temperature)
-        gold_pairs_agreement = labelers.gold_agreement(eval_groups, random.Random(cfg.seed + 2), temperature)
+        labeler_agreement = labelers.labeler_agreement(eval_gold, random.Random(cfg.seed + 1), task.LABELER_TEMPERATURE)
+        gold_pairs_agreement = labelers.gold_agreement(eval_gold, random.Random(cfg.seed + 2), task.LABELER_TEMPERATURE)
         print(f"sampled and ranked {cfg.k} responses for {len(train)} + {len(evals)} prompts "
               f"in {time.time() - t0:.0f}s; two labelers agree on {labeler_agreement:.1%} of held-out pairs")
     else:
-        def read(paths):
-            records = [r for path in paths.split(",") for r in read_comparisons(path)]
-            return [encode_comparison(tokenizer, r, block_size) for r in records]
-        train, evals = read(cfg.data), read(cfg.eval_data)
-    n_pairs = sum(len(ranking_pairs(r)) for _, _, r in train)
+        records = read_comparisons(cfg.data)
+        run.info["data_format"] = format_of(records)
+        train = [encode_comparison(tokenizer, r, block_size) for r in records]
+        evals = [encode_comparison(tokenizer, r, block_size) for r in read_comparisons(cfg.eval_data)]
+    n_pairs = sum(len(reward.ranking_pairs(r)) for _, _, r in train)
     print(f"data: {len(train)} ranked prompts ({n_pairs} pairs) for training, {len(evals)} held out")
 
     train_model = distributed.wrap(model, d, cfg.fsdp)
-
-    def rewards_of(groups):
-        """The reward of each response of the groups (one forward pass per response, not per pair, and
-        each prompt read once for its K responses), the (better, worse) index pairs of every ranking,
-        each pair's weight. Under FSDP2 each response is read with its prompt: the responses' gradients
-        reach a block's prompt pass through its keys and values, not its outputs, where FSDP2 would
-        gather the block's weights again for the backward."""
-        seqs, better, worse, weights = comparison_batch(groups)
-        rewards = rewards_at_eos(train_model, seqs, tokenizer.pad_id, device, autocast) if cfg.fsdp else \
-            group_rewards(train_model, groups, tokenizer.pad_id, device, autocast)
-        return rewards, better.to(device), worse.to(device), weights.to(device)
+    optimizer = optim.adamw(train_model, cfg.learning_rate, cfg.weight_decay, cfg.adam_eps, cfg.fsdp)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    run.total = max_iters = cfg.epochs * steps_per_epoch
+    run.restore([train_model], [optimizer], rng, gen)
 
     def accuracy(groups, gold=None):
-        """Share of the pairs that the reward model orders as the labeler did (a tie counts half)."""
-        model.eval()
-        return evaluate.rm_accuracy(train_model, groups, tokenizer, device=device, autocast=autocast, d=d, gold=gold)
-
-    decay = [p for n, p in train_model.named_parameters() if p.dim() >= 2 and "wpe" not in n]
-    no_decay = [p for n, p in train_model.named_parameters() if p.dim() < 2 or "wpe" in n]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=cfg.learning_rate, betas=(0.9, 0.99), eps=cfg.adam_eps, fused=not cfg.fsdp)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    max_iters = cfg.epochs * steps_per_epoch
-
-    def lr_at(it):
-        if it < cfg.warmup_iters:
-            return cfg.learning_rate * (it + 1) / cfg.warmup_iters
-        progress = (it - cfg.warmup_iters) / max(max_iters - cfg.warmup_iters, 1)
-        return cfg.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    state = resume["state"] if resume else {}
-    metrics = runs.Metrics(cfg.out_dir, state.get("metrics", []), owned=d.is_main and not cfg.overwrite)
-    skips = runs.Skips(cfg.max_bad_steps, "step", state.get("skips"))
-    if resume:
-        distributed.load_optimizer_state(train_model, optimizer, state["optimizer"], cfg.fsdp)
-        runs.set_rng_state(runs.rank_state(state["rng"], d), rng, gen)
-        print(f"resuming {cfg.out_dir} at step {resume['step']} of {max_iters}")
-
-    def save(step, finished, extra_state=None):
-        weights = distributed.model_state(train_model, cfg.fsdp)
-        train_state = None if finished else {
-            "optimizer": distributed.optimizer_state(train_model, optimizer, cfg.fsdp),
-            "rng": distributed.all_gather_objects(runs.rng_state(rng, gen)), "metrics": metrics.rows,
-            "skips": skips.state()}
-        if d.is_main:
-            save_checkpoint(ckpt_path, model, tokenizer, cfg, step, finished=finished, state=train_state,
-                            weights=weights, total_steps=max_iters)
-            metrics.own()
+        return reward.accuracy(train_model, groups, tokenizer, device=device, autocast=autocast, d=d, gold=gold)
 
     # 2. training: one loss per prompt over all of its pairs, the prompts of a batch weighing alike
-    start_it = resume["step"] if resume else 0
-    progress, seen_pairs, window = Progress(max_iters, start_it), 0, []
-    if not resume:
+    progress, seen_pairs, window, it = runs.Progress(max_iters, run.step), 0, [], run.step
+    if run.ckpt is None:
         print(f"held-out accuracy before training: {accuracy(evals)[0]:.3f}")
     model.train()
-    it = start_it
-    for epoch in range(start_it // steps_per_epoch, cfg.epochs):
+    for epoch in range(it // steps_per_epoch, cfg.epochs):
         order = list(range(len(train)))
         random.Random(cfg.seed + epoch).shuffle(order)  # each epoch's order from its own seed: resumable mid-epoch
         for i in range((it - epoch * steps_per_epoch) * cfg.batch_size, len(order), cfg.batch_size):
             groups = [train[j] for j in order[i:i + cfg.batch_size]]
+            lr = optim.lr_at(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, max_iters)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(it)
+                group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             parts = micro_batches(distributed.shard(groups, d), cfg.micro_batches,
                                   lambda g: len(g[0]) + max(map(len, g[1])))  # this rank's groups, by longest sequence
             loss = agree = step_pairs = 0.0
             for m, part in enumerate(parts):  # the gradients add up; the ranks reduce them after the last part
                 with distributed.grad_sync(train_model, m == len(parts) - 1):
-                    rewards, better, worse, weights = rewards_of(part)
-                    part_loss = (weights * pairwise_loss(rewards[better], rewards[worse])).sum() / len(groups) * d.world
+                    _, better, worse, weights = reward.comparison_batch(part)
+                    better, worse, weights = better.to(device), worse.to(device), weights.to(device)
+                    r = reward.rewards(train_model, part, tokenizer.pad_id, device, autocast)
+                    part_loss = (weights * reward.pairwise_loss(r[better], r[worse])).sum() / len(groups) * d.world
                     part_loss.backward()
                 loss += part_loss.detach()
-                agree += ((rewards[better] > rewards[worse]).sum() + 0.5 * (rewards[better] == rewards[worse]).sum())
+                agree += (r[better] > r[worse]).sum() + 0.5 * (r[better] == r[worse]).sum()
                 step_pairs += len(better)
-            stepped, _ = runs.apply_grads(train_model.parameters(), [optimizer], cfg.grad_clip)
-            skips.record(stepped, f"step {it + 1}")
+            stepped, _ = optim.step(train_model.parameters(), [optimizer], cfg.grad_clip)
+            run.skips.record(stepped, f"step {it + 1}")
             it += 1
             seen_pairs += step_pairs * d.world
             # this rank's part of the loss, its agreeing pairs and its pairs; read at the log interval
             window.append(torch.stack([loss / d.world, agree.float(), torch.tensor(float(step_pairs), device=device)]))
             if it % cfg.log_interval == 0 or it == max_iters:
                 loss_sum, agree_sum, n = distributed.all_sum(torch.stack(window).sum(0)).tolist()
-                mean_loss, mean_acc = loss_sum / len(window), agree_sum / max(n, 1)
-                row = {"step": it, "epoch": epoch, "train/loss": mean_loss, "train/accuracy": mean_acc,
-                       "train/lr": lr_at(it - 1), "train/skipped_steps": skips.total, "time": time.time() - t_start}
+                row = {"step": it, "epoch": epoch, "train/loss": loss_sum / len(window),
+                       "train/accuracy": agree_sum / max(n, 1), "train/lr": lr, "train/skipped_steps": run.skips.total,
+                       "time": run.seconds()}
                 window = []
                 if it % cfg.eval_interval == 0 or it == max_iters:
                     row["eval/accuracy"] = accuracy(evals)[0]
-                    model.train()
-                metrics.append(row)
+                run.metrics.append(row)
                 if "eval/accuracy" in row:
-                    save(it, finished=False)
+                    run.save(it, [train_model], [optimizer], tokenizer, rng, gen)
                 shown = {"loss": row["train/loss"], "acc": row["train/accuracy"]}
                 if "eval/accuracy" in row:
                     shown["eval_acc"] = row["eval/accuracy"]
@@ -270,21 +210,21 @@ def main(cfg):
 
     # 3. normalize: the bias that makes the SFT model's samples score 0 on average (InstructGPT, section 3.5)
     model.eval()
-    bias_groups = random.Random(cfg.seed + 3).sample(train, min(cfg.n_bias_samples, len(train)))
-    bias_prompts = [prompt for prompt, _, _ in bias_groups]
+    bias_prompts = [prompt for prompt, _, _ in random.Random(cfg.seed + 3).sample(train, min(cfg.n_bias_samples,
+                                                                                            len(train)))]
     budget = min(cfg.max_new_tokens, block_size - max(map(len, bias_prompts)) - 1)  # room for the EOS appended
     if budget < 1:
         raise ValueError(f"the longest training prompt ({max(map(len, bias_prompts))} tokens) leaves no room for a "
                          f"response in block_size={block_size}")
-    samples = evaluate.sample(sft, tokenizer, bias_prompts, max_new_tokens=budget, temperature=cfg.sample_temperature,
-                              gen=torch.Generator(device=device).manual_seed(cfg.seed + 4 + d.rank), d=d,
-                              autocast=autocast)
+    samples = sample(sft, tokenizer, bias_prompts, max_new_tokens=budget, temperature=cfg.sample_temperature,
+                     generator=torch.Generator(device=device).manual_seed(cfg.seed + 4 + d.rank), d=d,
+                     autocast=autocast)
     seqs = [p + s["ids"] + [tokenizer.eos_id] for p, s in zip(bias_prompts, samples)]
 
     def mean_reward():
         with torch.no_grad(), distributed.full_weights(train_model):
             mine = distributed.shard(seqs, d)
-            total = sum(rewards_at_eos(train_model, mine[i:i + 128], tokenizer.pad_id, device, autocast).sum()
+            total = sum(reward.rewards_at_eos(train_model, mine[i:i + 128], tokenizer.pad_id, device, autocast).sum()
                         for i in range(0, len(mine), 128))
         return (distributed.all_sum(torch.as_tensor(total, device=device, dtype=torch.float32)) / len(seqs)).item()
     before = mean_reward()
@@ -292,27 +232,27 @@ def main(cfg):
         model.score_head.bias.sub_(before)  # a Python float: fine for a sharded (DTensor) bias too
     after = mean_reward()
     print(f"reward bias set: SFT samples scored {before:+.3f} on average, now {after:+.2e}")
-    acc, gold_acc = accuracy(evals, eval_groups)
+    acc, gold_acc = accuracy(evals, eval_gold)
 
     summary = {"steps": it, "eval_accuracy": acc, "labeler_agreement": labeler_agreement,
                "labeler_gold_agreement": gold_pairs_agreement, "sft_mean_reward_before_bias": before,
-               "sft_mean_reward_after_bias": after, "skipped_steps": skips.total,
+               "sft_mean_reward_after_bias": after, "skipped_steps": run.skips.total,
                "n_train_prompts": len(train), "n_eval_prompts": len(evals), "n_train_pairs": n_pairs,
-               "checkpoint": ckpt_path}
-    if eval_groups is not None:
+               "checkpoint": run.path}
+    if eval_gold is not None:
         # and against the truth: the share of held-out pairs with different gold scores ordered right
         summary["eval_gold_accuracy"] = gold_acc
         print(f"held-out pairwise accuracy: {acc:.1%} against the labelers (two labelers agree on "
-              f"{labeler_agreement:.1%}), {summary['eval_gold_accuracy']:.1%} against the gold scores")
+              f"{labeler_agreement:.1%}), {gold_acc:.1%} against the gold scores")
     else:
         print(f"held-out pairwise accuracy: {acc:.1%}")
-    summary["total_seconds"] = time.time() - t_start
+    summary["total_seconds"] = run.seconds()
     if d.is_main:
         runs.write_json(os.path.join(cfg.out_dir, "summary.json"), {"config": asdict(cfg), **summary})
-    save(it, finished=True)
-    print(f"done in {format_eta(summary['total_seconds'])}: {ckpt_path}, {cfg.out_dir}/summary.json")
+    run.save(it, [train_model], [], tokenizer, rng, finished=True)
+    print(f"done in {runs.format_eta(summary['total_seconds'])}: {run.path}, {cfg.out_dir}/summary.json")
     distributed.shutdown()
 
 
 if __name__ == "__main__":
-    run(main, Config, "train_rm.py", task_defaults="rm")
+    config.main(main, Config, "train_rm.py", "rm")

@@ -7,31 +7,28 @@ SFT policy is good but clearly imperfect, which is what leaves room for the rewa
 
     python train_sft.py                                  # the built-in instruct task, from scratch, a few CPU minutes
     python train_sft.py --task=chat                      # the built-in dialogue task
-    python train_sft.py --data=train.jsonl --eval_data=eval.jsonl --init_from=path/to/gpt2 --tokenizer=path/to/gpt2
+    python train_sft.py --data=train.jsonl --eval_data=eval.jsonl --init_from=path/to/gpt2
     python train_sft.py --resume                         # continue the unfinished run in --out_dir
     torchrun --nproc_per_node=4 train_sft.py             # 4 GPUs (DDP; --fsdp to shard the model)
     python train_sft.py --help
 """
-import math
 import os
 import random
-import time
 from dataclasses import asdict, dataclass
 
 import torch
 
-from minirlhf import distributed, evaluate, runs
-from minirlhf.checkpoint import load_checkpoint, save_checkpoint
-from minirlhf.cli import RunOptions, check, check_at_least_one, check_files, print_config, run, setup_device
-from minirlhf.data import IGNORE_INDEX, encode_sft, micro_batches, read_sft, sft_batch
+from minirlhf import config, distributed, evaluate, optim, runs
+from minirlhf.checkpoint import load_checkpoint
+from minirlhf.config import at_least_one, check, check_files
+from minirlhf.data import IGNORE_INDEX, encode_sft, format_of, micro_batches, read_sft, sft_batch
 from minirlhf.model import GPT, GPTConfig
-from minirlhf.sampling import Progress, format_eta
 from minirlhf.tasks import get_task
 from minirlhf.tokenizer import get_tokenizer
 
 
 @dataclass
-class Config(RunOptions):
+class Config(config.Options):
     """Supervised fine-tuning (InstructGPT step 1): next-token loss on the demonstrations' completions."""
     out_dir: str = "out/sft"
     """where ckpt.pt, metrics.jsonl and summary.json are written"""
@@ -41,7 +38,7 @@ class Config(RunOptions):
     eval_data: str = ""
     """held-out JSONL for the eval loss; with data=builtin, empty means the built-in held-out split"""
     init_from: str = "scratch"
-    """"scratch", a local Hugging Face GPT-2 directory, or a minirlhf checkpoint (.pt)"""
+    """"scratch", a local Hugging Face GPT-2 directory, or a minirlhf policy checkpoint (.pt)"""
     tokenizer: str = ""
     """"bytes", "gpt2", a GPT-2 directory (vocab.json + merges.txt) or a .tiktoken file. Empty: "bytes" from
     scratch, the checkpoint's own with a checkpoint, the directory's vocab.json + merges.txt with a GPT-2 directory"""
@@ -65,7 +62,7 @@ class Config(RunOptions):
     """sequences per step (over all ranks)"""
     micro_batches: int = 1
     """each rank's share of a batch goes through forward and backward in up to this many parts of similar
-    lengths, whose gradients add up to the batch's: the same step, less padding (the chat task: 4)"""
+    lengths, whose gradients add up to the batch's: the same step, less padding"""
     learning_rate: float = 2e-3
     """peak learning rate (AdamW), reached after warmup_iters, then cosine decay to min_lr"""
     min_lr: float = 1e-4
@@ -74,12 +71,6 @@ class Config(RunOptions):
     """linear warmup steps"""
     weight_decay: float = 0.1
     """AdamW weight decay on matrices (not on biases, LayerNorms and positions)"""
-    adam_eps: float = 1e-5
-    """Adam epsilon; 1e-5 as in the original RLHF code (the N+ implementation details)"""
-    grad_clip: float = 1.0
-    """clip the global gradient norm to this (0: off)"""
-    max_bad_steps: int = 10
-    """stop with an error after this many steps in a row with a non-finite loss or gradient (each is skipped)"""
     log_interval: int = 50
     """steps between progress lines"""
     eval_interval: int = 500
@@ -88,14 +79,11 @@ class Config(RunOptions):
     """batches of held-out data per eval-loss measurement"""
     n_gold_eval: int = 500
     """held-out built-in prompts for the final gold scores (0: skip)"""
-    max_new_tokens: int = 24
-    """response budget when sampling for the gold scores"""
 
     def __post_init__(self):
         super().__post_init__()
-        check_at_least_one(self, "n_layer", "n_head", "n_embd", "block_size", "n_builtin", "max_iters", "batch_size",
-                           "micro_batches", "max_bad_steps", "log_interval", "eval_interval", "eval_batches",
-                           "max_new_tokens")
+        at_least_one(self, "n_layer", "n_head", "n_embd", "block_size", "n_builtin", "max_iters", "batch_size",
+                     "micro_batches", "log_interval", "eval_interval", "eval_batches")
         check(self, "n_gold_eval", lambda x: x >= 0, ">= 0")
         for name in ("demo_error_rate", "demo_ramble_rate"):
             check(self, name, lambda x: x == -1 or 0 <= x <= 1, "in [0, 1] (or -1: the task's default)")
@@ -103,58 +91,40 @@ class Config(RunOptions):
         check(self, "min_lr", lambda x: 0 <= x <= self.learning_rate, "in [0, learning_rate]")
         check(self, "warmup_iters", lambda x: x >= 0, ">= 0")
         check(self, "weight_decay", lambda x: x >= 0, ">= 0")
-        check(self, "adam_eps", lambda x: x > 0, "> 0")
-        check(self, "grad_clip", lambda x: x >= 0, ">= 0 (0: off)")
         if self.data == "builtin" and self.eval_data:
             raise ValueError("--eval_data goes with JSONL --data; the built-in data has its own held-out split")
         check_files(self, "data", "eval_data")
 
 
-def lr_at(it, cfg):
-    """Linear warmup, then cosine decay to min_lr (as nanoGPT)."""
-    if it < cfg.warmup_iters:
-        return cfg.learning_rate * (it + 1) / cfg.warmup_iters
-    progress = min((it - cfg.warmup_iters) / max(cfg.max_iters - cfg.warmup_iters, 1), 1.0)
-    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
-
-
 def main(cfg):
-    d, device = distributed.setup(cfg.device)
-    print_config(cfg)
-    t_start = time.time()
-    device, autocast = setup_device(cfg, device)
-    resume = runs.start(cfg, d.is_main)  # the checkpoint to go on from, or None
+    d, device, autocast = distributed.setup(cfg)
+    run = runs.Run(cfg, d, cfg.max_iters)  # a new run, or the checkpoint of the one to go on with (--resume)
     torch.manual_seed(cfg.seed)  # the same initialization on every rank
     rng = random.Random(cfg.seed)  # the data order: the same on every rank, each takes its share of a batch
     task = get_task(cfg.task)
 
-    # the model and its tokenizer
+    # 1. the model and its tokenizer: from scratch, GPT-2 weights, a policy checkpoint, or this run's own
     kernels = dict(attn_impl=cfg.kernels, logprob_impl=cfg.kernels)
-    if resume is not None:
-        tokenizer = get_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
-        model, tokenizer, _ = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), tokenizer, **kernels)
+    tokenizer = get_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
+    if run.ckpt is not None:
+        model, tokenizer, _ = load_checkpoint(run.path, tokenizer, finished=False, **kernels)
     elif cfg.init_from == "scratch":
-        tokenizer = get_tokenizer(cfg.tokenizer or "bytes")
+        tokenizer = tokenizer or get_tokenizer("bytes")
         model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tokenizer.vocab_size, n_layer=cfg.n_layer,
                               n_head=cfg.n_head, n_embd=cfg.n_embd, **kernels))
-    elif os.path.isdir(cfg.init_from):
-        tokenizer = get_tokenizer(cfg.tokenizer or cfg.init_from)
-        model = GPT.from_pretrained(cfg.init_from, vocab_size=tokenizer.vocab_size, **kernels)  # room for the pad token
-    elif os.path.isfile(cfg.init_from):
-        model, tokenizer, _ = load_checkpoint(cfg.init_from, get_tokenizer(cfg.tokenizer) if cfg.tokenizer else None,
-                                              **kernels)
+    elif os.path.isdir(cfg.init_from):  # GPT-2 weights in Hugging Face's format, and its tokenizer files
+        from minirlhf import gpt2
+        tokenizer = tokenizer or get_tokenizer(cfg.init_from)
+        model = gpt2.from_pretrained(cfg.init_from, vocab_size=tokenizer.vocab_size, **kernels)  # room for the pad
     else:
-        raise ValueError(f"--init_from={cfg.init_from!r}: not 'scratch', a GPT-2 directory or a checkpoint file")
-    if model.score_head is not None:
-        raise ValueError(f"--init_from={cfg.init_from}: a reward/value model (it has a scalar head), "
-                         "not a language model")
+        model, tokenizer, _ = load_checkpoint(cfg.init_from, tokenizer, kind="policy", option="init_from", **kernels)
     model.to(device)
     block_size = model.config.block_size
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, {model.config.n_layer} layers, "
           f"{model.config.n_embd} wide, block {block_size}; tokenizer {tokenizer}; device {device}"
           + (f"; {d.world} ranks ({'FSDP' if cfg.fsdp else 'DDP'})" if d.world > 1 else ""))
 
-    # the data: (ids, loss_mask) per example
+    # 2. the data: (ids, loss_mask) per example
     builtin = cfg.data == "builtin"
     if builtin:
         rates = {k: v for k, v in (("error_rate", cfg.demo_error_rate), ("ramble_rate", cfg.demo_ramble_rate))
@@ -162,12 +132,11 @@ def main(cfg):
         train_records = task.sft_records(cfg.n_builtin, "train", cfg.seed, **rates)
         eval_records = task.sft_records(1000, "eval", cfg.seed, **rates)
     else:
-        train_records = [r for path in cfg.data.split(",") for r in read_sft(path)]
-        eval_records = [r for path in cfg.eval_data.split(",") for r in read_sft(path)] if cfg.eval_data else []
+        train_records, eval_records = read_sft(cfg.data), read_sft(cfg.eval_data) if cfg.eval_data else []
+    run.info["data_format"] = format_of(train_records)
     train = [encode_sft(tokenizer, r, block_size) for r in train_records]
     evals = [encode_sft(tokenizer, r, block_size) for r in eval_records]
-    n_loss_tokens = sum(sum(m) for _, m in train)
-    print(f"data: {len(train)} training examples ({n_loss_tokens} loss tokens), {len(evals)} held-out")
+    print(f"data: {len(train)} training examples ({sum(sum(m) for _, m in train)} loss tokens), {len(evals)} held-out")
     distributed.share(cfg.batch_size, d, "batch_size")
 
     def batch(examples, rng):
@@ -202,73 +171,47 @@ def main(cfg):
         model.train()
         return distributed.all_sum(torch.stack(losses).mean()).item()
 
-    # AdamW with weight decay on matrices only (as nanoGPT); Adam eps 1e-5 (the N+ implementation details)
-    decay = [p for n, p in train_model.named_parameters() if p.dim() >= 2 and "wpe" not in n]
-    no_decay = [p for n, p in train_model.named_parameters() if p.dim() < 2 or "wpe" in n]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=cfg.learning_rate, betas=(0.9, 0.99), eps=cfg.adam_eps,
-                                  fused=not cfg.fsdp)  # the fused kernel does not take FSDP's sharded tensors
+    optimizer = optim.adamw(train_model, cfg.learning_rate, cfg.weight_decay, cfg.adam_eps, cfg.fsdp)
+    run.restore([train_model], [optimizer], rng)
 
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    state = resume["state"] if resume else {}
-    metrics = runs.Metrics(cfg.out_dir, state.get("metrics", []), owned=d.is_main and not cfg.overwrite)
-    skips = runs.Skips(cfg.max_bad_steps, "step", state.get("skips"))
-    if resume:
-        distributed.load_optimizer_state(train_model, optimizer, state["optimizer"], cfg.fsdp)
-        runs.set_rng_state(runs.rank_state(state["rng"], d), rng)
-        print(f"resuming {cfg.out_dir} at step {resume['step']} of {cfg.max_iters}")
-
-    def save(step, finished):
-        """Every rank calls it (FSDP gathers the shards); rank 0 writes."""
-        weights = distributed.model_state(train_model, cfg.fsdp)
-        train_state = None if finished else {
-            "optimizer": distributed.optimizer_state(train_model, optimizer, cfg.fsdp),
-            "rng": distributed.all_gather_objects(runs.rng_state(rng)), "metrics": metrics.rows,
-            "skips": skips.state()}
-        if d.is_main:
-            save_checkpoint(ckpt_path, model, tokenizer, cfg, step, finished=finished, state=train_state,
-                            weights=weights, total_steps=cfg.max_iters)
-            metrics.own()
-
-    start_it = resume["step"] + 1 if resume else 1
-    progress, seen_tokens, losses = Progress(cfg.max_iters, start_it - 1), 0, []
+    # 3. training: the gradients of a batch's micro-batches add up; the ranks reduce them after the last
+    progress, seen_tokens, losses = runs.Progress(cfg.max_iters, run.step), 0, []
     model.train()
-    for it in range(start_it, cfg.max_iters + 1):
+    for it in range(run.step + 1, cfg.max_iters + 1):
+        lr = optim.lr_at(it - 1, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.max_iters)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(it - 1, cfg)
+            group["lr"] = lr
         micro, n_loss_tokens = batch(train, rng)
         optimizer.zero_grad(set_to_none=True)
         loss = 0.0
-        for i, (idx, targets) in enumerate(micro):  # the gradients add up; the ranks reduce them after the last
+        for i, (idx, targets) in enumerate(micro):
             with distributed.grad_sync(train_model, i == len(micro) - 1):
                 part = loss_of(idx, targets, n_loss_tokens)
                 part.backward()
             loss += part.detach()
             seen_tokens += idx.numel() * d.world
-        stepped, grad_norm = runs.apply_grads(train_model.parameters(), [optimizer], cfg.grad_clip)
-        skips.record(stepped, f"step {it}")
+        stepped, grad_norm = optim.step(train_model.parameters(), [optimizer], cfg.grad_clip)
+        run.skips.record(stepped, f"step {it}")
         losses.append(loss.detach() / d.world)  # this rank's part of the batch's loss; read at the log interval
 
         if it % cfg.log_interval == 0 or it == cfg.max_iters:
-            row = {"step": it, "train/loss": distributed.all_sum(torch.stack(losses).mean()).item(),
-                   "train/lr": lr_at(it - 1, cfg),
-                   "train/grad_norm": grad_norm.item(), "train/skipped_steps": skips.total,
-                   "time": time.time() - t_start}
+            row = {"step": it, "train/loss": distributed.all_sum(torch.stack(losses).mean()).item(), "train/lr": lr,
+                   "train/grad_norm": grad_norm.item(), "train/skipped_steps": run.skips.total,
+                   "time": run.seconds()}
             losses = []
             if it % cfg.eval_interval == 0 or it == cfg.max_iters:
                 row["eval/loss"] = eval_loss()
-            metrics.append(row)
+            run.metrics.append(row)
             if "eval/loss" in row:
-                save(it, finished=False)
-            shown = {"loss": row["train/loss"], "lr": row["train/lr"]}
+                run.save(it, [train_model], [optimizer], tokenizer, rng)
+            shown = {"loss": row["train/loss"], "lr": lr}
             if row.get("eval/loss") is not None:
                 shown["eval_loss"] = row["eval/loss"]
             print(progress.line(it, seen_tokens, **shown))
 
-    # what SFT reached: eval loss, and on the built-in task the gold score of held-out responses
-    summary = {"steps": cfg.max_iters, "eval_loss": eval_loss(), "skipped_steps": skips.total,
-               "train_seconds": time.time() - t_start, "checkpoint": ckpt_path, "parameters": model.num_params()}
+    # 4. what SFT reached: eval loss, and on the built-in task the gold score of held-out responses
+    summary = {"steps": cfg.max_iters, "eval_loss": eval_loss(), "skipped_steps": run.skips.total,
+               "train_seconds": run.seconds(), "checkpoint": run.path, "parameters": model.num_params()}
     if builtin and cfg.n_gold_eval > 0:
         records = task.prompt_records(cfg.n_gold_eval, "eval", cfg.seed)
         summary.update(evaluate.sft_gold(train_model, tokenizer, task, records, eval_records, seed=cfg.seed, d=d,
@@ -276,13 +219,13 @@ def main(cfg):
         print(f"held-out gold score: greedy {summary['gold_greedy']:.3f}, sampled (T=1) {summary['gold_sampled']:.3f}, "
               f"untrained model {summary['gold_untrained_greedy']:.3f}, "
               f"the demonstrations themselves {summary['gold_demonstrations']:.3f}")
-    summary["total_seconds"] = time.time() - t_start
+    summary["total_seconds"] = run.seconds()
     if d.is_main:
         runs.write_json(os.path.join(cfg.out_dir, "summary.json"), {"config": asdict(cfg), **summary})
-    save(cfg.max_iters, finished=True)
-    print(f"done in {format_eta(summary['total_seconds'])}: {ckpt_path}, {cfg.out_dir}/summary.json")
+    run.save(cfg.max_iters, [train_model], [], tokenizer, rng, finished=True)
+    print(f"done in {runs.format_eta(summary['total_seconds'])}: {run.path}, {cfg.out_dir}/summary.json")
     distributed.shutdown()
 
 
 if __name__ == "__main__":
-    run(main, Config, "train_sft.py", task_defaults="sft")
+    config.main(main, Config, "train_sft.py", "sft")

@@ -6,7 +6,7 @@ The chat pipeline's RM step, PPO update and sampling, each against the plain way
 
 rm       one reward-model step (forward, backward, AdamW) on batch_size built-in conversations with k
          SFT samples each, in train_rm.py's 4 micro-batches: every response read with its prompt as
-         one sequence (rewards_at_eos) vs each prompt read once for its k responses (group_rewards)
+         one sequence (rewards_at_eos) vs each prompt read once for its k responses (rewards)
 ppo      one PPO update (2 epochs x 2 minibatches, policy and value model) on a rollout of batch_size
          conversations: each minibatch whole vs in 4 micro-batches of similar prompt lengths
 sample   k samples for each of batch_size conversations (RM-stage sampling): every row to the end vs the
@@ -22,23 +22,16 @@ import platform
 import sys
 import time
 from contextlib import nullcontext
+from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from minirlhf import distributed, ppo  # noqa: E402
+from minirlhf import distributed, ppo, reward, sampling  # noqa: E402
 from minirlhf.checkpoint import load_checkpoint  # noqa: E402
 from minirlhf.data import encode_prompt, left_pad, micro_batches  # noqa: E402
-from minirlhf.rl import gae, masked_whiten, pairwise_loss, shaped_rewards  # noqa: E402
-from minirlhf.sampling import sample_responses  # noqa: E402
-from minirlhf.scoring import (  # noqa: E402
-    comparison_batch,
-    group_rewards,
-    response_batch,
-    response_logprobs,
-    response_values,
-    rewards_at_eos,
-)
+from minirlhf.rl import gae, masked_whiten, shaped_rewards  # noqa: E402
+from minirlhf.scoring import response_batch, response_logprobs, response_values  # noqa: E402
 from minirlhf.tasks import get_task  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,7 +39,7 @@ p.add_argument("--ckpt", default="out/chat/sft/ckpt.pt", help="the chat SFT chec
 p.add_argument("--parts", nargs="+", default=["rm", "ppo", "sample"], choices=["rm", "ppo", "sample"])
 p.add_argument("--rm_batch", type=int, default=32, help="prompts per RM step (train_rm.py's batch_size)")
 p.add_argument("--ppo_batch", type=int, default=64, help="rollout rows per PPO update (train_ppo.py's batch_size)")
-p.add_argument("--sample_batch", type=int, default=64, help="prompts sampled at once (sample_responses: 256 rows)")
+p.add_argument("--sample_batch", type=int, default=64, help="prompts sampled at once (sampling.sample: 256 rows)")
 p.add_argument("--k", type=int, default=4)
 p.add_argument("--repeats", type=int, default=5, help="timed repetitions per side and round")
 p.add_argument("--rounds", type=int, default=2)
@@ -65,7 +58,7 @@ sft.eval()
 budget = 24
 gen = torch.Generator(device=args.device).manual_seed(0)
 prompts = [encode_prompt(tok, r, sft.config.block_size - budget) for r in task.prompt_records(256, "train", 9)]
-samples = sample_responses(sft, tok, prompts, max_new_tokens=budget, generator=gen, n=args.k)  # the data of all parts
+samples = sampling.sample(sft, tok, prompts, max_new_tokens=budget, generator=gen, n=args.k)  # the data of all parts
 
 
 def sync():
@@ -109,10 +102,10 @@ if "rm" in args.parts:
     def rm_step(shared):
         optimizer.zero_grad(set_to_none=True)
         for part in micro_batches(groups, 4, lambda g: len(g[0]) + max(map(len, g[1]))):
-            _, better, worse, weights = comparison_batch(part)
-            rewards = group_rewards(rm, part, tok.pad_id, args.device, nullcontext) if shared else \
-                rewards_at_eos(rm, comparison_batch(part)[0], tok.pad_id, args.device, nullcontext)
-            (weights.to(args.device) * pairwise_loss(rewards[better], rewards[worse])).sum().backward()
+            _, better, worse, weights = reward.comparison_batch(part)
+            r = reward.rewards(rm, part, tok.pad_id, args.device, nullcontext) if shared else \
+                reward.rewards_at_eos(rm, reward.comparison_batch(part)[0], tok.pad_id, args.device, nullcontext)
+            (weights.to(args.device) * reward.pairwise_loss(r[better], r[worse])).sum().backward()
         return [q.grad.clone() for q in rm.parameters()]
 
     def rm_check():
@@ -144,9 +137,9 @@ if "ppo" in args.parts:
             m.load_state_dict(state)
         optimizers = [torch.optim.Adam(m.parameters(), lr=5e-5, eps=1e-5) for m in (policy, value_model)]
         torch.manual_seed(0)
-        ppo.update(policy, value_model, optimizers, rollout, epochs=2, n_minibatches=2, clip_range=0.2,
-                   vf_clip_range=0.2, vf_coef=0.1, ent_coef=0.0, temperature=1.0, grad_clip=1.0,
-                   autocast=nullcontext, d=distributed.Dist(0, 1, 0), micro_batches=n)
+        settings = SimpleNamespace(ppo_epochs=2, n_minibatches=2, clip_range=0.2, vf_clip_range=0.2, vf_coef=0.1,
+                                   ent_coef=0.0, ptx_coef=0.0, temperature=1.0, grad_clip=1.0, micro_batches=n)
+        ppo.update(policy, value_model, optimizers, rollout, settings, autocast=nullcontext, d=distributed.ONE)
         return [q.detach().clone() for m in (policy, value_model) for q in m.parameters()]
 
     def ppo_check():

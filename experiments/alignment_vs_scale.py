@@ -35,12 +35,14 @@ Writes out_dir/results.json, out_dir/gold_vs_params.png and its section of exper
 import os
 import time
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 
 import common
 
 from minirlhf import evaluate, runs
 from minirlhf.checkpoint import read_checkpoint
-from minirlhf.cli import check, run, setup_device
+from minirlhf.config import check
+from minirlhf.config import main as cli_main
 from minirlhf.tasks import get_task
 
 KEY = "alignment_vs_scale"
@@ -86,7 +88,7 @@ def parse_sizes(text):
 
 def main(cfg):
     t_start = time.time()
-    device, autocast = setup_device(cfg)
+    device, autocast = common.setup(cfg)
     common.ensure_default_run(cfg, "sft", "rm", "ppo")
     base = read_checkpoint(cfg.sft_ckpt, mmap=True)
     if base["train_config"].get("init_from", "scratch") != "scratch":
@@ -118,10 +120,8 @@ def main(cfg):
     policies = {"ppo": ppo, **{names[s]: (sft if p == cfg.sft_ckpt else common.load(cfg, p, device, tokenizer)[0])
                                for s, p in ckpts.items()}}
     records = task.prompt_records(cfg.n_eval, "eval", cfg.seed + 2)
-    result = evaluate.compare(policies, tokenizer, records, reference=sft, reward_model=rm, task=task,
-                              temperature=ppo_config["temperature"], max_new_tokens=ppo_config["max_new_tokens"],
-                              eos_penalty_score=ppo_config["eos_penalty_score"], seed=cfg.seed + 3,
-                              d=common.ONE_PROCESS, device=device, autocast=autocast)
+    result = evaluate.compare(policies, tokenizer, records, SimpleNamespace(**ppo_config), reference=sft,
+                              reward_model=rm, task=task, seed=cfg.seed + 3, d=common.ONE_PROCESS, autocast=autocast)
 
     # 3. the table: a win rate over PPO, ties half, is 1 minus PPO's win rate over that model
     ppo_params = ppo.num_params()
@@ -220,4 +220,4 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    run(main, Config, f"experiments/{KEY}.py")
+    cli_main(main, Config, f"experiments/{KEY}.py")

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 
 import torch
 
-from minirlhf import pipeline
+from minirlhf import distributed, runs
 from minirlhf.checkpoint import atomic_write_text, load_checkpoint, read_checkpoint
-from minirlhf.cli import DTYPES, check, check_device
-from minirlhf.distributed import Dist
+from minirlhf.config import DTYPES, check, check_device
+from minirlhf.distributed import ONE
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)  # the repository: the training scripts
-ONE_PROCESS = Dist(rank=0, world=1, local_rank=0)  # the experiments evaluate in one process
+ONE_PROCESS = ONE  # the experiments evaluate in one process
 # the default run's checkpoints and the commands that make them (`python train_ppo.py` runs the same)
 DEFAULT_RUN = {"sft": ("out/sft/ckpt.pt", "train_sft.py", ["--task=instruct", "--out_dir=out/sft"]),
                "rm": ("out/rm/ckpt.pt", "train_rm.py", ["--task=instruct", "--out_dir=out/rm",
@@ -88,14 +88,16 @@ def command(script):
 
 
 def device_args(cfg):
-    return pipeline.device_args(cfg)
+    return runs.device_args(cfg)
+
+
+def setup(cfg):
+    """(device, autocast) of the experiment's options."""
+    return distributed.setup(cfg, show_config=False)[1:]
 
 
 def load(cfg, path, device, tokenizer=None):
     """(model, tokenizer) of a finished checkpoint, in eval mode, with the experiment's kernels."""
-    ckpt = read_checkpoint(path, mmap=True)
-    if not ckpt["finished"]:
-        raise ValueError(f"{path} is an unfinished run: finish it first (its script with --resume)")
     model, tokenizer, _ = load_checkpoint(path, tokenizer, device=device, attn_impl=cfg.kernels,
                                           logprob_impl=cfg.kernels)
     return model.requires_grad_(False).eval(), tokenizer
@@ -114,7 +116,7 @@ def ensure_default_run(cfg, *whats):
             problem = "is an unfinished run" if os.path.isfile(path) else "does not exist"
             raise ValueError(f"--{what}_ckpt={path} {problem}: train it first with {script} (the default run's "
                              f"checkpoint {default} is trained here when missing)")
-        pipeline.stage(path, script, args + device_args(cfg), ROOT, f"the default run's {what.upper()} {path}")
+        runs.stage(path, script, args + device_args(cfg), f"the default run's {what.upper()} {path}")
 
 
 def options_of(ckpt_path, skip=(), **overrides):
@@ -141,7 +143,7 @@ def train(path, script, args, cfg, what):
     if os.path.isfile(path):
         check_options(read_checkpoint(path, mmap=True)["train_config"], args, path)
     t0 = time.time()
-    pipeline.stage(path, script, args + [f"--out_dir={os.path.dirname(path)}"] + device_args(cfg), ROOT, what)
+    runs.stage(path, script, args + [f"--out_dir={os.path.dirname(path)}"] + device_args(cfg), what)
     return time.time() - t0
 
 

@@ -43,6 +43,7 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 
 import common
 import numpy as np
@@ -50,7 +51,8 @@ import torch
 
 from minirlhf import evaluate, runs
 from minirlhf.checkpoint import read_checkpoint
-from minirlhf.cli import check, run, setup_device
+from minirlhf.config import check
+from minirlhf.config import main as cli_main
 from minirlhf.data import encode_prompt
 from minirlhf.sampling import best_of_n, score_responses
 from minirlhf.tasks import get_task
@@ -178,7 +180,7 @@ def curve(d, gold, proxy, gold_se=None):
 
 def main(cfg):
     t_start = time.time()
-    device, autocast = setup_device(cfg)
+    device, autocast = common.setup(cfg)
     common.ensure_default_run(cfg, "sft", "rm", "ppo")
     rm_config = read_checkpoint(cfg.rm_ckpt, mmap=True)["train_config"]
     ppo_config = read_checkpoint(cfg.ppo_ckpt, mmap=True)["train_config"]
@@ -187,6 +189,7 @@ def main(cfg):
     task = get_task(ppo_config["task"])
     temperature, max_new_tokens = ppo_config["temperature"], ppo_config["max_new_tokens"]
     penalty = ppo_config["eos_penalty_score"]
+    settings = SimpleNamespace(**ppo_config)  # the sampling of the PPO runs, for every evaluation
 
     # 1. the proxies: the default run's reward model and ones trained on fewer (or more) labeled prompts
     rms = {rm_config["n_prompts"]: cfg.rm_ckpt}
@@ -210,7 +213,7 @@ def main(cfg):
         path = os.path.join(cfg.out_dir, f"ppo_rm_{n}", "ckpt.pt")
         args = common.options_of(cfg.ppo_ckpt, sft_ckpt=cfg.sft_ckpt, rm_ckpt=rm_path, kl_coef=cfg.kl_coef,
                                  iterations=iterations, snapshot_interval=cfg.snapshot_interval, train_missing=False,
-                                 init_from="", rounds=1)
+                                 init_from="")
         common.train(path, "train_ppo.py", args, cfg, f"PPO against the proxy RM on {n} prompts")
         ppo_runs[n] = path
 
@@ -260,9 +263,8 @@ def main(cfg):
         if iterations not in steps:
             steps[iterations] = path  # the final policy, when the interval does not divide the iterations
         policies = {"sft": sft, **{f"iter_{it}": common.load(cfg, p, device, tokenizer)[0] for it, p in steps.items()}}
-        result = evaluate.compare(policies, tokenizer, eval_records, reference=sft, reward_model=proxies[n_rm],
-                                  task=task, temperature=temperature, max_new_tokens=max_new_tokens,
-                                  eos_penalty_score=penalty, seed=cfg.seed + 3, d=common.ONE_PROCESS, device=device,
+        result = evaluate.compare(policies, tokenizer, eval_records, settings, reference=sft,
+                                  reward_model=proxies[n_rm], task=task, seed=cfg.seed + 3, d=common.ONE_PROCESS,
                                   autocast=autocast, n_examples=len(eval_records))  # every prompt's gold, for the SEs
         points = [{"iteration": 0 if name == "sft" else int(name[5:]), "kl": result[f"{name}_kl"],
                    "d": math.sqrt(max(result[f"{name}_kl"], 0.0)), "gold": result[f"{name}_gold_sampled"],
@@ -279,10 +281,9 @@ def main(cfg):
     default_ppo = None
     if os.path.normpath(ppo_config["rm_ckpt"]) == os.path.normpath(cfg.rm_ckpt):
         ppo, _ = common.load(cfg, cfg.ppo_ckpt, device, tokenizer)
-        result = evaluate.compare({"sft": sft, "ppo": ppo}, tokenizer, eval_records, reference=sft,
-                                  reward_model=proxies[rm_config["n_prompts"]], task=task, temperature=temperature,
-                                  max_new_tokens=max_new_tokens, eos_penalty_score=penalty, seed=cfg.seed + 3,
-                                  d=common.ONE_PROCESS, device=device, autocast=autocast, n_examples=0)
+        result = evaluate.compare({"sft": sft, "ppo": ppo}, tokenizer, eval_records, settings, reference=sft,
+                                  reward_model=proxies[rm_config["n_prompts"]], task=task, seed=cfg.seed + 3,
+                                  d=common.ONE_PROCESS, autocast=autocast, n_examples=0)
         default_ppo = {"rm_prompts": rm_config["n_prompts"], "kl_coef": ppo_config["kl_coef"],
                        "iterations": ppo_config["iterations"], "kl": result["ppo_kl"],
                        "d": math.sqrt(max(result["ppo_kl"], 0.0)), "gold": result["ppo_gold_sampled"],
@@ -429,4 +430,4 @@ def snapshots(run_dir):
 
 
 if __name__ == "__main__":
-    run(main, Config, f"experiments/{KEY}.py")
+    cli_main(main, Config, f"experiments/{KEY}.py")

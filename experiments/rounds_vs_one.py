@@ -9,14 +9,14 @@ run, out/ppo) on held-out gold? And does the reward-model drift explain it: how 
 one-round RM judge its own final policy's samples, against the SFT samples it was trained on, and
 how well do the rounds' RMs?
 
-The 3-round run is `python train_ppo.py --rounds=3 --out_dir=out/ppo_rounds3` with the one-round
+The 3-round run is `python -m minirlhf.rounds --rounds=3 --out_dir=out/ppo_rounds3` with the one-round
 run's budget: the reward model's labeled prompts (rm_prompts = its n_prompts), samples ranked per
 prompt (rm_k = its k), its epochs, the PPO iterations and every other PPO option; a run already in
 rounds_dir is checked to have that budget. Both final policies answer the same held-out prompts
 (evaluate.compare); the head-to-head gold win rate counts ties half. For the drift, SFT and both
 final policies each sample k responses to the same held-out prompts, ranked by a simulated labeler
-(evaluate.ranked_samples), and every reward model's pairwise accuracy is measured on each set
-(evaluate.rm_accuracy): against the labeler, and against the gold scores on the pairs they order.
+(reward.comparisons), and every reward model's pairwise accuracy is measured on each set
+(reward.accuracy): against the labeler, and against the gold scores on the pairs they order.
 Target: the 3-round policy wins >= 55% head-to-head; the results say so either way.
 
     python experiments/rounds_vs_one.py                   # after (or including) python train_ppo.py
@@ -36,15 +36,19 @@ Writes out_dir/results.json, out_dir/rounds_vs_one.png and its section of experi
 import json
 import os
 import random
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 
 import common
 import torch
 
-from minirlhf import evaluate, pipeline, runs
+from minirlhf import evaluate, reward, runs
 from minirlhf.checkpoint import read_checkpoint
-from minirlhf.cli import check, run, setup_device
+from minirlhf.config import check
+from minirlhf.config import main as cli_main
 from minirlhf.tasks import get_task
 
 KEY = "rounds_vs_one"
@@ -62,13 +66,17 @@ class Config(common.ExperimentOptions):
     ppo_ckpt: str = "out/ppo/ckpt.pt"
     """the one-round PPO policy (trained against rm_ckpt): its iterations are the budget"""
     rounds_dir: str = "out/ppo_rounds3"
-    """the run of rounds (train_ppo.py --rounds); trained here with the one-round run's budget when missing"""
+    """the run of rounds (python -m minirlhf.rounds); trained here with the one-round run's budget when missing"""
     rounds: int = 3
     """rounds of that run"""
     n_eval: int = 500
     """held-out prompts both final policies answer"""
     drift_prompts: int = 300
     """held-out prompts with k ranked samples from each policy, for the reward models' accuracy"""
+    rm_eval_prompts: int = 300
+    """the run of rounds: held-out prompts with k ranked samples per round, for its reward models' accuracy"""
+    probe_prompts: int = 200
+    """the run of rounds: held-out probe prompts per round (red-teaming)"""
 
     def __post_init__(self):
         super().__post_init__()
@@ -79,7 +87,7 @@ class Config(common.ExperimentOptions):
 
 def main(cfg):
     t_start = time.time()
-    device, autocast = setup_device(cfg)
+    device, autocast = common.setup(cfg)
     common.ensure_default_run(cfg, "sft", "rm", "ppo")
     rm_config = read_checkpoint(cfg.rm_ckpt, mmap=True)["train_config"]
     ppo_config = read_checkpoint(cfg.ppo_ckpt, mmap=True)["train_config"]
@@ -89,10 +97,13 @@ def main(cfg):
         raise ValueError(f"--rounds={cfg.rounds}: the one-round run has only {ppo_config['iterations']} PPO iterations")
 
     # 1. the run of rounds, with the one-round run's budget and PPO options
-    args = common.options_of(cfg.ppo_ckpt, skip=("rm_ckpt", "init_from", "snapshot_interval", "prompt_seed",
-                                                 "kind_weights"),
-                             sft_ckpt=cfg.sft_ckpt, rounds=cfg.rounds, rm_prompts=rm_config["n_prompts"],
-                             rm_k=rm_config["k"], rm_epochs=rm_config["epochs"])
+    own = ("task", "iterations", "batch_size", "n_eval", "max_new_tokens", "temperature", "eos_penalty_score", "seed")
+    ppo_options = common.options_of(cfg.ppo_ckpt, skip=("rm_ckpt", "init_from", "snapshot_interval", "sft_ckpt",
+                                                        "prompts", "eval_prompts", "train_missing", *own))
+    args = [*common.options_of(cfg.ppo_ckpt, skip=set(ppo_config) - set(own)), f"--sft_ckpt={cfg.sft_ckpt}",
+            f"--rounds={cfg.rounds}", f"--rm_prompts={rm_config['n_prompts']}", f"--rm_k={rm_config['k']}",
+            f"--rm_epochs={rm_config['epochs']}", f"--rm_eval_prompts={cfg.rm_eval_prompts}",
+            f"--probe_prompts={cfg.probe_prompts}", f"--ppo_options={' '.join(ppo_options)}"]
     state_path = os.path.join(cfg.rounds_dir, "rounds.json")
     state = json.load(open(state_path)) if os.path.isfile(state_path) else None
     if state is not None:
@@ -100,8 +111,9 @@ def main(cfg):
     if state is None or not state["finished"]:
         resume = ["--resume"] if state is not None else []
         full = args + [f"--out_dir={cfg.rounds_dir}"] + resume + common.device_args(cfg)
-        print(f"the run of rounds: `python train_ppo.py {' '.join(full)}`", flush=True)
-        pipeline.run_script(common.ROOT, "train_ppo.py", full)
+        print(f"the run of rounds: `python -m minirlhf.rounds {' '.join(full)}`", flush=True)
+        if subprocess.run([sys.executable, "-m", "minirlhf.rounds", *full], cwd=common.ROOT).returncode != 0:
+            raise ValueError("the run of rounds failed; see its output above")
         state = json.load(open(state_path))
     rounds = state["rounds"]
     budget = {"labels": {"one_round": rm_config["n_prompts"], "rounds": rounds[-1]["labels"]},
@@ -114,15 +126,16 @@ def main(cfg):
     task = get_task(ppo_config["task"])
     kw = dict(temperature=ppo_config["temperature"], max_new_tokens=ppo_config["max_new_tokens"], d=common.ONE_PROCESS,
               autocast=autocast)
+    settings = SimpleNamespace(**ppo_config)  # the sampling of the PPO runs, for every evaluation
     sft, tokenizer = common.load(cfg, cfg.sft_ckpt, device)
     one, _ = common.load(cfg, cfg.ppo_ckpt, device, tokenizer)
     last = os.path.join(cfg.rounds_dir, f"round_{cfg.rounds}", "ppo", "ckpt.pt")
     three, _ = common.load(cfg, last, device, tokenizer)
     rm_one, _ = common.load(cfg, cfg.rm_ckpt, device, tokenizer)
     records = task.prompt_records(cfg.n_eval, "eval", cfg.seed + 2)
-    result = evaluate.compare({"one_round": one, "rounds": three, "sft": sft}, tokenizer, records, reference=sft,
-                              reward_model=rm_one, task=task, eos_penalty_score=ppo_config["eos_penalty_score"],
-                              seed=cfg.seed + 3, device=device, **kw)
+    result = evaluate.compare({"one_round": one, "rounds": three, "sft": sft}, tokenizer, records, settings,
+                              reference=sft, reward_model=rm_one, task=task, seed=cfg.seed + 3, d=common.ONE_PROCESS,
+                              autocast=autocast)
     win = {"sampled": result["win_rate_rounds_sampled"], "greedy": result["win_rate_rounds_greedy"]}
 
     # 3. reward-model drift: every reward model on comparisons of each policy's samples
@@ -136,9 +149,8 @@ def main(cfg):
     comparisons = {}
     for i, (name, policy) in enumerate(sources.items()):
         gen = torch.Generator(device=device).manual_seed(cfg.seed + 20 + i)
-        comparisons[name] = evaluate.ranked_samples(policy, tokenizer, drift_records, task,
-                                                    random.Random(cfg.seed + 30 + i), k=budget["k"]["one_round"],
-                                                    gen=gen, **kw)
+        comparisons[name] = reward.comparisons(policy, tokenizer, drift_records, task, random.Random(cfg.seed + 30 + i),
+                                               k=budget["k"]["one_round"], gen=gen, **kw)
     distinct = {name: sum(a != b for scores in golds for j, a in enumerate(scores) for b in scores[j + 1:])
                 / sum(len(s) * (len(s) - 1) // 2 for s in golds) for name, (_, golds) in comparisons.items()}
     drift = {}
@@ -146,8 +158,8 @@ def main(cfg):
         rm = rm_one if path == cfg.rm_ckpt else common.load(cfg, path, device, tokenizer)[0]
         drift[rm_name] = {}
         for source, (groups, golds) in comparisons.items():
-            acc, gold_acc = evaluate.rm_accuracy(rm, groups, tokenizer, device=device, autocast=autocast,
-                                                 d=common.ONE_PROCESS, gold=golds)
+            acc, gold_acc = reward.accuracy(rm, groups, tokenizer, device=device, autocast=autocast,
+                                            d=common.ONE_PROCESS, gold=golds)
             drift[rm_name][source] = {"accuracy": acc, "gold_accuracy": gold_acc}
 
     seconds = time.time() - t_start
@@ -247,4 +259,4 @@ def nan_if_none(x):
 
 
 if __name__ == "__main__":
-    run(main, Config, f"experiments/{KEY}.py")
+    cli_main(main, Config, f"experiments/{KEY}.py")

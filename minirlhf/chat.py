@@ -19,14 +19,15 @@ program itself says is in parentheses.
 import codecs
 import importlib
 import json
+import os
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
+from minirlhf import config, distributed
 from minirlhf.checkpoint import load_checkpoint
-from minirlhf.cli import DTYPES, check_device, run, setup_device
 from minirlhf.data import encode_prompt
 from minirlhf.tasks.instruct import SEP
 
@@ -63,9 +64,8 @@ class Config:
     """torch CPU threads (0: torch's default)"""
 
     def __post_init__(self):
-        check_device(self.device)
-        if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        config.check_device(self.device)
+        config.check(self, "dtype", lambda x: x in config.DTYPES, f"one of {', '.join(config.DTYPES)}")
         if self.mode not in MODES:
             raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.temperature < 0:
@@ -84,18 +84,18 @@ class Config:
 # which format the checkpoint speaks
 
 
-def conversation_mode(train_config):
-    """("chat" | "instruct", why) for a checkpoint's training config: its task if recorded; else the
-    format of its training data (built-in data, before tasks were recorded, was the instruct task;
-    a JSONL file's first record says: {"messages"} is chat, {"prompt"} instruct); else chat."""
-    task = train_config.get("task")
-    if task in ("chat", "instruct"):
-        return task, f"the checkpoint was trained on the {task} task"
+def conversation_mode(ckpt):
+    """("chat" | "instruct", why) for a checkpoint: the format of the data it was trained on, as it records
+    it ("data_format"); for a checkpoint that records none, the first record of its JSONL training data
+    ({"messages"} is chat, {"prompt"} instruct), else its task (built-in data before tasks were
+    recorded was the instruct task's), else chat."""
+    if ckpt.get("data_format") in ("chat", "instruct"):
+        what = "dialogues" if ckpt["data_format"] == "chat" else "prompt/completion records"
+        return ckpt["data_format"], f"the checkpoint was trained on {what}"
+    train_config = ckpt.get("train_config", {})
     for key in ("prompts", "data"):  # train_ppo.py's prompts, train_sft.py's demonstrations
         source = train_config.get(key)
-        if source == "builtin":
-            return "instruct", f"the checkpoint was trained on built-in data ({key}=builtin) before tasks were recorded"
-        if isinstance(source, str) and source:
+        if isinstance(source, str) and source not in ("", "builtin"):
             path = source.split(",")[0]
             try:
                 with open(path, encoding="utf-8") as f:
@@ -105,6 +105,11 @@ def conversation_mode(train_config):
             if isinstance(record, dict) and ("messages" in record or "prompt" in record):
                 mode = "chat" if "messages" in record else "instruct"
                 return mode, f"its training data {path} holds {'chat' if mode == 'chat' else 'prompt'} records"
+    task = train_config.get("task")
+    if task in ("chat", "instruct"):
+        return task, f"the checkpoint was trained on the built-in {task} task"
+    if "builtin" in (train_config.get("prompts"), train_config.get("data")):
+        return "instruct", "the checkpoint was trained on built-in data before tasks were recorded"
     what = f"task {task!r} is not chat or instruct" if task is not None else "the checkpoint records no task"
     return "chat", f"{what} and its training data does not tell"
 
@@ -252,15 +257,13 @@ def respond(conv, line):
 
 
 def main(cfg):
-    device, autocast = setup_device(cfg)
-    model, tokenizer, ckpt = load_checkpoint(cfg.ckpt, device=device)
-    if model.config.scalar_head:
-        raise ValueError(f"checkpoint {cfg.ckpt} is a reward or value model (it has a scalar head), not a policy: "
-                         "pass an SFT or PPO policy checkpoint, e.g. out/ppo/ckpt.pt")
+    _, device, autocast = distributed.setup(cfg, show_config=False)
+    model, tokenizer, ckpt = load_checkpoint(cfg.ckpt, device=device, kind="policy", option="ckpt",
+                                             finished=False)  # a run still training may be tried out too
     model.eval()
     train_config = ckpt["train_config"]
     if cfg.mode == "auto":
-        mode, why = conversation_mode(train_config)
+        mode, why = conversation_mode(ckpt)
     else:
         mode, why = cfg.mode, f"chosen with --mode={cfg.mode}"
     if cfg.system and mode != "chat":
@@ -307,4 +310,7 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    run(main, Config, "python -m minirlhf.chat")
+    try:
+        config.main(main, Config, "-m minirlhf.chat")
+    except BrokenPipeError:  # the reader of the output went away (| head): stop, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

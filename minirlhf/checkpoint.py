@@ -6,12 +6,13 @@ Checkpoints: one file holding everything a stage of the recipe leaves behind or 
     model           its weights (the policy's, in PPO)
     tokenizer       what tokenizer.spec() says: name, sizes, a fingerprint of the vocabulary
     train_config    the script's whole config
+    command         the command line that started the run (how to resume it)
     step            steps (SFT, RM) or iterations (PPO) done, of total_steps
     finished        True once the stage is complete: trained, evaluated, summarized. Later stages
                     take only finished checkpoints, so a killed run is never taken for a result.
     value_model     PPO: the value model's config and weights, saved with the policy in one file so
                     that a crash can never leave a policy beside another iteration's value model
-    state           while unfinished: what resuming needs to go on exactly (optimizer, RNG states,
+    state           while unfinished: what resuming needs to go on exactly (optimizers, RNG states,
                     data position, metrics so far, ...); dropped from the finished checkpoint
 
 Written atomically (a temporary file in the same directory, then a rename), so a crash mid-save
@@ -46,16 +47,10 @@ def save_checkpoint(path, model, tokenizer, train_config, step, *, finished=True
     """Write the checkpoint to path atomically. A model (or value model) with a non-finite weight is
     a ValueError, and the file at path stays as it was. weights / value_weights: the state dicts to
     save instead of the models' own (gathered from FSDP shards)."""
-    ckpt = {
-        "format": FORMAT,
-        "model_config": asdict(model.config),
-        "model": _weights(model, weights),
-        "tokenizer": tokenizer.spec(),
-        "train_config": asdict(train_config) if is_dataclass(train_config) else dict(train_config),
-        "step": step,
-        "finished": bool(finished),
-        **extra,
-    }
+    ckpt = {"format": FORMAT, "model_config": asdict(model.config), "model": _weights(model, weights),
+            "tokenizer": tokenizer.spec(),
+            "train_config": asdict(train_config) if is_dataclass(train_config) else dict(train_config),
+            "step": step, "finished": bool(finished), **extra}
     if value_model is not None:
         ckpt["value_model"] = {"model_config": asdict(value_model.config),
                                "model": _weights(value_model, value_weights)}
@@ -68,28 +63,14 @@ def _temporary(path):
     return f"{path}.tmp{os.getpid()}"
 
 
-def atomic_save(obj, path):
-    """torch.save to path such that path holds either the old file or the whole new one."""
+def _atomic(path, mode, write):
+    # write(f) into a temporary file beside path, on disk before the rename makes it the file: readers see
+    # the old file or the whole new one (os.replace is atomic on POSIX)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = _temporary(path)
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the checkpoint
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_text(path, text):
-    """Write a text file (a summary, a report, metrics) so that it is complete or absent."""
-    tmp = _temporary(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -99,45 +80,89 @@ def atomic_write_text(path, text):
         raise
 
 
+def atomic_save(obj, path):
+    """torch.save to path such that path holds either the old file or the whole new one."""
+    _atomic(path, "wb", lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(path, text):
+    """Write a text file (a summary, a report, metrics) so that it is complete or absent."""
+    _atomic(path, "w", lambda f: f.write(text))
+
+
+def alive(pid):
+    """Whether a process with this pid runs (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_stale_temporaries(directory):
     """Delete the temporary files (NAME.tmpPID) that a process killed mid-write left in directory.
     Those of a process still alive (another run writing there right now) are left alone."""
     removed = []
     for name in os.listdir(directory):
         m = re.fullmatch(r".+\.tmp(\d+)", name)
-        if m is None:
-            continue
-        pid = int(m.group(1))
-        try:
-            os.kill(pid, 0)
-            alive = pid != os.getpid()
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:
-            alive = True
-        if not alive:
+        if m and (int(m.group(1)) == os.getpid() or not alive(int(m.group(1)))):
             os.remove(os.path.join(directory, name))
             removed.append(name)
     return removed
 
 
-def read_checkpoint(path, mmap=False):
+def read_checkpoint(path, mmap=False, option=None):
     """The checkpoint dict at path, checked to be a minirlhf checkpoint. mmap: map the file instead
-    of reading it (cheap when only the small entries are looked at)."""
+    of reading it (cheap when only the small entries are looked at). option: the command-line option
+    that named path, for the error messages."""
+    where = f"--{option}={path}" if option else f"checkpoint {path}"
+    if os.path.isdir(path):
+        raise ValueError(f"{where} is a directory, not a checkpoint file (a run's checkpoint is DIR/ckpt.pt)")
     if not os.path.isfile(path):
-        raise ValueError(f"checkpoint {path} does not exist")
+        raise ValueError(f"{where} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as e:
-        raise ValueError(f"checkpoint {path} cannot be read (truncated, not a torch file, or holding code "
-                         f"weights_only=True refuses to run): {type(e).__name__}: {e}") from None
+    except Exception:
+        raise ValueError(f"{where} is not a minirlhf checkpoint (torch cannot read it: not a file torch.save "
+                         f"wrote, or truncated)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") not in (FORMAT, *OLD_FORMATS):
-        raise ValueError(f"{path} is not a minirlhf checkpoint (no format {FORMAT!r})")
+        raise ValueError(f"{where} is not a minirlhf checkpoint (no format {FORMAT!r})")
     for key in ("model_config", "model", "tokenizer", "train_config", "step"):
         if key not in ckpt:
-            raise ValueError(f"checkpoint {path} has no {key!r} entry")
+            raise ValueError(f"{where} has no {key!r} entry")
     ckpt.setdefault("finished", True)
     return ckpt
+
+
+def kind_of(ckpt):
+    """What a checkpoint holds: "policy" (SFT or PPO) or "reward" (a model with a scalar head)."""
+    return "reward" if ckpt["model_config"].get("scalar_head") else "policy"
+
+
+def script_of(ckpt):
+    """The script that wrote a checkpoint."""
+    return "train_ppo.py" if "value_model" in ckpt else "train_rm.py" if kind_of(ckpt) == "reward" else "train_sft.py"
+
+
+def resume_command(ckpt, path):
+    """The command that finishes the unfinished run whose checkpoint is at path."""
+    command = ckpt.get("command") or f"python {script_of(ckpt)} --out_dir={os.path.dirname(path) or '.'}"
+    return f"{command} --resume"
+
+
+def check(ckpt, path, kind=None, option=None, finished=True):
+    """A ValueError naming the option unless the checkpoint holds `kind` ("policy" or "reward") and,
+    with finished, its run is complete."""
+    where = f"--{option}={path}" if option else f"checkpoint {path}"
+    if kind is not None and kind_of(ckpt) != kind:
+        held = "a reward or value model (it has a scalar head)" if kind_of(ckpt) == "reward" else \
+            "a policy (a language model, no scalar head)"
+        raise ValueError(f"{where} is {held}, not a {'reward model' if kind == 'reward' else 'policy'}")
+    if finished and not ckpt["finished"]:
+        raise ValueError(f"{where} is an unfinished run (stopped at step {ckpt['step']} of "
+                         f"{ckpt.get('total_steps', '?')}): finish it first with `{resume_command(ckpt, path)}`")
 
 
 def model_from(ckpt, path, which="model", device="cpu", **overrides):
@@ -164,23 +189,15 @@ def model_from(ckpt, path, which="model", device="cpu", **overrides):
     return model.to(device)
 
 
-def load_checkpoint(path, tokenizer=None, device="cpu", **overrides):
-    """(model, tokenizer, ckpt) from the checkpoint at path. If tokenizer is given it must be the
-    one the checkpoint was trained with; otherwise the checkpoint's tokenizer is rebuilt.
-    overrides: see model_from."""
-    ckpt = read_checkpoint(path)
+def load_checkpoint(path, tokenizer=None, device="cpu", *, kind=None, option=None, finished=True, **overrides):
+    """(model, tokenizer, ckpt) from the checkpoint at path, which must hold `kind` ("policy", "reward",
+    or None: either) and, with finished, a complete run (see check; option names path in the errors).
+    If tokenizer is given it must be the one the checkpoint was trained with; otherwise the
+    checkpoint's tokenizer is rebuilt. overrides: see model_from."""
+    ckpt = read_checkpoint(path, option=option)
+    check(ckpt, path, kind, option, finished)
     if tokenizer is None:
         tokenizer = tokenizer_from_spec(ckpt["tokenizer"], f"checkpoint {path}")
     else:
         check_tokenizer(tokenizer, ckpt["tokenizer"], f"checkpoint {path}")
     return model_from(ckpt, path, device=device, **overrides), tokenizer, ckpt
-
-
-def require_finished(path, what, fix):
-    """The checkpoint at path, which must be a finished run of `what`; else a ValueError ending
-    with `fix` (what to do about it)."""
-    ckpt = read_checkpoint(path, mmap=True)
-    if not ckpt["finished"]:
-        raise ValueError(f"{path} is an unfinished {what} run (stopped at step {ckpt['step']} of "
-                         f"{ckpt.get('total_steps', '?')}): {fix}")
-    return ckpt

@@ -1,22 +1,14 @@
 """
-JSONL data for the three stages (one JSON object per line), and the tokenization and batching the
-training scripts share.
+JSONL data for the three stages, and the tokenization and batching the scripts share.
 
-SFT, read_sft (train_sft.py)
-    {"prompt": "sort 7 2 9\\n", "completion": "2 7 9"}
-    {"messages": [{"role": "system" | "user" | "assistant", "content": "..."}, ...]}   a dialogue
-Comparisons, read_comparisons (train_rm.py)
-    {"prompt": "...", "chosen": "...", "rejected": "..."}
-    {"prompt": "...", "responses": ["r0", "r1", ...], "ranking": [2, 0, 1, ...]}      indices, best first
-    either with {"messages": [..., {"role": "user", ...}]} in place of "prompt": replies to a dialogue
-    The responses to one prompt are distinct: two identical ones teach nothing.
-Prompts, read_prompts (train_ppo.py)
-    {"prompt": "..."}
-    {"messages": [..., {"role": "user", "content": "..."}]}   rendered up to the assistant's header
-
-Fields are exactly these: a missing, extra, mistyped or empty field is an error, never ignored.
-Every reader returns dicts in one of the formats above (pairwise comparisons become K=2 rankings)
-with "source": "path:line" added, so a later error (too long for the model) can name its line.
+    SFT (read_sft)           {"prompt", "completion"}, or {"messages": [{"role", "content"}, ...]}
+    comparisons              {"prompt", "chosen", "rejected"}, or {"prompt", "responses", "ranking"}
+      (read_comparisons)     (indices, best first; distinct responses), "messages" in place of "prompt"
+    PPO prompts              {"prompt"}, or {"messages"} ending with a user turn
+      (read_prompts)
+Fields are exactly these: a missing, extra, mistyped or empty one is an error, never ignored. The
+readers take a file or comma-separated files and return those dicts (a pair becomes a K=2 ranking)
+with "source": "path:line", so that a later error (too long for the model) names its line.
 
 Chat template. The byte tokenizer has no role tokens, so roles are plain text; a turn is a header,
 the content, and a terminator:
@@ -71,32 +63,39 @@ def _json_lines(path, what):
         yield lineno, obj
 
 
-def _read(path, what, check):
+def _read(paths, what, check):
+    # the records of one file, or of comma-separated files one after the other
     records = []
-    for lineno, obj in _json_lines(path, what):
-        try:
-            record = check(obj)
-        except ValueError as e:
-            raise ValueError(f"{path}:{lineno}: {e}") from None
-        record["source"] = f"{path}:{lineno}"
-        records.append(record)
+    for path in paths.split(","):
+        for lineno, obj in _json_lines(path, what):
+            try:
+                record = check(obj)
+            except ValueError as e:
+                raise ValueError(f"{path}:{lineno}: {e}") from None
+            record["source"] = f"{path}:{lineno}"
+            records.append(record)
     return records
 
 
-def read_sft(path):
+def read_sft(paths):
     """SFT records: {"prompt", "completion"} or {"messages"} (with at least one assistant turn)."""
-    return _read(path, "SFT", check_sft)
+    return _read(paths, "SFT", check_sft)
 
 
-def read_comparisons(path):
+def read_comparisons(paths):
     """Comparison records, all as {"prompt" or "messages", "responses", "ranking"}: a chosen/rejected pair is
     ranking [0, 1]."""
-    return _read(path, "comparisons", check_comparison)
+    return _read(paths, "comparisons", check_comparison)
 
 
-def read_prompts(path):
+def read_prompts(paths):
     """Prompt records: {"prompt"} or {"messages"} ending with a user turn."""
-    return _read(path, "prompts", check_prompt)
+    return _read(paths, "prompts", check_prompt)
+
+
+def format_of(records):
+    """"chat" for dialogues ({"messages"} records), else "instruct": how a model trained on them is talked to."""
+    return "chat" if any("messages" in r for r in records) else "instruct"
 
 
 def write_jsonl(path, records):
@@ -331,9 +330,8 @@ def micro_batches(items, n, length):
     The items (a rank's share of a batch) in up to n parts of similar length(item): sorted by length and
     cut in n runs, so that each part pads only to its own longest. Losses that sum over the items
     (SFT's tokens, the RM's prompts) and so their gradients add up over the parts to the whole batch's:
-    the same step for less work. The built-in conversations (20 to 110 tokens) pad to ~100 in one
-    batch; in 4 parts SFT steps go about 1.4x faster on a CPU. On a GPU, where a small model's step
-    costs kernel launches more than tokens, one part may be faster. n = 1: the items as they are.
+    the same step for less work (benchmarks/bench_micro_batches.py). On a GPU, where a small model's
+    step costs kernel launches more than tokens, one part may be faster. n = 1: the items as they are.
     """
     if n < 1:
         raise ValueError(f"micro_batches needs n >= 1, got {n}")

@@ -6,23 +6,22 @@ per GPU (NCCL) or CPU (Gloo), with nothing else to change (nanochat's pattern).
 Each rank takes its share of every global batch: the scripts draw the whole batch with the same
 random stream on every rank and keep their slice, so N ranks train on what one process with the
 whole batch would. The trained models are wrapped in DistributedDataParallel (a replica per rank,
-gradients averaged in backward) or, with --fsdp, sharded per block with FSDP2 (fully_shard: each
-rank keeps 1/N of every weight, gradient and Adam moment, and gathers a block's weights just
-before using it), for models that do not fit one device. Frozen models (the PPO reference and
-reward model) are replicated, in eval mode.
-
-Losses are normalized by global counts (tokens, prompts) times the world size, because DDP and
-FSDP average gradients over ranks: the average of world * local_sum / global_count is
-global_sum / global_count, the single-process loss. Only rank 0 writes files and prints; the others
-stay silent but for errors, and a rank that raises makes torchrun stop the whole job.
+gradients averaged in backward), or with --fsdp sharded by FSDP2 (minirlhf/fsdp.py). Losses are
+normalized by global counts (tokens, prompts) times the world size, because DDP and FSDP average
+gradients over ranks: the average of world * local_sum / global_count is global_sum / global_count,
+the single-process loss. Only rank 0 writes files and prints; the others stay silent but for errors.
 """
 import contextlib
 import os
 import sys
+from contextlib import nullcontext
+from functools import partial
 from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
+
+from minirlhf.config import DTYPES, print_config
 
 
 class Dist(NamedTuple):
@@ -35,27 +34,39 @@ class Dist(NamedTuple):
         return self.rank == 0
 
 
-def setup(device):
-    """Join the process group when started by torchrun (RANK and WORLD_SIZE are set). Returns
-    (Dist, device): under torchrun a "cuda" device becomes this rank's GPU, cuda:LOCAL_RANK."""
-    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
-        return Dist(0, 1, 0), device
-    rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if on_cuda:
-        device = f"cuda:{local_rank}"
+ONE = Dist(0, 1, 0)  # a single process
+
+
+def setup(cfg, show_config=True):
+    """(Dist, device, autocast) for cfg.device, cfg.dtype and cfg.threads; prints the config (rank 0).
+    Under torchrun (RANK and WORLD_SIZE set) it joins the process group and a GPU device becomes
+    this rank's, cuda:LOCAL_RANK. The weights stay fp32; forward passes run under `with autocast():`
+    in cfg.dtype (auto: bf16 on CUDA, none on the CPU). fp16 on the CPU runs the code bf16 runs on a
+    GPU, where the Triton interpreter (which has no bf16) can run the kernels: the CUDA path, simulated."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    d = ONE
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        d = Dist(*(int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")))
+        device = f"cuda:{d.local_rank}" if device.startswith("cuda") else device
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", rank=d.rank, world_size=d.world)
+        if not d.is_main:
+            sys.stdout = open(os.devnull, "w")  # one rank speaks; errors still reach stderr
+    if show_config:
+        print_config(cfg)
+    dtype = torch.bfloat16 if cfg.dtype == "auto" and device.startswith("cuda") else DTYPES[cfg.dtype]
+    if device.startswith("cuda"):
         torch.cuda.set_device(device)
-    elif device == "auto":
-        device = "cpu"
-    dist.init_process_group("nccl" if on_cuda else "gloo", rank=rank, world_size=world)
-    if rank != 0:
-        sys.stdout = open(os.devnull, "w")  # one rank speaks; errors still reach stderr
-    return Dist(rank, world, local_rank), device
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls (the log-prob logits) on tensor cores
+    # a factory, not one context object: `with autocast():` makes a fresh one each time, so nesting is safe
+    autocast = partial(torch.autocast, device.split(":")[0], dtype=dtype) if dtype is not None else nullcontext
+    return d, device, autocast
 
 
 def shutdown():
     """Leave the process group together: a rank that tears down Gloo while another still writes its
-    files can abort at exit ("terminate called without an active exception"), so all ranks meet first."""
+    files can abort at exit, so all ranks meet first."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -75,6 +86,19 @@ def my_slice(items, d):
     return items[d.rank * n:(d.rank + 1) * n]
 
 
+def shard(items, d):
+    """Rank d.rank's items of a list, every world-th one: evaluation work split over the ranks."""
+    return items[d.rank::d.world]
+
+
+def unshard(parts):
+    """The inverse of shard over the lists of all ranks (all_gather_objects of each rank's results)."""
+    out = [None] * sum(len(p) for p in parts)
+    for r, part in enumerate(parts):
+        out[r::len(parts)] = part
+    return out
+
+
 def all_sum(x):
     """x summed over all ranks (a tensor; the same tensor back on a single process)."""
     if dist.is_initialized():
@@ -84,7 +108,6 @@ def all_sum(x):
 
 
 def all_max(x):
-    """x maximized over all ranks."""
     if dist.is_initialized():
         x = x.clone()
         dist.all_reduce(x, op=dist.ReduceOp.MAX)
@@ -100,19 +123,11 @@ def all_gather_objects(obj):
     return out
 
 
-def barrier():
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def wrap(model, d, fsdp):
     """The model as it is trained: itself on one process, DDP-wrapped, or sharded with FSDP2."""
     if fsdp:
-        from torch.distributed.fsdp import fully_shard
-        for block in model.transformer.h:
-            fully_shard(block)
-        fully_shard(model)  # the root: embeddings (tied to lm_head), ln_f, the scalar head
-        return model
+        from minirlhf import fsdp as fsdp_module
+        return fsdp_module.shard(model)
     if d.world == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
@@ -120,89 +135,66 @@ def wrap(model, d, fsdp):
     return DistributedDataParallel(model, device_ids=device_ids)
 
 
-@contextlib.contextmanager
-def grad_sync(model, sync):
-    """Around the forward and backward of one micro-batch of a step: with sync False (every one but the
-    step's last) the gradients only add up on each rank, and DDP or FSDP2 reduce the sum over ranks in
-    the last backward, once. (Reducing after each would give the same sum, with more communication.)"""
-    if sync:
-        yield
-    elif hasattr(model, "no_sync"):  # DistributedDataParallel
-        with model.no_sync():
-            yield
-    elif hasattr(model, "set_requires_gradient_sync"):  # FSDP2
-        model.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            model.set_requires_gradient_sync(True)
-    else:  # one process
-        yield
-
-
 def unwrapped(model):
     """The GPT inside a DDP wrapper (FSDP2 modules are the model itself)."""
     return model.module if hasattr(model, "module") else model
 
 
-class full_weights:
-    """Context in which an FSDP2-sharded model holds all of its weights, for work that is not a
-    forward pass of training: sampling (whose loop length differs between ranks, so it must not
-    gather weights step by step) and the held-out evaluation. A no-op for other models."""
-
-    def __init__(self, model):
-        from torch.distributed.fsdp import FSDPModule
-        self.modules = [m for m in unwrapped(model).modules() if isinstance(m, FSDPModule)]
-
-    def __enter__(self):
-        for m in self.modules:
-            m.set_reshard_after_forward(False, recurse=False)  # no gathers inside: they would have to be in step
-            m.unshard()
-
-    def __exit__(self, *exc):
-        for m in self.modules:
-            m.reshard()
-            m.set_reshard_after_forward(True, recurse=False)
+def sharded(model):
+    """Whether FSDP2 shards the model (its modules can unshard)."""
+    return hasattr(unwrapped(model), "unshard")
 
 
-def model_state(model, fsdp):
-    """The full (unsharded) state dict of a trained model, on every rank that calls it (with FSDP
-    all ranks must call it: it gathers the shards)."""
-    if not fsdp:
+@contextlib.contextmanager
+def grad_sync(model, sync):
+    """Around the forward and backward of one micro-batch of a step: with sync False (every one but the
+    step's last) the gradients only add up on each rank, and DDP or FSDP2 reduce the sum over ranks in
+    the last backward, once."""
+    if sync or not (hasattr(model, "no_sync") or sharded(model)):
+        yield
+    elif hasattr(model, "no_sync"):  # DistributedDataParallel
+        with model.no_sync():
+            yield
+    else:  # FSDP2
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+
+
+def full_weights(model):
+    """A context in which the model holds all of its weights (a no-op unless FSDP2 shards it), for
+    sampling and evaluation, whose work differs between ranks."""
+    if not sharded(model):
+        return nullcontext()
+    from minirlhf import fsdp
+    return fsdp.full_weights(model)
+
+
+def model_state(model):
+    """The full state dict of a trained model (with FSDP2 every rank must call it: it gathers the shards)."""
+    if not sharded(model):
         return unwrapped(model).state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    from minirlhf import fsdp
+    return fsdp.model_state(model)
 
 
-def optimizer_state(model, optimizer, fsdp):
-    """The optimizer's state in a form that loads back on any number of ranks (collective with FSDP)."""
-    if not fsdp:
+def optimizer_state(model, optimizer):
+    """The optimizer's state, in a form that loads back on any number of ranks (collective with FSDP2)."""
+    if not sharded(model):
         return optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    from minirlhf import fsdp
+    return fsdp.optimizer_state(model, optimizer)
 
 
-def load_optimizer_state(model, optimizer, state, fsdp):
-    if not fsdp:
-        optimizer.load_state_dict(state)
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+def load_optimizer_state(model, optimizer, state):
+    if not sharded(model):
+        return optimizer.load_state_dict(state)
+    from minirlhf import fsdp
+    fsdp.load_optimizer_state(model, optimizer, state)
 
 
 def local(x):
     """A tensor that may be a DTensor (FSDP2 results, e.g. the gradient norm) as a plain tensor."""
     return x.full_tensor() if hasattr(x, "full_tensor") else x
-
-
-def shard(items, d):
-    """Rank d.rank's items of a list, every world-th one: evaluation work split over the ranks."""
-    return items[d.rank::d.world]
-
-
-def unshard(parts):
-    """The inverse of shard over the lists of all ranks (all_gather_objects of each rank's results)."""
-    out = [None] * sum(len(p) for p in parts)
-    for r, part in enumerate(parts):
-        out[r::len(parts)] = part
-    return out

@@ -5,74 +5,17 @@ to a reference policy, the length, and on the built-in tasks the gold score (wha
 really want) with the task's per-response assessment (minirlhf/tasks: exact, refused, ...), so a
 report can break the totals down by kind of prompt (task kind, dialogue behaviour).
 
-Used by train_sft.py (SFT's gold score), train_ppo.py (the SFT vs PPO report, rounds) and the
+Used by train_sft.py (SFT's gold score), train_ppo.py (the SFT vs PPO report), the rounds and the
 experiments. Under torchrun the prompts are split over the ranks and the results gathered on all.
 """
-import os
 from collections import defaultdict
 
 import torch
 
 from minirlhf import distributed
 from minirlhf.data import encode_prompt
-from minirlhf.rl import eos_penalty
-from minirlhf.sampling import sample_responses
-from minirlhf.scoring import comparison_batch, group_rewards, response_batch, response_logprobs, reward_scores
-from minirlhf.tasks import labelers
-
-
-def sample(model, tokenizer, prompt_ids, *, max_new_tokens, temperature, gen, d, autocast, n=1):
-    """sample_responses over all ranks (n per prompt, prompt-major): each samples every world-th prompt;
-    every rank gets all."""
-    with distributed.full_weights(model), autocast():
-        mine = sample_responses(distributed.unwrapped(model), tokenizer, distributed.shard(prompt_ids, d),
-                                max_new_tokens=max_new_tokens, temperature=temperature, generator=gen, n=n)
-    per_prompt = [mine[i:i + n] for i in range(0, len(mine), n)]
-    return [r for group in distributed.unshard(distributed.all_gather_objects(per_prompt)) for r in group]
-
-
-def ranked_samples(policy, tokenizer, records, task, rng, *, k, temperature, max_new_tokens, gen, d, autocast):
-    """Comparisons made the built-in way: k samples of the policy for each prompt record, ranked by
-    a simulated labeler of the task (drawing from rng, alike on every rank). Returns the groups
-    (prompt ids, [response ids + EOS] * k, ranking best first) and each group's gold scores."""
-    ids = [encode_prompt(tokenizer, r, distributed.unwrapped(policy).config.block_size - max_new_tokens)
-           for r in records]
-    responses = sample(policy, tokenizer, ids, n=k, max_new_tokens=max_new_tokens, temperature=temperature, gen=gen,
-                       d=d, autocast=autocast)
-    groups, score_groups = [], []
-    for i, record in enumerate(records):
-        group = responses[i * k:(i + 1) * k]
-        scores = [task.gold_score(record, r["text"], r["ended"]) for r in group]
-        # token ids, not text: a sample need not be valid UTF-8, so its text may not encode back to it
-        groups.append((ids[i], [r["ids"] + [tokenizer.eos_id] for r in group],
-                       labelers.rank(scores, rng, task.LABELER_TEMPERATURE)))
-        score_groups.append(scores)
-    return groups, score_groups
-
-
-@torch.no_grad()
-def rm_accuracy(reward_model, groups, tokenizer, *, device, autocast, d, gold=None, batch_size=64):
-    """The share of the groups' (better, worse) pairs that the reward model orders as the labeler
-    did, a tie counting half; with gold (each group's gold scores) also the share of the pairs with
-    different gold scores that it orders as the gold scores do. Returns (accuracy, gold accuracy or None)."""
-    agree = total = gold_right = gold_total = 0.0
-    for i in range(0, len(groups), batch_size):
-        mine = distributed.shard(list(range(i, min(i + batch_size, len(groups)))), d)
-        if not mine:
-            continue
-        _, better, worse, _ = comparison_batch([groups[j] for j in mine])
-        with distributed.full_weights(reward_model):
-            rewards = group_rewards(reward_model, [groups[j] for j in mine], tokenizer.pad_id, device, autocast).cpu()
-        agree += ((rewards[better] > rewards[worse]).sum() + 0.5 * (rewards[better] == rewards[worse]).sum()).item()
-        total += len(better)
-        if gold is not None:
-            g = torch.tensor([s for j in mine for s in gold[j]])
-            differ = g[better] != g[worse]
-            gold_right += ((rewards[better] > rewards[worse]) == (g[better] > g[worse]))[differ].sum().item()
-            gold_total += differ.sum().item()
-    agree, total, gold_right, gold_total = distributed.all_sum(
-        torch.tensor([agree, total, gold_right, gold_total], dtype=torch.float64, device=device)).tolist()
-    return agree / max(total, 1), (gold_right / max(gold_total, 1) if gold is not None else None)
+from minirlhf.sampling import sample, score_responses
+from minirlhf.scoring import response_batch, response_logprobs
 
 
 def split_sft_record(record):
@@ -88,7 +31,7 @@ def sft_gold(model, tokenizer, task, records, demonstrations, *, max_new_tokens,
     ids = [encode_prompt(tokenizer, r, distributed.unwrapped(model).config.block_size - max_new_tokens)
            for r in records]
     gen = torch.Generator(device=device).manual_seed(seed + d.rank)
-    kw = dict(max_new_tokens=max_new_tokens, gen=gen, d=d, autocast=autocast)
+    kw = dict(max_new_tokens=max_new_tokens, generator=gen, d=d, autocast=autocast)
 
     def gold(responses):
         return sum(task.gold_score(r, s["text"], s["ended"]) for r, s in zip(records, responses)) / len(records)
@@ -102,10 +45,9 @@ def sft_gold(model, tokenizer, task, records, demonstrations, *, max_new_tokens,
 
 
 @torch.no_grad()
-def compare(policies, tokenizer, records, *, reference, reward_model, task, temperature, max_new_tokens,
-            eos_penalty_score, seed, d, device, autocast, n_examples=8):
-    """The policies {name: model} answer the held-out prompt records, sampled at the training
-    temperature (the policies as trained) and greedy. Returns a flat dict:
+def compare(policies, tokenizer, records, cfg, *, reference, reward_model, task, seed, d, autocast, n_examples=8):
+    """The policies {name: model} answer the held-out prompt records, sampled at cfg.temperature (the
+    policies as trained) and greedy, with cfg.max_new_tokens. Returns a flat dict:
         n_prompts, temperature
         {name}_rm_score, {name}_mean_length, {name}_ended       on the sampled responses
         {name}_kl                                             KL(policy || reference) per response, nats
@@ -115,39 +57,29 @@ def compare(policies, tokenizer, records, *, reference, reward_model, task, temp
         examples                                              the first prompts, side by side
     KL and RM scores are per response; gold is None where the prompts are not the task's."""
     names = list(policies)
-    block_size = distributed.unwrapped(reference).config.block_size
-    ids = [encode_prompt(tokenizer, r, block_size - max_new_tokens) for r in records]
+    device = reference.lm_head.weight.device
+    ids = [encode_prompt(tokenizer, r, reference.config.block_size - cfg.max_new_tokens) for r in records]
     gen = torch.Generator(device=device).manual_seed(seed + d.rank)
-    result = {"n_prompts": len(ids), "temperature": temperature}
+    result = {"n_prompts": len(ids), "temperature": cfg.temperature}
     samples = {}
     for name, model in policies.items():
-        was_training = model.training
-        model.eval()
-        for mode, t in (("sampled", temperature), ("greedy", 0.0)):
-            samples[name, mode] = sample(model, tokenizer, ids, max_new_tokens=max_new_tokens, temperature=t,
-                                         gen=gen, d=d, autocast=autocast)
+        for mode, t in (("sampled", cfg.temperature), ("greedy", 0.0)):
+            samples[name, mode] = sample(model, tokenizer, ids, max_new_tokens=cfg.max_new_tokens, temperature=t,
+                                         generator=gen, d=d, autocast=autocast)
         rs = samples[name, "sampled"]
         result[f"{name}_mean_length"] = sum(len(r["ids"]) + r["ended"] for r in rs) / len(rs)
         result[f"{name}_ended"] = sum(r["ended"] for r in rs) / len(rs)
-        # the reward model's score, with the EOS trick as in training, and KL(policy || reference)
-        # per response: the sum over its tokens of log pi - log pi_ref, on the policy's own samples
-        scores, kls = [], []
+        # the reward model's score, with the EOS trick as in training, and KL(policy || reference) per
+        # response: the sum over its tokens of log pi - log pi_ref, on the policy's own samples
         my_ids, my_rs = distributed.shard(ids, d), distributed.shard(rs, d)
-        for i in range(0, len(my_ids), 256):
-            seq, start, P, targets, lengths, ended = response_batch(my_ids[i:i + 256], my_rs[i:i + 256], tokenizer,
-                                                                    device)
-            scores += eos_penalty(reward_scores(reward_model, seq, start, P, lengths, autocast), ended,
-                                  eos_penalty_score).tolist()
-            if model is not reference:
-                with distributed.full_weights(model):
-                    lp = response_logprobs(distributed.unwrapped(model), seq, start, P, targets, temperature, autocast)
-                lp_ref = response_logprobs(reference, seq, start, P, targets, temperature, autocast)
-                kls += (lp - lp_ref).sum(1).tolist()
+        scores = score_responses(reward_model, tokenizer, my_ids, my_rs, eos_penalty_score=cfg.eos_penalty_score,
+                                 autocast=autocast)
+        kls = [] if model is reference else response_kls(model, reference, tokenizer, my_ids, my_rs, cfg.temperature,
+                                                         autocast)
         scores = distributed.unshard(distributed.all_gather_objects(scores))
         kls = distributed.unshard(distributed.all_gather_objects(kls))
         result[f"{name}_rm_score"] = sum(scores) / len(scores)
         result[f"{name}_kl"] = sum(kls) / len(kls) if kls else 0.0
-        model.train(was_training)
 
     try:  # gold scores exist for the prompts of the built-in task, whatever file they come from
         assessed = {key: [task.assess(r, s["text"], s["ended"]) for r, s in zip(records, rs)]
@@ -172,6 +104,20 @@ def compare(policies, tokenizer, records, *, reference, reward_model, task, temp
                 example[f"{name}_gold"] = assessed[name, "sampled"][i]["gold"]
         result["examples"].append(example)
     return result
+
+
+def response_kls(model, reference, tokenizer, prompts, responses, temperature, autocast, batch_size=256):
+    """KL(model || reference) of each sampled response (a sampling.sample dict) to its prompt: the sum
+    over its tokens of log pi - log pi_ref, at the sampling temperature. A list of floats."""
+    device, kls = reference.lm_head.weight.device, []
+    for i in range(0, len(prompts), batch_size):
+        seq, start, P, targets, _, _ = response_batch(prompts[i:i + batch_size], responses[i:i + batch_size],
+                                                      tokenizer, device)
+        with distributed.full_weights(model):
+            lp = response_logprobs(distributed.unwrapped(model), seq, start, P, targets, temperature, autocast)
+        lp_ref = response_logprobs(reference, seq, start, P, targets, temperature, autocast)
+        kls += (lp - lp_ref).sum(1).tolist()
+    return kls
 
 
 def win_rate(gold_a, gold_b):
@@ -199,30 +145,3 @@ def by_kind(records, assessed, baseline, task):
                                                      [assessed[baseline][i]["gold"] for i in rows])
         out[kind] = entry
     return out
-
-
-def plot_curves(history, path, x="iteration", keys=("objective/gold", "objective/rm_score", "objective/kl",
-                                                      "policy/entropy", "charts/response_length",
-                                                      "val/explained_variance")):
-    """A PNG of training curves when matplotlib (the `plot` extra) is installed; None otherwise."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    keys = [k for k in keys if history and any(h.get(k) is not None for h in history)]
-    if not keys:  # every update was skipped: nothing to draw
-        return None
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
-    for ax, k in zip(axes[0], keys):
-        points = [(h[x], h[k]) for h in history if h.get(k) is not None]
-        ax.plot(*zip(*points))
-        ax.set_title(k, fontsize=9)
-        ax.set_xlabel(x, fontsize=8)
-    fig.tight_layout()
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path

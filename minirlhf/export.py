@@ -5,13 +5,13 @@ Export a minirlhf checkpoint as a Hugging Face GPT-2 directory.
     python -m minirlhf.export --ckpt=out/rm/ckpt.pt --out_dir=out/rm-hf --overwrite
 
 What out_dir holds (transformers' GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained
-read it; so does GPT.from_pretrained):
+read it; so does gpt2.from_pretrained):
 - config.json: GPT-2's config for exactly this architecture (biases, tanh GELU "gelu_new",
   attention scaled by 1/sqrt(head size) and nothing else, tied embeddings, no attention dropout);
   vocab_size counts the pad token's row.
 - model.safetensors: the weights under GPT-2's names ("transformer.h.0.attn.c_attn.weight", ...),
   the Conv1D matrices stored (in, out), the transpose of our nn.Linear's (out, in); lm_head is
-  tied to wte and not stored. Written here, without the safetensors package.
+  tied to wte and not stored (with the safetensors package, whose format transformers reads).
 - vocab.json + merges.txt: the tokenizer as byte-level GPT-2 BPE, ids = our ids; <|endoftext|> in
   vocab.json, <|pad|> an added special token after it (tokenizer_config.json,
   special_tokens_map.json). split_special_tokens is on because our tokenizer encodes those strings
@@ -25,7 +25,7 @@ read it; so does GPT.from_pretrained):
 - a reward or value model (scalar_head=True) also has score_head.safetensors, weight (1, n_embd)
   and bias (1,), named in config.json under "minirlhf_scalar_head": the score of a sequence is
   weight @ h + bias, h the final hidden state (after ln_f, transformers' GPT2Model output) at the
-  last token: the EOS after prompt + response. GPT.from_pretrained puts the head back.
+  last token: the EOS after prompt + response. gpt2.from_pretrained puts the head back.
 Our model counts positions from each row's first real token; with transformers, give a left-padded
 batch its attention_mask and position_ids counted the same way (unpadded rows need neither).
 
@@ -35,19 +35,16 @@ directory that looks like a finished export.
 import json
 import os
 import shutil
-import struct
-import sys
 from dataclasses import dataclass
 
-import torch
+from safetensors.torch import save_file
 
+from minirlhf import config
 from minirlhf.checkpoint import load_checkpoint
-from minirlhf.cli import run
+from minirlhf.gpt2 import CONV1D
 from minirlhf.tokenizer import EOS, PAD
 
-CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 SCALAR_HEAD_FILE = "score_head.safetensors"
-_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 
 
 @dataclass
@@ -64,27 +61,6 @@ class Config:
         for name in ("ckpt", "out_dir"):
             if not getattr(self, name):
                 raise ValueError(f"--{name} is required (see --help)")
-
-
-def save_safetensors(tensors, path):
-    """tensors {name: tensor} as a safetensors file: an 8-byte little-endian header length, a JSON
-    header {name: {dtype, shape, data_offsets}} padded to 8 bytes, then the raw bytes of each."""
-    if sys.byteorder != "little":
-        raise ValueError("save_safetensors writes little-endian bytes and needs a little-endian machine")
-    header, chunks, offset = {"__metadata__": {"format": "pt"}}, [], 0  # transformers wants format "pt"
-    for name, t in tensors.items():
-        if t.dtype not in _DTYPES:
-            raise ValueError(f"save_safetensors: {name} has dtype {t.dtype}, not one of {list(_DTYPES)}")
-        data = t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        chunks.append(data)
-        offset += len(data)
-    head = json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)  # the tensors start 8-byte aligned
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(head)) + head)
-        for data in chunks:
-            f.write(data)
 
 
 def hf_weights(model):
@@ -209,7 +185,7 @@ def export(ckpt_path, out_dir, overwrite=False):
         raise ValueError(f"--out_dir={out_dir} is a file, not a directory")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
         raise ValueError(f"--out_dir={out_dir} exists and is not empty (--overwrite replaces it)")
-    model, tokenizer, _ = load_checkpoint(ckpt_path)  # the checkpoint's other entries are not exported
+    model, tokenizer, _ = load_checkpoint(ckpt_path, finished=False)  # its other entries are not exported
     if not model.config.bias:
         raise ValueError(f"checkpoint {ckpt_path}: a model with bias=False has no GPT-2 equivalent (GPT-2 has biases)")
     config = hf_config(model, tokenizer)
@@ -227,11 +203,11 @@ def export(ckpt_path, out_dir, overwrite=False):
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         os.makedirs(tmp)
-        save_safetensors(hf_weights(model), os.path.join(tmp, "model.safetensors"))
+        save_file(hf_weights(model), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         if model.score_head is not None:
             head = model.score_head
-            save_safetensors({"weight": head.weight.detach(), "bias": head.bias.detach()},
-                             os.path.join(tmp, SCALAR_HEAD_FILE))
+            save_file({"weight": head.weight.detach().contiguous(), "bias": head.bias.detach().contiguous()},
+                      os.path.join(tmp, SCALAR_HEAD_FILE), metadata={"format": "pt"})
         files["config.json"] = json.dumps(config, indent=2)
         for name, text in files.items():
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
@@ -258,4 +234,4 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    run(main, Config, "-m minirlhf.export")
+    config.main(main, Config, "-m minirlhf.export")

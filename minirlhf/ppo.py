@@ -1,10 +1,9 @@
 """
-The four models PPO starts from (load_models), its prompts (load_prompts), and PPO's update (step 5 of
-train_ppo.py): epochs over shuffled minibatches of a scored rollout, each minibatch one gradient step on
-the clipped surrogate + the clipped value loss (+ an entropy bonus, + PPO-ptx), with gradient clipping
-(Ziegler et al. 2019; "The N+ implementation details of RLHF with PPO", Huang et al. 2024). Here rather
-than in the script so that a test can feed the same rollout to one process and to several ranks and
-check that they take the same step.
+PPO's update (step 5 of train_ppo.py): epochs over shuffled minibatches of a scored rollout, each
+minibatch one gradient step on the clipped surrogate + the clipped value loss (+ an entropy bonus,
++ PPO-ptx), with gradient clipping (Ziegler et al. 2019; "The N+ implementation details of RLHF with
+PPO", Huang et al. 2024). Here rather than in the script so that a test can feed the same rollout to
+one process and to several ranks and check that they take the same step.
 
 Under torchrun each rank updates on its share of the rollout; the losses are token means over the
 minibatch of all ranks (rl.token_mean), so that the average of the ranks' gradients is the gradient
@@ -14,11 +13,9 @@ from typing import NamedTuple
 
 import torch
 
-from minirlhf import data, distributed, runs
-from minirlhf.checkpoint import load_checkpoint, model_from
+from minirlhf import data, distributed, optim
 from minirlhf.rl import ppo_policy_loss, ppo_value_loss, token_mean
 from minirlhf.scoring import minibatch_rows, response_logprobs, response_values
-from minirlhf.tasks import parse_kind_weights
 
 
 class Rollout(NamedTuple):
@@ -34,14 +31,15 @@ class Rollout(NamedTuple):
     returns: torch.Tensor  # (B, R) advantages + values, before whitening
 
 
-def update(policy, value_model, optimizers, rollout, *, epochs, n_minibatches, clip_range, vf_clip_range, vf_coef,
-           ent_coef, temperature, grad_clip, autocast, d, ptx_batch=None, ptx_coef=0.0, micro_batches=1):
-    """PPO's epochs over one rollout. policy and value_model are what backward goes through (DDP- or
-    FSDP-wrapped under torchrun); optimizers step them. ptx_batch(): this rank's (idx, targets) of a
-    batch of demonstrations for PPO-ptx. micro_batches: each minibatch goes through forward and
-    backward in up to this many parts of rows with similar prompt lengths, each without the columns
-    that are padding in all of its rows; the losses are sums over tokens divided by the minibatch's
-    token count, so the parts' gradients add up to the minibatch's: the same step, less padding.
+def update(policy, value_model, optimizers, rollout, cfg, *, autocast, d, ptx_batch=None):
+    """PPO's cfg.ppo_epochs over one rollout, in cfg.n_minibatches per epoch, with the clip ranges,
+    coefficients, temperature and gradient clip of cfg (train_ppo.py's Config). policy and value_model
+    are what backward goes through (DDP- or FSDP-wrapped under torchrun); optimizers step them.
+    ptx_batch(): this rank's (idx, targets) of a batch of demonstrations for PPO-ptx (cfg.ptx_coef).
+    Each minibatch goes through forward and backward in up to cfg.micro_batches parts of rows with
+    similar prompt lengths, each without the columns that are padding in all of its rows; the losses
+    are sums over tokens divided by the minibatch's token count, so the parts' gradients add up to the
+    minibatch's: the same step, less padding.
     Returns (stats, first_error): the whole batch's mean of each statistic over the minibatches that
     stepped (None when none did), under the names the metrics log shows, and the largest
     |log pi - log pi_old| of the first minibatch, which sees the rollout's own weights: fp noise unless
@@ -52,11 +50,11 @@ def update(policy, value_model, optimizers, rollout, *, epochs, n_minibatches, c
              "val/clipfrac") + (("losses/ptx_loss",) if ptx_batch else ())
     stats, first_error = {k: [] for k in names}, None
     prompt_lengths = (rollout.P - rollout.start).tolist()
-    for epoch in range(epochs):
+    for epoch in range(cfg.ppo_epochs):
         perm = torch.randperm(B, device=rollout.seq.device)
-        for mb in perm.split(B // n_minibatches):
+        for mb in perm.split(B // cfg.n_minibatches):
             n_tokens = distributed.all_sum(rollout.mask[mb].sum()).float() / d.world  # see rl.token_mean
-            parts = data.micro_batches(mb.tolist(), micro_batches, lambda i: prompt_lengths[i])
+            parts = data.micro_batches(mb.tolist(), cfg.micro_batches, lambda i: prompt_lengths[i])
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             step, errors = dict.fromkeys(names, 0.0), []
@@ -66,17 +64,17 @@ def update(policy, value_model, optimizers, rollout, *, epochs, n_minibatches, c
                 mask, old_logprobs = rollout.mask[rows], rollout.logprobs[rows]
                 with distributed.grad_sync(policy, j == len(parts) - 1), \
                         distributed.grad_sync(value_model, j == len(parts) - 1):
-                    logprobs, entropy = response_logprobs(policy, seq, start, P, rollout.targets[rows], temperature,
+                    logprobs, entropy = response_logprobs(policy, seq, start, P, rollout.targets[rows], cfg.temperature,
                                                           autocast, entropy=True)
                     values = response_values(value_model, seq, start, P, autocast)
                     if first_error is None:  # the first minibatch only: it sees the rollout's own weights
                         errors.append(((logprobs - old_logprobs).abs() * mask).max().detach())
                     pg_loss, clipfrac, approx_kl = ppo_policy_loss(logprobs, old_logprobs, rollout.advantages[rows],
-                                                                   mask, clip_range, n_tokens)
+                                                                   mask, cfg.clip_range, n_tokens)
                     vf_loss, vf_clipfrac = ppo_value_loss(values, rollout.values[rows], rollout.returns[rows], mask,
-                                                          vf_clip_range, n_tokens)
+                                                          cfg.vf_clip_range, n_tokens)
                     entropy = token_mean(entropy, mask, n_tokens)
-                    loss = pg_loss + vf_coef * vf_loss - ent_coef * entropy
+                    loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
                     part_stats = dict(zip(names, (pg_loss, vf_loss, entropy, approx_kl, clipfrac, vf_clipfrac)))
                     if ptx_batch is not None and j == len(parts) - 1:  # PPO-ptx: keep the demonstrations'
                         idx, targets = ptx_batch()                      # likelihood (InstructGPT, eq. 2)
@@ -84,13 +82,13 @@ def update(policy, value_model, optimizers, rollout, *, epochs, n_minibatches, c
                             ptx_logprobs = policy(idx, targets=targets)
                         n_ptx = distributed.all_sum((targets != -100).sum()).float() / d.world
                         part_stats["losses/ptx_loss"] = -ptx_logprobs.sum() / n_ptx
-                        loss = loss + ptx_coef * part_stats["losses/ptx_loss"]
+                        loss = loss + cfg.ptx_coef * part_stats["losses/ptx_loss"]
                     loss.backward()
                 for k, v in part_stats.items():  # each part's share of the minibatch's token means: they add up
                     step[k] = step[k] + v.detach()
             if first_error is None:
                 first_error = torch.stack(errors).max()
-            stepped, _ = runs.apply_grads(params, optimizers, grad_clip)
+            stepped, _ = optim.step(params, optimizers, cfg.grad_clip)
             if not stepped:  # the same on every rank: gradients are shared
                 print("non-finite loss or gradient: minibatch skipped")
                 continue
@@ -101,50 +99,3 @@ def update(policy, value_model, optimizers, rollout, *, epochs, n_minibatches, c
     if not stats["losses/pg_loss"]:
         return None, first_error
     return means, distributed.all_max(first_error)
-
-
-def load_models(sft_ckpt, rm_ckpt, start_path, tokenizer, device, kernels):
-    """PPO's four models: the frozen reference policy (SFT) and reward model, and the policy and value model
-    that train, which start as the SFT policy and the reward model (InstructGPT), or, with start_path, as
-    the policy and value model of an earlier PPO run (or of this one, resumed). Returns them and the
-    tokenizer (the SFT checkpoint's unless one is given)."""
-    ref_policy, tokenizer, _ = load_checkpoint(sft_ckpt, tokenizer, device=device, **kernels)
-    reward_model, _, _ = load_checkpoint(rm_ckpt, tokenizer, device=device, **kernels)
-    if reward_model.score_head is None:
-        raise ValueError(f"--rm_ckpt={rm_ckpt} has no scalar head: not a reward model checkpoint")
-    if start_path:
-        policy, _, start = load_checkpoint(start_path, tokenizer, device=device, **kernels)
-        value_model = model_from(start, start_path, "value_model", device=device, **kernels)
-    else:
-        policy, _, _ = load_checkpoint(sft_ckpt, tokenizer, device=device, **kernels)
-        value_model, _, _ = load_checkpoint(rm_ckpt, tokenizer, device=device, **kernels)
-    for m in (ref_policy, reward_model):
-        m.requires_grad_(False).eval()
-    return ref_policy, reward_model, policy, value_model, tokenizer
-
-
-def load_prompts(cfg, task, tokenizer, block_size):
-    """The prompt records of the rollouts and of the report, the rollouts' token ids, and PPO-ptx's encoded
-    demonstrations (empty without ptx_coef): the task's built-in splits, or the JSONL files of cfg. A prompt
-    with no room for max_new_tokens after it is an error now, the report's included, not at the end."""
-    max_prompt = block_size - cfg.max_new_tokens
-    if max_prompt < 1:
-        raise ValueError(f"--max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in "
-                         f"block_size={block_size}")
-    if cfg.prompts == "builtin":
-        prompt_seed = cfg.seed + 1 if cfg.prompt_seed < 0 else cfg.prompt_seed
-        train = task.prompt_records(cfg.iterations * cfg.batch_size, "train", prompt_seed,
-                                    parse_kind_weights(cfg.kind_weights))
-        held_out = task.prompt_records(cfg.n_eval, "eval", cfg.seed + 2)
-    else:
-        train = [r for path in cfg.prompts.split(",") for r in data.read_prompts(path)]
-        held_out = [r for path in cfg.eval_prompts.split(",") for r in data.read_prompts(path)][:cfg.n_eval]
-    train_ids = [data.encode_prompt(tokenizer, r, max_prompt) for r in train]
-    for r in held_out:
-        data.encode_prompt(tokenizer, r, max_prompt)
-    ptx = []
-    if cfg.ptx_coef > 0:
-        records = (task.sft_records(20000, "train", cfg.seed) if cfg.ptx_data == "builtin"
-                   else [r for path in cfg.ptx_data.split(",") for r in data.read_sft(path)])
-        ptx = [data.encode_sft(tokenizer, r, block_size) for r in records]
-    return train, held_out, train_ids, ptx

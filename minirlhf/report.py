@@ -1,12 +1,12 @@
 """
-Markdown reports of held-out comparisons (minirlhf/evaluate.py: compare): a table of the policies
-side by side, the same broken down by kind of prompt (task kind, dialogue behaviour) where a total
-hides the story, and sample responses side by side, for the built-in tasks or any JSONL prompts.
+What a run shows a reader: markdown reports of held-out comparisons (minirlhf/evaluate.py: compare),
+a table of the policies side by side, the same broken down by kind of prompt (task kind, dialogue
+behaviour) where a total hides the story, and sample responses side by side, for the built-in tasks
+or any JSONL prompts; and a PNG of the training curves.
 """
 import os
 
 from minirlhf.checkpoint import atomic_write_text
-from minirlhf.sampling import format_eta
 
 
 def _esc(text):
@@ -53,9 +53,10 @@ def examples_table(examples, names, labels):
 def write_ppo_report(path, s, task, png=None):
     """The SFT vs PPO report of train_ppo.py, from its summary s; returns the text written."""
     names, labels = ["sft", "ppo"], ["SFT", "PPO"]
+    greedy = ", and greedy" if "sft_gold_greedy" in s else ""  # greedy responses are judged by the gold scorer
     lines = ["# PPO vs SFT on held-out prompts", "",
              f"{s['n_prompts']} held-out prompts; responses sampled at temperature {s['temperature']} "
-             f"(the policies as trained), and greedy.", ""]
+             f"(the policies as trained){greedy}.", ""]
     lines += comparison_table(s, names, labels) + [""]
     if "win_rate_ppo_sampled" in s:
         lines += [f"**Gold win rate of PPO over SFT** (ties count half): **{s['win_rate_ppo_sampled']:.1%}** sampled, "
@@ -75,12 +76,28 @@ def write_ppo_report(path, s, task, png=None):
     return text
 
 
-def iteration_line(row, iterations, eta):
-    """The console line of a PPO iteration's metrics row (NaN where the update was skipped)."""
-    get = lambda key: row.get(key, float("nan"))  # noqa: E731
-    return (f"iter {row['iteration']:>{len(str(iterations))}}/{iterations} | rm {row['objective/rm_score']:+.3f}"
-            + (f" | gold {row['objective/gold']:.3f}" if "objective/gold" in row else "")
-            + f" | kl {row['objective/kl']:.2f} | ent {get('policy/entropy'):.3f} | pg {get('losses/pg_loss'):+.4f}"
-            f" | vf {get('losses/vf_loss'):.4f} | clip {get('policy/clipfrac'):.3f}"
-            f" | len {row['charts/response_length']:.1f} | {row['charts/tokens_per_s']:,.0f} tok/s"
-            f" | eta {format_eta(eta)}")
+def plot_curves(history, path, x="iteration", keys=("objective/gold", "objective/rm_score", "objective/kl",
+                                                      "policy/entropy", "charts/response_length",
+                                                      "val/explained_variance")):
+    """A PNG of training curves when matplotlib (the `plot` extra) is installed; None otherwise."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    keys = [k for k in keys if history and any(h.get(k) is not None for h in history)]
+    if not keys:  # every update was skipped: nothing to draw
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        points = [(h[x], h[k]) for h in history if h.get(k) is not None]
+        ax.plot(*zip(*points))
+        ax.set_title(k, fontsize=9)
+        ax.set_xlabel(x, fontsize=8)
+    fig.tight_layout()
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

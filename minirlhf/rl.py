@@ -1,14 +1,10 @@
 """
-The math of RLHF, as small functions over (B, T) tensors with a response mask.
-
-Reward model: Bradley-Terry losses on comparisons (InstructGPT, Ouyang et al. 2022, section 3.5).
-PPO: per-token KL penalty to the SFT policy, GAE, whitening, the clipped surrogate and the clipped
+The math of RL from human feedback, as small functions over (B, T) tensors with a response mask:
+the per-token KL penalty to the SFT policy, GAE, whitening, the clipped surrogate and the clipped
 value loss (Ziegler et al. 2019; "The N+ implementation details of RLHF with PPO", Huang et al. 2024).
+The reward model's loss is in minirlhf/reward.py.
 """
-import itertools
-
 import torch
-import torch.nn.functional as F
 
 
 def masked_mean(x, mask, dim=None, reduce=None):
@@ -29,14 +25,11 @@ def masked_var(x, mask, reduce=None):
     return reduce(((x - mean) ** 2 * mask).sum()) / (n - 1)
 
 
-def masked_whiten(x, mask, shift_mean=True, reduce=None):
-    """x scaled to unit variance (and zero mean) over the masked positions; 0 off the mask. With
-    reduce, the statistics are those of the global batch over all ranks."""
+def masked_whiten(x, mask, reduce=None):
+    """x shifted to zero mean and scaled to unit variance over the masked positions; 0 off the mask.
+    With reduce, the statistics are those of the global batch over all ranks."""
     mean, var = masked_mean(x, mask, reduce=reduce), masked_var(x, mask, reduce=reduce)
-    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
-    if not shift_mean:
-        whitened = whitened + mean
-    return whitened * mask
+    return (x - mean) * torch.rsqrt(var + 1e-8) * mask
 
 
 def token_mean(x, mask, n_tokens=None):
@@ -47,27 +40,6 @@ def token_mean(x, mask, n_tokens=None):
         return masked_mean(x, mask)
     return (x * mask.to(x.dtype)).sum() / n_tokens
 
-
-# --- reward model -----------------------------------------------------------------------------
-
-def pairwise_loss(r_chosen, r_rejected):
-    """Bradley-Terry loss -log sigmoid(r_chosen - r_rejected), per pair."""
-    return -F.logsigmoid(r_chosen - r_rejected)
-
-
-def ranking_pairs(ranking):
-    """All C(K, 2) (better, worse) index pairs of a ranking given best first."""
-    return list(itertools.combinations(ranking, 2))
-
-
-def ranking_loss(rewards, ranking):
-    """Sum of the pairwise losses over all C(K, 2) pairs of one prompt's K ranked responses.
-    rewards (K,): one reward per response, each from one forward pass (InstructGPT's batching)."""
-    better, worse = zip(*ranking_pairs(ranking))
-    return pairwise_loss(rewards[list(better)], rewards[list(worse)]).sum()
-
-
-# --- PPO --------------------------------------------------------------------------------------
 
 def kl_penalty(logprobs, ref_logprobs, estimator="k1"):
     """Per-token estimate of KL(policy || reference) from samples of the policy (Schulman's

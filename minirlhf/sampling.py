@@ -1,54 +1,61 @@
 """
-Sampling responses to text prompts in batches, and what the scripts measure on them.
+Sampling responses to token-list prompts, in batches, with the KV cache (GPT.generate).
 
-    sample_responses   responses of a policy to token-list prompts, with the KV cache
-    score_responses    the reward model's score of each response, at its EOS, with the EOS trick
-    best_of_n          n samples per prompt, the one the reward model scores highest kept
+    sample            the one way the reward model's comparisons, the reports and best-of-n sample:
+                      n responses per prompt, as text, split over the ranks under torchrun
+    score_responses   the reward model's score of each response, at its EOS, with the EOS trick
+    best_of_n         n samples per prompt, the one the reward model scores highest kept
+
+PPO's rollout calls GPT.generate on its batch itself: it keeps the sampled tokens, their mask and
+their log-probs as tensors for the update, where these return text.
 """
-import time
 from contextlib import nullcontext
 
 import torch
 
+from minirlhf import distributed
 from minirlhf.data import left_pad
 from minirlhf.rl import eos_penalty
 from minirlhf.scoring import response_batch, reward_scores
 
 
 @torch.no_grad()
-def sample_responses(model, tokenizer, prompts, *, max_new_tokens, temperature=1.0, batch_size=256,
-                     generator=None, n=1):
-    """n responses of model to each prompt token list (prompt-major: prompt i's are items i * n ... i * n + n - 1),
-    about batch_size responses at a time with the KV cache, a prompt read once for its n.
-    Returns a list of dicts: ids (response tokens, EOS excluded), text, ended (stopped at EOS)."""
-    device = model.lm_head.weight.device
-    was_training = model.training
-    model.eval()
-    out = []
-    per_batch = max(batch_size // n, 1)  # prompts per batch
-    for i in range(0, len(prompts), per_batch):
-        idx, start = left_pad(prompts[i:i + per_batch], tokenizer.pad_id)
-        gen = model.generate(idx.to(device), max_new_tokens, start=start.to(device), temperature=temperature,
-                             eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, generator=generator, num_samples=n)
-        for tokens, mask in zip(gen.tokens.tolist(), gen.mask.tolist()):
-            ids = [t for t, m in zip(tokens, mask) if m]
-            ended = bool(ids) and ids[-1] == tokenizer.eos_id
-            ids = ids[:-1] if ended else ids
-            out.append({"ids": ids, "text": tokenizer.decode(ids), "ended": ended})
-    model.train(was_training)
-    return out
+def sample(model, tokenizer, prompts, *, max_new_tokens, temperature=1.0, n=1, generator=None, d=distributed.ONE,
+           autocast=nullcontext, batch_size=256):
+    """n responses of model to each prompt (a token list), prompt-major: prompt i's are items i * n ... i * n + n - 1,
+    about batch_size at a time, a prompt's prefill run once for its n. Under torchrun each rank samples every
+    world-th prompt and every rank gets all. Returns dicts: ids (response tokens, EOS excluded), text, ended."""
+    net = distributed.unwrapped(model)
+    device, was_training = net.lm_head.weight.device, net.training
+    net.eval()
+    mine, per_batch = [], max(batch_size // n, 1)  # prompts per batch
+    my_prompts = distributed.shard(prompts, d)
+    with distributed.full_weights(model), autocast():
+        for i in range(0, len(my_prompts), per_batch):
+            idx, start = left_pad(my_prompts[i:i + per_batch], tokenizer.pad_id)
+            out = net.generate(idx.to(device), max_new_tokens, start=start.to(device), temperature=temperature,
+                               eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, generator=generator, num_samples=n)
+            for tokens, mask in zip(out.tokens.tolist(), out.mask.tolist()):
+                ids = [t for t, m in zip(tokens, mask) if m]
+                ended = bool(ids) and ids[-1] == tokenizer.eos_id
+                ids = ids[:-1] if ended else ids
+                mine.append({"ids": ids, "text": tokenizer.decode(ids), "ended": ended})
+    net.train(was_training)
+    if d.world == 1:
+        return mine
+    per_prompt = [mine[i:i + n] for i in range(0, len(mine), n)]
+    return [r for group in distributed.unshard(distributed.all_gather_objects(per_prompt)) for r in group]
 
 
 @torch.no_grad()
 def score_responses(reward_model, tokenizer, prompts, responses, *, eos_penalty_score=-1.0, autocast=nullcontext,
                     batch_size=256):
-    """The reward model's score of each response (a sample_responses dict) to its prompt (a token
-    list), read at its EOS as in PPO's rollout; a response that never ended gets eos_penalty_score
-    instead (the EOS trick, "The N+ implementation details of RLHF with PPO"). A list of floats."""
+    """The reward model's score of each response (a sample dict) to its prompt (a token list), read at its
+    EOS as in PPO's rollout; a response that never ended gets eos_penalty_score instead (the EOS trick,
+    "The N+ implementation details of RLHF with PPO"). A list of floats."""
     if len(prompts) != len(responses):
         raise ValueError(f"score_responses: {len(prompts)} prompts but {len(responses)} responses")
-    device = next(reward_model.parameters()).device
-    was_training = reward_model.training
+    device, was_training = next(reward_model.parameters()).device, reward_model.training
     reward_model.eval()
     scores = []
     for i in range(0, len(prompts), batch_size):
@@ -64,46 +71,21 @@ def score_responses(reward_model, tokenizer, prompts, responses, *, eos_penalty_
 def best_of_n(policy, reward_model, tokenizer, prompt_ids, n, *, max_new_tokens, temperature=1.0, generator=None,
               autocast=nullcontext, eos_penalty_score=-1.0, batch_size=256, return_all=False):
     """Best-of-n (rejection) sampling against a reward model (Nakano et al. 2021, WebGPT; Gao et al.
-    2022): n responses per prompt from policy, each scored by the reward model (score_responses: at
-    its EOS, with the EOS trick), and the highest-scoring one kept, the first of them on a tie. Its
-    KL to the policy is at most log n - (n - 1) / n, equal when scores never tie (Gao et al. 2022).
+    2022): n responses per prompt from policy, each scored by the reward model (score_responses), and
+    the highest-scoring one kept, the first of them on a tie. Its KL to the policy is at most
+    log n - (n - 1) / n, equal when scores never tie (Gao et al. 2022).
 
-    Returns, per prompt, the chosen response (a sample_responses dict with its "score"); with
-    return_all, (chosen, samples), samples[i] being prompt i's n responses in the order drawn, each
-    with its score, so that another reward model or a smaller n can reuse them."""
+    Returns, per prompt, the chosen response (a sample dict with its "score"); with return_all,
+    (chosen, samples), samples[i] being prompt i's n responses in the order drawn, each with its score,
+    so that another reward model or a smaller n can reuse them."""
     if n < 1:
         raise ValueError(f"best_of_n: n must be at least 1, got {n}")
+    responses = sample(policy, tokenizer, prompt_ids, max_new_tokens=max_new_tokens, n=n, temperature=temperature,
+                       batch_size=batch_size, generator=generator, autocast=autocast)
     repeated = [p for p in prompt_ids for _ in range(n)]  # as the responses come: prompt i's n are neighbours
-    with autocast():
-        responses = sample_responses(policy, tokenizer, prompt_ids, max_new_tokens=max_new_tokens, n=n,
-                                     temperature=temperature, batch_size=batch_size, generator=generator)
     scores = score_responses(reward_model, tokenizer, repeated, responses, eos_penalty_score=eos_penalty_score,
                              autocast=autocast, batch_size=batch_size)
     samples = [[{**r, "score": s} for r, s in zip(responses[i * n:(i + 1) * n], scores[i * n:(i + 1) * n])]
                for i in range(len(prompt_ids))]
     chosen = [max(group, key=lambda r: r["score"]) for group in samples]  # max keeps the first of equals
     return (chosen, samples) if return_all else chosen
-
-
-def format_eta(seconds):
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-class Progress:
-    """One readable line per interval: step, the metrics given, throughput and ETA."""
-
-    def __init__(self, total, start=0):
-        """total steps; start: steps done before this process began (a resumed run)."""
-        self.total, self.start, self.t0, self.last_t, self.last_n = total, start, time.time(), time.time(), 0
-
-    def line(self, step, n_items, unit="tok", **metrics):
-        """n_items: items (tokens, pairs...) processed since the start, for the throughput."""
-        now = time.time()
-        rate = (n_items - self.last_n) / max(now - self.last_t, 1e-9)
-        self.last_t, self.last_n = now, n_items
-        eta = (now - self.t0) / max(step - self.start, 1) * (self.total - step)
-        parts = [f"step {step:>{len(str(self.total))}}/{self.total}"]
-        parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()]
-        parts += [f"{rate:,.0f} {unit}/s", f"eta {format_eta(eta)}"]
-        return " | ".join(parts)

@@ -7,17 +7,13 @@ and every evaluation, so that all of them read the same positions the same way.
     response_logprobs   log pi(token) of each response token (and entropies)     policy, reference
     response_values     the value model's estimate at each response position      value model
     reward_scores       the reward model's score of each response, at its EOS     reward model
-    response_batch      prompts and sampled responses -> that layout
+    response_batch      prompts and sampled responses (minirlhf/sampling.py) -> that layout
     minibatch_rows      some rows of a batch, without the prompt columns that are padding in all of them
     in_parts            a batch scored in parts of similar prompt lengths, put back in row order
-    comparison_batch    ranked responses -> sequences, (better, worse) pairs, pair weights
-    group_rewards       the reward model's score of each ranked response, a prompt read once for all of its
 """
 import torch
 
-from minirlhf import distributed
 from minirlhf.data import IGNORE_INDEX, left_pad, micro_batches
-from minirlhf.rl import ranking_pairs
 
 
 def response_logprobs(model, seq, start, P, targets, temperature, autocast, entropy=False):
@@ -46,7 +42,7 @@ def reward_scores(reward_model, seq, start, P, lengths, autocast):
 
 
 def response_batch(prompts, responses, tokenizer, device):
-    """Prompts (token lists) and their sampled responses (sample_responses dicts) laid out as a
+    """Prompts (token lists) and their sampled responses (sampling.sample dicts) laid out as a
     rollout lays them out: seq (B, P + R) left-padded prompt then response, start (B,), P, targets
     (B, R) with -100 after each response, lengths (B,) with the EOS counted, ended (B,)."""
     prompt_idx, start = left_pad(prompts, tokenizer.pad_id)
@@ -83,54 +79,3 @@ def minibatch_rows(rows, seq, start, P):
     (the prompts of the whole batch are padded to its longest). Returns seq, start, P of the rows."""
     drop = int(start[rows].min())  # leading columns that are padding in every row
     return seq[rows, drop:], start[rows] - drop, P - drop
-
-
-def comparison_batch(groups):
-    """The reward model's batch for ranked groups (prompt ids, [response ids ending in EOS], ranking
-    best first): one sequence per response, not per pair (InstructGPT, section 3.5: one forward per
-    response, all C(K, 2) pairs of a prompt in one batch element). Returns the sequences, the
-    indices of the better and the worse response of every pair, and each pair's weight 1 / C(K, 2),
-    so that every prompt weighs as one whatever its K."""
-    seqs, better, worse, weights = [], [], [], []
-    for prompt, responses, ranking in groups:
-        offset = len(seqs)
-        seqs += [prompt + r for r in responses]
-        pairs = ranking_pairs(ranking)
-        better += [offset + b for b, _ in pairs]
-        worse += [offset + w for _, w in pairs]
-        weights += [1.0 / len(pairs)] * len(pairs)
-    return seqs, torch.tensor(better, dtype=torch.long), torch.tensor(worse, dtype=torch.long), \
-        torch.tensor(weights, dtype=torch.float32)
-
-
-def rewards_at_eos(reward_model, seqs, pad_id, device, autocast):
-    """The reward (n,) of each token sequence (prompt + response + EOS), read at its last token.
-    Left padding puts every last token in the last column, so only it goes through the final block."""
-    idx, start = left_pad(seqs, pad_id)
-    with autocast():
-        return reward_model(idx.to(device), start.to(device), last=1).view(-1)
-
-
-def group_rewards(reward_model, groups, pad_id, device, autocast):
-    """The reward (n,) of every response of the groups (prompt ids, [response ids ending in EOS], ...),
-    in comparison_batch's order, read at each response's EOS: what rewards_at_eos gives for the
-    sequences prompt + response, but each prompt goes through the model once for all of its K
-    responses (GPT.forward with responses), K times less work on the prompt tokens. A batch whose
-    longest prompt and longest response would not fit in the block together is scored in halves."""
-    prompts = [prompt for prompt, _, _ in groups]
-    responses = [r for _, rs, _ in groups for r in rs]
-    if max(map(len, prompts)) + max(map(len, responses)) > distributed.unwrapped(reward_model).config.block_size \
-            and len(groups) > 1:
-        half = len(groups) // 2
-        return torch.cat([group_rewards(reward_model, part, pad_id, device, autocast)
-                          for part in (groups[:half], groups[half:])])
-    idx, start = left_pad(prompts, pad_id)
-    lengths = torch.tensor([len(r) for r in responses])
-    tokens = torch.full((len(responses), int(lengths.max())), pad_id, dtype=torch.long)  # right-padded
-    for n, r in enumerate(responses):
-        tokens[n, :len(r)] = torch.tensor(r, dtype=torch.long)
-    repeats = torch.tensor([len(rs) for _, rs, _ in groups])
-    with autocast():
-        rewards = reward_model(idx.to(device), start.to(device), responses=tokens.to(device),
-                               repeats=repeats.to(device))  # (n, R)
-    return rewards[torch.arange(len(responses), device=rewards.device), lengths.to(device) - 1]

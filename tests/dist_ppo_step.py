@@ -8,6 +8,7 @@ updated weights, the statistics and the whitened advantages of all rows to the p
 """
 import sys
 from contextlib import nullcontext
+from types import SimpleNamespace
 
 import torch
 
@@ -18,7 +19,7 @@ from minirlhf.scoring import response_logprobs, response_values
 
 B, P, R, V = 8, 5, 6, 40
 fsdp = "--fsdp" in sys.argv
-d, device = distributed.setup("cpu")
+d, device, _ = distributed.setup(SimpleNamespace(device="cpu", dtype="fp32", threads=0), show_config=False)
 torch.manual_seed(0)
 config = dict(block_size=32, vocab_size=V, n_layer=2, n_head=2, n_embd=32, attn_impl="torch", logprob_impl="torch")
 policy, value_model = GPT(GPTConfig(**config)), GPT(GPTConfig(**config, scalar_head=True))
@@ -48,11 +49,11 @@ with torch.no_grad():
 policy_train, value_train = distributed.wrap(policy, d, fsdp), distributed.wrap(value_model, d, fsdp)
 optimizers = [torch.optim.Adam(m.parameters(), lr=1e-2, eps=1e-5) for m in (policy_train, value_train)]
 rollout = ppo.Rollout(seq, start, P, targets, mask, old_logprobs, old_values, advantages, returns)
-stats, first_error = ppo.update(policy_train, value_train, optimizers, rollout, epochs=1, n_minibatches=1,
-                                clip_range=0.2, vf_clip_range=0.2, vf_coef=0.1, ent_coef=0.01, temperature=1.0,
-                                grad_clip=1.0, autocast=nullcontext, d=d,
-                                micro_batches=2 if d.world > 1 else 1)  # the ranks in parts of similar lengths
-weights = [distributed.model_state(m, fsdp) for m in (policy_train, value_train)]
+settings = SimpleNamespace(ppo_epochs=1, n_minibatches=1, clip_range=0.2, vf_clip_range=0.2, vf_coef=0.1, ent_coef=0.01,
+                           temperature=1.0, grad_clip=1.0, ptx_coef=0.0,
+                           micro_batches=2 if d.world > 1 else 1)  # the ranks in parts of similar lengths
+stats, first_error = ppo.update(policy_train, value_train, optimizers, rollout, settings, autocast=nullcontext, d=d)
+weights = [distributed.model_state(m) for m in (policy_train, value_train)]
 all_advantages = torch.cat(distributed.all_gather_objects(advantages))
 if d.is_main:
     torch.save({"policy": weights[0], "value": weights[1], "stats": stats, "first_error": first_error.item(),

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minirlhf.model import GPT, GPTConfig
-from minirlhf.sampling import best_of_n, sample_responses, score_responses
-from minirlhf.scoring import rewards_at_eos
+from minirlhf.reward import rewards_at_eos
+from minirlhf.sampling import best_of_n, sample, score_responses
 from minirlhf.tokenizer import get_tokenizer
 
 TOK = get_tokenizer("bytes")
@@ -87,7 +87,7 @@ def test_both_sides_of_the_eos_trick_come_up():
 def test_n_1_is_plain_sampling():
     kw = dict(max_new_tokens=12, batch_size=3)
     chosen = best_of_n(policy(), KnownReward(), TOK, PROMPTS, 1, generator=torch.Generator().manual_seed(5), **kw)
-    plain = sample_responses(policy(), TOK, PROMPTS, generator=torch.Generator().manual_seed(5), **kw)
+    plain = sample(policy(), TOK, PROMPTS, generator=torch.Generator().manual_seed(5), **kw)
     assert [{k: v for k, v in r.items() if k != "score"} for r in chosen] == plain
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from minirlhf import chat
 from minirlhf.chat import BOT, CONTINUATION, Config, Conversation, Streamer, conversation_mode, fit_history, respond
 from minirlhf.checkpoint import save_checkpoint
-from minirlhf.cli import run
+from minirlhf.config import main as run
 from minirlhf.data import encode_prompt
 from minirlhf.model import GPT, GPTConfig
 from minirlhf.tokenizer import get_tokenizer
@@ -59,13 +59,14 @@ def replies(stdout):
 # the command, end to end
 
 
+@pytest.mark.slow
 def test_piped_chat_gets_one_reply_per_turn(ckpts):
     # an empty line is no turn; nothing after /quit is read
     done = chat_cli(f"--ckpt={ckpts / 'chat.pt'}", "--device=cpu", "--max_new_tokens=12",
                     stdin="reverse bajewu\n\nnow upper it\n/quit\nnever answered\n")
     assert done.returncode == 0, done.stderr
     assert len(replies(done.stdout)) == 2, done.stdout
-    assert "(chat mode: the checkpoint was trained on the chat task" in done.stdout
+    assert "(chat mode: the checkpoint was trained on the built-in chat task" in done.stdout
     assert "you> " not in done.stdout  # no prompt when stdin is not a terminal
     assert done.stderr == ""
 
@@ -87,7 +88,7 @@ def test_instruct_checkpoint_answers_single_turns(ckpts, monkeypatch, capsys):
     args = [f"--ckpt={ckpts / 'instruct.pt'}", "--device=cpu", "--temperature=0", "--max_new_tokens=6"]
     code, out, err = run_main(monkeypatch, capsys, args, b"reverse bajewu\nupper ki\n/reset\nadd 1 2\n")
     assert code == 0 and err == ""
-    assert "(instruct mode: the checkpoint was trained on the instruct task" in out
+    assert "(instruct mode: the checkpoint was trained on the built-in instruct task" in out
     assert len(replies(out)) == 3 and "(instruct mode keeps no history)" in out
 
 
@@ -145,16 +146,37 @@ def test_help_lists_every_option(monkeypatch, capsys):
 
 
 def test_conversation_mode(tmp_path):
-    assert conversation_mode({"task": "chat", "data": "builtin"})[0] == "chat"
-    assert conversation_mode({"task": "instruct"})[0] == "instruct"
-    assert conversation_mode({"data": "builtin"})[0] == "instruct"  # built-in data before tasks were recorded
+    # what the checkpoint records of its training data decides, whatever its task option says
+    assert conversation_mode({"data_format": "chat", "train_config": {"task": "instruct"}})[0] == "chat"
+    assert conversation_mode({"data_format": "instruct", "train_config": {"task": "chat"}})[0] == "instruct"
+    # checkpoints that record none: their JSONL data first, then their task
+    mode = lambda train_config: conversation_mode({"train_config": train_config})[0]  # noqa: E731
+    assert mode({"task": "chat", "data": "builtin"}) == "chat" and mode({"task": "instruct"}) == "instruct"
+    assert mode({"data": "builtin"}) == "instruct"  # built-in data before tasks were recorded
     (tmp_path / "dialogues.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
     (tmp_path / "prompts.jsonl").write_text(json.dumps({"prompt": "add 1 2\n"}) + "\n")
-    assert conversation_mode({"prompts": f"{tmp_path / 'dialogues.jsonl'},x.jsonl"})[0] == "chat"
-    assert conversation_mode({"data": str(tmp_path / "prompts.jsonl")})[0] == "instruct"
-    assert conversation_mode({"data": str(tmp_path / "gone.jsonl")})[0] == "chat"
-    mode, why = conversation_mode({})
-    assert mode == "chat" and "records no task" in why
+    assert mode({"task": "instruct", "prompts": f"{tmp_path / 'dialogues.jsonl'},x.jsonl"}) == "chat"
+    assert mode({"data": str(tmp_path / "prompts.jsonl")}) == "instruct"
+    assert mode({"data": str(tmp_path / "gone.jsonl")}) == "chat"
+    m, why = conversation_mode({"train_config": {}})
+    assert m == "chat" and "records no task" in why
+
+
+@pytest.mark.slow
+def test_a_model_trained_on_ones_own_dialogues_talks_in_chat_mode(tmp_path):
+    """The scripts record the format of the data they trained on: own dialogues (the task option left at
+    its default, instruct) give a chat checkpoint, built-in instructions an instruct one."""
+    from test_scripts import TINY_MODEL
+    from test_scripts import run as run_script
+    data = tmp_path / "dialogues.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"hi {i}"},
+                                                     {"role": "assistant", "content": "hello"}]}) + "\n"
+                            for i in range(4)))
+    run_script("train_sft.py", f"--out_dir={tmp_path}/sft", f"--data={data}", f"--eval_data={data}", *TINY_MODEL,
+               "--max_iters=1", "--log_interval=1", "--eval_interval=1")
+    data.unlink()  # gone since training: the checkpoint itself says what it was trained on
+    done = chat_cli(f"--ckpt={tmp_path}/sft/ckpt.pt", "--max_new_tokens=4", stdin="hi\n")
+    assert done.returncode == 0 and "(chat mode: the checkpoint was trained on dialogues" in done.stdout
 
 
 def test_instruct_mode_renders_the_instruction_alone():

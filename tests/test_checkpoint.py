@@ -58,8 +58,13 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
     good = tmp_path / "good.pt"
     save_checkpoint(str(good), tiny(0), get_tokenizer("bytes"), {}, step=0)
     (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:1000])
-    with pytest.raises(ValueError, match="cannot be read"):
+    with pytest.raises(ValueError, match=r"cut.pt is not a minirlhf checkpoint \(torch cannot read it"):
         read_checkpoint(str(tmp_path / "cut.pt"))
+    (tmp_path / "data.jsonl").write_text('{"prompt": "add 1 2"}\n')  # a file given for the wrong option
+    with pytest.raises(ValueError, match=r"^--init_from=\S+data.jsonl is not a minirlhf checkpoint [^\n]*$"):
+        read_checkpoint(str(tmp_path / "data.jsonl"), option="init_from")
+    with pytest.raises(ValueError, match=r"--ckpt=\S+ is a directory, not a checkpoint file"):
+        read_checkpoint(str(tmp_path), option="ckpt")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a minirlhf checkpoint"):
         read_checkpoint(str(tmp_path / "other.pt"))
@@ -175,14 +180,30 @@ def test_old_format_reads_as_finished(tmp_path):
             read_checkpoint(str(tmp_path / "broken.pt"))
 
 
-def test_require_finished_names_the_step_and_the_fix(tmp_path):
-    from minirlhf.checkpoint import require_finished
-    path = tmp_path / "ckpt.pt"
-    save_checkpoint(str(path), tiny(0), get_tokenizer("bytes"), {}, step=500, finished=False, total_steps=900)
-    with pytest.raises(ValueError, match=r"unfinished SFT run \(stopped at step 500 of 900\): resume it"):
-        require_finished(str(path), "SFT", "resume it")
+def test_loading_checks_the_kind_and_the_finish_naming_the_option_and_the_fix(tmp_path):
+    path = tmp_path / "sft" / "ckpt.pt"
+    command = "python train_sft.py --task=chat --out_dir=run/sft"
+    save_checkpoint(str(path), tiny(0), get_tokenizer("bytes"), {}, step=500, finished=False, total_steps=900,
+                    command=command)
+    with pytest.raises(ValueError, match=rf"^--sft_ckpt={path} is an unfinished run \(stopped at step 500 of 900\): "
+                                         rf"finish it first with `{command} --resume`$"):
+        load_checkpoint(str(path), kind="policy", option="sft_ckpt")
+    assert load_checkpoint(str(path), finished=False)[2]["step"] == 500  # a run resuming itself
     save_checkpoint(str(path), tiny(0), get_tokenizer("bytes"), {}, step=900)
-    assert require_finished(str(path), "SFT", "resume it")["step"] == 900
+    assert load_checkpoint(str(path), kind="policy", option="sft_ckpt")[2]["step"] == 900
+    with pytest.raises(ValueError, match=r"^--rm_ckpt=\S+ is a policy \(a language model, no scalar head\), not a "
+                                         r"reward model$"):
+        load_checkpoint(str(path), kind="reward", option="rm_ckpt")
+    rm = tmp_path / "rm.pt"
+    save_checkpoint(str(rm), GPT(GPTConfig(block_size=16, vocab_size=258, n_layer=1, n_head=2, n_embd=16,
+                                           scalar_head=True)), get_tokenizer("bytes"), {}, step=1)
+    with pytest.raises(ValueError, match=r"^--sft_ckpt=\S+ is a reward or value model \(it has a scalar head\), not "
+                                         r"a policy$"):
+        load_checkpoint(str(rm), kind="policy", option="sft_ckpt")
+    # a checkpoint that records no command: the script that wrote it, with its directory
+    save_checkpoint(str(path), tiny(0), get_tokenizer("bytes"), {}, step=5, finished=False)
+    with pytest.raises(ValueError, match=rf"`python train_sft.py --out_dir={path.parent} --resume`"):
+        load_checkpoint(str(path))
 
 
 def test_atomic_write_text(tmp_path, monkeypatch):
@@ -248,9 +269,8 @@ def test_weights_that_do_not_fit_are_clear_errors(tmp_path):
         model_from({**ckpt, "model_config": {**ckpt["model_config"], "n_layers": 3}}, str(path))
     ckpt.pop("total_steps", None)
     torch.save({**ckpt, "finished": False}, path)
-    from minirlhf.checkpoint import require_finished
     with pytest.raises(ValueError, match=r"stopped at step 1 of \?\)"):
-        require_finished(str(path), "SFT", "resume it")
+        load_checkpoint(str(path))
 
 
 @pytest.mark.parametrize("write", ["checkpoint", "text"])

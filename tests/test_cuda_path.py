@@ -14,6 +14,8 @@ import pytest
 import torch
 from test_scripts import run
 
+pytestmark = pytest.mark.slow  # the real scripts, as subprocesses
+
 # on a GPU the same tests run there, natively in bf16
 CUDA_PATH = ["--device=cuda", "--kernels=triton", "--dtype=bf16"] if torch.cuda.is_available() else \
     ["--kernels=triton", "--dtype=fp16"]

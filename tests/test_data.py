@@ -20,6 +20,7 @@ from minirlhf.data import (
     write_jsonl,
 )
 from minirlhf.tasks import instruct as tasks
+from minirlhf.tasks import reference
 from minirlhf.tokenizer import get_tokenizer
 
 tok = get_tokenizer("bytes")
@@ -74,7 +75,7 @@ def test_cross_entropy_on_the_batch_is_the_masked_sft_loss():
 
 def test_micro_batches_sum_to_the_batch_loss_and_gradient_with_less_padding():
     from minirlhf.model import GPT, GPTConfig
-    from minirlhf.tasks import chat
+    from minirlhf.tasks import dialogue as chat
     torch.manual_seed(0)
     examples = [encode_sft(tok, r) for r in chat.sft_records(12, "train", seed=0)]
     assert len({len(ids) for ids, _ in examples}) > 4  # lengths vary, or sorting would not matter
@@ -275,14 +276,15 @@ def test_readers_accept_both_formats(tmp_path):
 
 
 def test_exported_files_round_trip_through_the_readers(tmp_path):
-    counts = tasks.export(str(tmp_path), n_sft=40, n_prompts=30, n_comparisons=20, n_eval=10, seed=3)
+    from minirlhf.tasks.__main__ import export
+    counts = export(tasks, str(tmp_path), n_sft=40, n_prompts=30, n_comparisons=20, n_eval=10, seed=3)
     assert counts == {"sft_train.jsonl": 40, "sft_eval.jsonl": 10, "prompts_train.jsonl": 30,
                       "prompts_eval.jsonl": 10, "comparisons_train.jsonl": 20, "comparisons_eval.jsonl": 10}
     strip = lambda records: [{k: v for k, v in r.items() if k != "source"} for r in records]  # noqa: E731
     assert strip(read_sft(str(tmp_path / "sft_train.jsonl"))) == tasks.sft_records(40, "train", seed=3)
     assert strip(read_prompts(str(tmp_path / "prompts_eval.jsonl"))) == tasks.prompt_records(10, "eval", seed=3)
     comparisons = read_comparisons(str(tmp_path / "comparisons_train.jsonl"))
-    assert strip(comparisons) == tasks.comparison_records(20, "train", seed=3)
+    assert strip(comparisons) == reference.comparison_records(tasks, 20, "train", seed=3)
     for split in ("train", "eval"):
         records = read_sft(str(tmp_path / f"sft_{split}.jsonl"))
         records += read_prompts(str(tmp_path / f"prompts_{split}.jsonl"))

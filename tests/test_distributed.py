@@ -14,6 +14,8 @@ import pytest
 import torch
 from test_scripts import ROOT, TINY_MODEL, run
 
+pytestmark = pytest.mark.slow  # the real scripts, as subprocesses
+
 ENV = {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -134,17 +136,19 @@ def test_a_failing_rank_stops_the_job(tmp_path):
         "from dataclasses import dataclass\n"
         "import torch.distributed as dist\n"
         "from minirlhf import distributed\n"
-        "from minirlhf.cli import run\n"
-        "def main(cfg):\n"
-        "    d, _ = distributed.setup('cpu')\n"
+        "from minirlhf.config import main\n"
+        "def run(cfg):\n"
+        "    d, _, _ = distributed.setup(cfg, show_config=False)\n"
         "    if d.rank == 1:\n"
         "        raise ValueError('rank 1 found bad input')\n"
         "    dist.barrier()  # rank 0 waits for a rank that will never come\n"
         "    time.sleep(600)\n"
         "@dataclass\n"
         "class Config:\n"
-        "    pass\n"
-        "run(main, Config, 'fail.py')\n")
+        "    device: str = 'cpu'\n"
+        "    dtype: str = 'fp32'\n"
+        "    threads: int = 0\n"
+        "main(run, Config, 'fail.py')\n")
     t0 = time.time()
     done = torchrun(str(script), ok=False)
     assert done.returncode != 0 and time.time() - t0 < 60

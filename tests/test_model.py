@@ -5,6 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from minirlhf import gpt2
 from minirlhf.model import GPT, GPTConfig
 
 SIZES = [dict(n_layer=1, n_head=1, n_embd=16), dict(n_layer=2, n_head=2, n_embd=32),
@@ -240,21 +241,21 @@ def test_from_pretrained_round_trip(tmp_path, fmt, prefix, size):
             if "ln" in name or name.endswith("bias"):
                 p.normal_()
     write_hf_gpt2(model, tmp_path / "gpt2", fmt, prefix)
-    loaded = GPT.from_pretrained(str(tmp_path / "gpt2"), attn_impl="torch").eval()
+    loaded = gpt2.from_pretrained(str(tmp_path / "gpt2"), attn_impl="torch").eval()
     assert loaded.config.n_layer == size["n_layer"] and loaded.config.n_embd == size["n_embd"]
     idx = torch.randint(0, V, (2, 11))
     torch.testing.assert_close(loaded(idx), model(idx), atol=1e-5, rtol=1e-5)
-    grown = GPT.from_pretrained(str(tmp_path / "gpt2"), vocab_size=V + 3, attn_impl="torch").eval()
+    grown = gpt2.from_pretrained(str(tmp_path / "gpt2"), vocab_size=V + 3, attn_impl="torch").eval()
     assert grown.lm_head.weight.shape[0] == V + 3 and grown.transformer.wte.weight is grown.lm_head.weight
     torch.testing.assert_close(grown(idx)[..., :V], model(idx), atol=1e-5, rtol=1e-5)
 
 
 def test_from_pretrained_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="not a directory"):
-        GPT.from_pretrained(str(tmp_path / "nope"))
+        gpt2.from_pretrained(str(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="config.json does not exist"):
-        GPT.from_pretrained(str(tmp_path / "empty"))
+        gpt2.from_pretrained(str(tmp_path / "empty"))
     model = make_model(8)
     good = tmp_path / "good"
     write_hf_gpt2(model, good, "bin")
@@ -263,20 +264,20 @@ def test_from_pretrained_bad_inputs(tmp_path):
     bad.mkdir()
     (bad / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a usable GPT-2 config"):
-        GPT.from_pretrained(str(bad))
+        gpt2.from_pretrained(str(bad))
 
     noweights = tmp_path / "noweights"
     noweights.mkdir()
     (noweights / "config.json").write_text((good / "config.json").read_text())
     with pytest.raises(ValueError, match="neither model.safetensors nor pytorch_model.bin"):
-        GPT.from_pretrained(str(noweights))
+        gpt2.from_pretrained(str(noweights))
 
     truncated = tmp_path / "truncated"
     truncated.mkdir()
     (truncated / "config.json").write_text((good / "config.json").read_text())
     (truncated / "pytorch_model.bin").write_bytes((good / "pytorch_model.bin").read_bytes()[:500])
     with pytest.raises(ValueError, match="cannot read"):
-        GPT.from_pretrained(str(truncated))
+        gpt2.from_pretrained(str(truncated))
 
     wider = tmp_path / "wider"  # config.json says n_embd=64, the weights are 32 wide
     wider.mkdir()
@@ -284,14 +285,14 @@ def test_from_pretrained_bad_inputs(tmp_path):
     (wider / "config.json").write_text(json.dumps({**cfg, "n_embd": 64}))
     (wider / "pytorch_model.bin").write_bytes((good / "pytorch_model.bin").read_bytes())
     with pytest.raises(ValueError, match="has shape"):
-        GPT.from_pretrained(str(wider))
+        gpt2.from_pretrained(str(wider))
 
     deeper = tmp_path / "deeper"  # config.json says 3 layers, the weights have 2
     deeper.mkdir()
     (deeper / "config.json").write_text(json.dumps({**cfg, "n_layer": 3}))
     (deeper / "pytorch_model.bin").write_bytes((good / "pytorch_model.bin").read_bytes())
     with pytest.raises(ValueError, match="missing"):
-        GPT.from_pretrained(str(deeper))
+        gpt2.from_pretrained(str(deeper))
 
 
 @settings(max_examples=10)

@@ -1,6 +1,7 @@
 """minirlhf/ppo.py: PPO's update in micro-batches of similar prompt lengths takes the step of the
 minibatches taken whole (weights and statistics), for less work."""
 from contextlib import nullcontext
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -44,10 +45,10 @@ def update(micro_batches, ptx=False):
     def ptx_batch():
         return torch.randint(0, V - 1, (4, 7), generator=g), torch.randint(0, V - 1, (4, 7), generator=g)
     torch.manual_seed(2)  # the minibatches' shuffle
-    stats, first_error = ppo.update(policy, value_model, optimizers, rollout, epochs=2, n_minibatches=2,
-                                    clip_range=0.2, vf_clip_range=0.2, vf_coef=0.1, ent_coef=0.01, temperature=1.0,
-                                    grad_clip=1.0, autocast=nullcontext, d=distributed.Dist(0, 1, 0),
-                                    ptx_batch=ptx_batch if ptx else None, ptx_coef=0.5, micro_batches=micro_batches)
+    cfg = SimpleNamespace(ppo_epochs=2, n_minibatches=2, clip_range=0.2, vf_clip_range=0.2, vf_coef=0.1, ent_coef=0.01,
+                          temperature=1.0, grad_clip=1.0, ptx_coef=0.5, micro_batches=micro_batches)
+    stats, first_error = ppo.update(policy, value_model, optimizers, rollout, cfg, autocast=nullcontext,
+                                    d=distributed.ONE, ptx_batch=ptx_batch if ptx else None)
     hook.remove()
     return policy, value_model, stats, first_error, columns
 

@@ -14,9 +14,11 @@ import sys
 
 import pytest
 import torch
-from test_scripts import ROOT, TINY_MODEL, run
+from test_scripts import ROOT, TINY_MODEL, command, run
 
 from minirlhf.checkpoint import read_checkpoint
+
+pytestmark = pytest.mark.slow  # the real scripts, as subprocesses
 
 SFT = [*TINY_MODEL, "--max_iters=12", "--log_interval=3", "--eval_interval=6", "--n_builtin=200", "--n_gold_eval=4",
        "--batch_size=8", "--threads=1", "--max_new_tokens=8"]
@@ -27,8 +29,8 @@ PPO = ["--iterations=6", "--batch_size=4", "--n_minibatches=2", "--ppo_epochs=2"
 def killed_at(script, marker, *args):
     """Run script and SIGKILL it as soon as a line of its output starts with marker."""
     env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
-    p = subprocess.Popen([sys.executable, os.path.join(ROOT, script), "--device=cpu", *args], stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    p = subprocess.Popen([*command(script), "--device=cpu", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, env=env, cwd=ROOT)
     for line in p.stdout:
         if line.startswith(marker):
             p.send_signal(signal.SIGKILL)
@@ -53,10 +55,11 @@ def metric_rows(path):
 
 
 def snapshot(directory):
-    """{relative path: sha256} of every file below directory."""
+    """{relative path: sha256} of every file below directory, but a lock a killed run left (the next run
+    takes it over: minirlhf/runs.py hold)."""
     return {os.path.relpath(os.path.join(root, name), directory): hashlib.sha256(open(os.path.join(root, name), "rb")
                                                                                    .read()).hexdigest()
-            for root, _, names in os.walk(directory) for name in names}
+            for root, _, names in os.walk(directory) for name in names if name != "run.lock"}
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +116,8 @@ def test_resume_checks_the_run(runs, tmp_path):
 def test_later_stages_never_take_an_unfinished_checkpoint(runs, tmp_path):
     killed_at("train_sft.py", "step  9/12", f"--out_dir={tmp_path}/sft", *SFT)
     done = run("train_rm.py", f"--out_dir={tmp_path}/rm", f"--sft_ckpt={tmp_path}/sft/ckpt.pt", ok=False)
-    assert done.returncode == 2 and "unfinished SFT run (stopped at step 6 of 12)" in done.stderr
-    assert f"train_sft.py --out_dir={tmp_path}/sft --resume" in done.stderr
+    assert done.returncode == 2 and "is an unfinished run (stopped at step 6 of 12)" in done.stderr
+    assert f"finish it first with `python train_sft.py --device=cpu --out_dir={tmp_path}/sft " in done.stderr
     done = run("train_ppo.py", f"--out_dir={tmp_path}/ppo", f"--sft_ckpt={tmp_path}/sft/ckpt.pt",
                f"--rm_ckpt={runs}/rm/ckpt.pt", ok=False)
     assert done.returncode == 2 and "is an unfinished run" in done.stderr
@@ -164,6 +167,8 @@ def script(name):
 @pytest.mark.parametrize("name, args, message", [
     ("train_sft", ["--learning_rate=inf"], "--learning_rate must be a finite number"),
     ("train_sft", ["--device=banana"], "--device must be auto, cpu, cuda or cuda:N"),
+    ("train_ppo", ["--kl_coef"], "--kl_coef needs a value"),
+    ("train_rm", ["k=3"], "argument 'k=3': options are written --key=value"),
     ("train_sft", ["--threads=-1"], "--threads must be >= 0"),
     ("train_sft", ["--out_dir="], "--out_dir must be a directory path"),
     ("train_sft", ["--out_dir={runs}/sft/summary.json"], "is a file, not a directory"),
@@ -184,7 +189,7 @@ def script(name):
     ("train_ppo", ["--batch_size=10", "--n_minibatches=4"], "not divisible"),
     ("train_ppo", ["--task=poetry"], "--task=poetry: unknown task 'poetry'"),
     ("train_ppo", ["--max_iterz=3"], "unknown option --max_iterz"),
-] + ([("train_sft", ["--device=cuda"], "no CUDA GPU is available")] if not torch.cuda.is_available() else []))
+] + ([("train_sft", ["--device=cuda"], "no such CUDA GPU here")] if not torch.cuda.is_available() else []))
 def test_bad_options_are_one_line_errors_that_touch_nothing(runs, monkeypatch, capsys, name, args, message):
     """Checked when the options are parsed, before anything is read or written (in-process: the
     command line's parse-and-run, without starting an interpreter per case)."""
@@ -194,14 +199,14 @@ def test_bad_options_are_one_line_errors_that_touch_nothing(runs, monkeypatch, c
     before = {d: snapshot(runs / d) for d in ("sft", "rm", "ppo")}
     monkeypatch.setattr(sys, "argv", [f"{name}.py", f"--out_dir={out_dir}", *args])
     with pytest.raises(SystemExit) as exit_:
-        module.run(module.main, module.Config, f"{name}.py", task_defaults=name.split("_")[1])
+        module.config.main(module.main, module.Config, f"{name}.py", name.split("_")[1])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and err.startswith(f"{name}.py: error: ") and message in err
     assert {d: snapshot(runs / d) for d in ("sft", "rm", "ppo")} == before
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--max_new_tokens=64"], "--max_new_tokens=64 leaves no room for a prompt in block_size=64"),
+    (["--max_new_tokens=64"], "--max_new_tokens=64 leaves no room for a prompt in block_size 64"),
     (["--prompts={long}", "--eval_prompts={short}"], "long.jsonl:2: prompt of 72 tokens, more than the 40"),
     (["--prompts={short}", "--eval_prompts={long}"], "long.jsonl:2: prompt of 72 tokens, more than the 40"),
 ])
@@ -216,10 +221,73 @@ def test_ppo_prompts_without_room_for_a_response_are_errors_before_any_update(ru
     monkeypatch.setattr(sys, "argv", ["train_ppo.py", f"--out_dir={tmp_path}/ppo", f"--sft_ckpt={runs}/sft/ckpt.pt",
                                       f"--rm_ckpt={runs}/rm/ckpt.pt", "--device=cpu", *args])
     with pytest.raises(SystemExit) as exit_:
-        module.run(module.main, module.Config, "train_ppo.py", task_defaults="ppo")
+        module.config.main(module.main, module.Config, "train_ppo.py", "ppo")
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and message in err
-    assert not (tmp_path / "ppo").exists() or not os.listdir(tmp_path / "ppo")
+    assert not (tmp_path / "ppo").exists()  # the out_dir this run made is gone with it, lock and all
+
+
+def in_process(name, *args):
+    """(exit status, stderr) of scripts/<name>.py run in this process with args (a failure's path)."""
+    module = script(name)
+    sys_argv = sys.argv
+    sys.argv = [f"{name}.py", "--device=cpu", *args]
+    try:
+        module.config.main(module.main, module.Config, f"{name}.py", name.split("_")[1])
+    except SystemExit as e:
+        return e.code
+    finally:
+        sys.argv = sys_argv
+    return 0
+
+
+def test_every_stage_checks_the_kind_of_each_checkpoint(runs, tmp_path, capsys):
+    """A reward model where a policy belongs, or the other way round, or a file that is no checkpoint, is a
+    one-line error naming the option, before anything is trained or written."""
+    sft, rm, ppo = runs / "sft" / "ckpt.pt", runs / "rm" / "ckpt.pt", runs / "ppo" / "ckpt.pt"
+    (tmp_path / "sft.jsonl").write_text(json.dumps({"prompt": "add 1 2", "completion": "3"}) + "\n")
+    policy, reward = "a policy (a language model, no scalar head), not a reward model", \
+        "a reward or value model (it has a scalar head), not a policy"
+    cases = [("train_ppo", [f"--sft_ckpt={rm}", f"--rm_ckpt={rm}"], f"--sft_ckpt={rm} is {reward}"),
+             ("train_ppo", [f"--sft_ckpt={sft}", f"--rm_ckpt={sft}"], f"--rm_ckpt={sft} is {policy}"),
+             ("train_ppo", [f"--sft_ckpt={sft}", f"--rm_ckpt={rm}", f"--init_from={rm}"],
+              f"--init_from={rm} is {reward}"),
+             ("train_ppo", [f"--sft_ckpt={sft}", f"--rm_ckpt={rm}", f"--init_from={sft}"], "holds no value_model"),
+             ("train_rm", [f"--sft_ckpt={rm}"], f"--sft_ckpt={rm} is {reward}"),
+             ("train_rm", [f"--sft_ckpt={sft}", f"--init_from={ppo}"], f"--init_from={ppo} is {policy}"),
+             ("train_rm", [f"--sft_ckpt={sft}", f"--sample_from={rm}"], f"--sample_from={rm} is {reward}"),
+             ("train_sft", [f"--init_from={rm}"], f"--init_from={rm} is {reward}"),
+             ("train_sft", [f"--init_from={tmp_path / 'sft.jsonl'}"], "sft.jsonl is not a minirlhf checkpoint")]
+    before = {d: snapshot(runs / d) for d in ("sft", "rm", "ppo")}
+    for i, (name, args, message) in enumerate(cases):
+        code = in_process(name, f"--out_dir={tmp_path}/out{i}", *args, *SFT[-2:])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and message in err, (name, args, err)
+        assert not (tmp_path / f"out{i}").exists()
+    assert {d: snapshot(runs / d) for d in ("sft", "rm", "ppo")} == before
+
+
+def test_a_second_run_into_a_running_out_dir_is_refused(runs, tmp_path):
+    """While a run lives its out_dir is its own (run.lock holds its pid): a second one, even with --resume,
+    is refused; once it is gone (killed here) its lock is stale and --resume takes the run over."""
+    args = [f"--out_dir={tmp_path}/sft", *SFT[:SFT.index("--max_iters=12")], "--max_iters=400",
+            *SFT[SFT.index("--max_iters=12") + 1:]]
+    env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen([*command("train_sft.py"), "--device=cpu", *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    try:
+        for line in first.stdout:
+            if line.startswith("step") and "eval_loss" in line:  # training, its first checkpoint written
+                break
+        done = run("train_sft.py", *args, "--resume", ok=False)
+        assert done.returncode == 2 and f"{tmp_path}/sft is in use by another run (pid {first.pid})" in done.stderr
+        assert first.poll() is None  # the first run goes on untouched
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    done = run("train_sft.py", *args[:-1], "--max_iters=6", "--resume", ok=False)  # other options: not this run
+    assert "in use" not in done.stderr and "was started with other options" in done.stderr
+    assert f"finish it with `python train_sft.py --device=cpu {' '.join(args)} --resume`" in done.stderr
 
 
 def test_a_rerun_into_a_finished_run_changes_nothing(runs):

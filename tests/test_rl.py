@@ -1,4 +1,3 @@
-import itertools
 import math
 
 import pytest
@@ -14,11 +13,8 @@ from minirlhf.rl import (
     kl_penalty,
     masked_mean,
     masked_whiten,
-    pairwise_loss,
     ppo_policy_loss,
     ppo_value_loss,
-    ranking_loss,
-    ranking_pairs,
     shaped_rewards,
 )
 
@@ -78,12 +74,9 @@ def test_masked_mean_over_everything_and_per_row(data):
     assert masked_mean(x, one).item() == masked_mean(x, one, dim=1)[0].item() == x[0, 0].item()
 
 
-def test_masked_whiten_of_a_constant_is_zero_and_shift_mean_false_keeps_the_mean():
+def test_masked_whiten_of_a_constant_is_zero():
     mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
     assert (masked_whiten(torch.full((2, 4), 3.0), mask) == 0).all()  # zero variance: 0, not NaN or inf
-    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    mean = masked_mean(x, mask)
-    torch.testing.assert_close(masked_whiten(x, mask, shift_mean=False), (masked_whiten(x, mask) + mean) * mask)
 
 
 @settings(max_examples=30)
@@ -252,28 +245,6 @@ def test_shaped_rewards_put_the_score_on_the_last_token(data, kl_coef, score_dty
         assert (rewards[b, n:] == 0).all()
 
 
-@given(a=st.floats(-20, 20), b=st.floats(-20, 20))
-def test_pairwise_loss_is_antisymmetric(a, b):
-    ra, rb = (torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in (a, b))
-    # swapping chosen and rejected: loss(a, b) - loss(b, a) = b - a, and the gradients change sign
-    assert (pairwise_loss(ra, rb) - pairwise_loss(rb, ra)).item() == pytest.approx(b - a, abs=1e-9)
-    (ga,) = torch.autograd.grad(pairwise_loss(ra, rb), ra)  # chosen: pushed up by sigmoid(b - a)
-    (gb,) = torch.autograd.grad(pairwise_loss(rb, ra), ra)  # rejected: pushed down by sigmoid(a - b)
-    assert ga.item() == pytest.approx(-torch.sigmoid(rb - ra).item(), abs=1e-12)
-    assert gb.item() == pytest.approx(torch.sigmoid(ra - rb).item(), abs=1e-12)
-    assert pairwise_loss(ra, rb).item() > 0
-
-
-@given(k=st.integers(2, 9), seed=st.integers(0, 1000))
-def test_k_way_loss_is_the_sum_over_its_pairs(k, seed):
-    g = torch.Generator().manual_seed(seed)
-    rewards = torch.randn(k, generator=g, dtype=torch.float64)
-    ranking = torch.randperm(k, generator=g).tolist()
-    pairs = [pairwise_loss(rewards[i], rewards[j]) for i, j in itertools.combinations(ranking, 2)]
-    assert len(pairs) == k * (k - 1) // 2
-    assert ranking_loss(rewards, ranking).item() == pytest.approx(sum(p.item() for p in pairs))
-
-
 def test_explained_variance():
     returns = torch.randn(4, 6)
     mask = torch.ones(4, 6, dtype=torch.bool)
@@ -294,5 +265,3 @@ def test_explained_variance_over_the_mask(data, scale):
         assert got == pytest.approx(1 - (r - v).var().item() / r.var().item(), rel=1e-6)
     constant = torch.where(mask, torch.full_like(returns, 2.0), junk)
     assert math.isnan(explained_variance(values, constant, mask))  # nothing to explain
-def test_ranking_pairs_are_better_worse_pairs_in_ranking_order():
-    assert ranking_pairs([0, 2, 1]) == [(0, 2), (0, 1), (2, 1)]

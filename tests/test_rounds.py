@@ -1,6 +1,9 @@
-"""Iterated RLHF (train_ppo.py --rounds): the bookkeeping of rounds, red-team over-sampling, and a run
-killed in its second round that resumes there, on tiny settings."""
+"""Iterated RLHF (python -m minirlhf.rounds): the bookkeeping of rounds, red-team over-sampling, a run
+killed in its second round that resumes there, and the human-label loop through two rounds with the
+printed instructions followed literally, on tiny settings."""
 import json
+import re
+import shlex
 from collections import Counter
 
 import pytest
@@ -8,11 +11,15 @@ from test_resume import killed_at, snapshot
 from test_scripts import TINY_MODEL, run, text_only
 
 from minirlhf.checkpoint import read_checkpoint
-from minirlhf.pipeline import kind_weights, shares, weights_text
+from minirlhf.rounds import kind_weights, shares
 from minirlhf.tasks import instruct
 
 # under pytest -n, this module's tests run in one process, which builds the rounds_run fixture once
 pytestmark = pytest.mark.xdist_group("test_rounds")
+
+ROUNDS = ["--rounds=2", "--iterations=5", "--batch_size=4", "--n_eval=4", "--max_new_tokens=8", "--rm_prompts=8",
+          "--rm_eval_prompts=4", "--rm_k=2", "--rm_epochs=1", "--probe_prompts=10", "--threads=1",
+          "--ppo_options=--n_minibatches=2 --ppo_epochs=1 --save_interval=1"]
 
 
 def test_budget_shares():
@@ -33,33 +40,36 @@ def test_red_team_weights_over_sample_the_worst_kinds():
         instruct.prompt_records(3, "train", weights={"divide": 1.0})
 
 
-ROUNDS = ["--rounds=2", "--iterations=5", "--batch_size=4", "--n_minibatches=2", "--ppo_epochs=1", "--n_eval=4",
-          "--max_new_tokens=8", "--rm_prompts=8", "--rm_eval_prompts=4", "--rm_k=2", "--rm_epochs=1",
-          "--probe_prompts=10", "--save_interval=1", "--threads=1"]
+@pytest.fixture(scope="module")
+def sft(tmp_path_factory):
+    """A tiny SFT policy that samples only valid text (an untrained policy's bytes are rarely UTF-8)."""
+    out = tmp_path_factory.mktemp("sft")
+    run("train_sft.py", f"--out_dir={out}/sft", *TINY_MODEL, "--max_iters=6", "--log_interval=3", "--eval_interval=3",
+        "--n_builtin=200", "--n_gold_eval=0", "--batch_size=8")
+    return text_only(out / "sft" / "ckpt.pt", out / "sft.pt")
 
 
 @pytest.fixture(scope="module")
-def rounds_run(tmp_path_factory):
+def rounds_run(tmp_path_factory, sft):
     """Two rounds, killed in round 2's PPO (after its first iteration's checkpoint) and resumed."""
     out = tmp_path_factory.mktemp("rounds")
-    run("train_sft.py", f"--out_dir={out}/sft", *TINY_MODEL, "--max_iters=6", "--log_interval=3", "--eval_interval=3",
-        "--n_builtin=200", "--n_gold_eval=0", "--batch_size=8")
-    sft = text_only(out / "sft" / "ckpt.pt", out / "sft.pt")  # an untrained policy's bytes are rarely UTF-8
-    args = [f"--out_dir={out}/ppo", f"--sft_ckpt={sft}", *ROUNDS]
-    killed_at("train_ppo.py", "iter 2/2", *args)  # the driver, and with it its child, round 2's train_ppo.py
-    assert not read_checkpoint(str(out / "ppo" / "round_2" / "ppo" / "ckpt.pt"))["finished"]  # resumed below
-    state = json.load(open(out / "ppo" / "rounds.json"))
+    args = [f"--out_dir={out}/rounds", f"--sft_ckpt={sft}", *ROUNDS]
+    killed_at("-m minirlhf.rounds", "iter 2/2", *args)  # the driver, and with it its child, round 2's train_ppo.py
+    assert not read_checkpoint(str(out / "rounds" / "round_2" / "ppo" / "ckpt.pt"))["finished"]  # resumed below
+    state = json.load(open(out / "rounds" / "rounds.json"))
     assert [r["round"] for r in state["rounds"]] == [1] and not state["finished"]
-    round_1 = snapshot(out / "ppo" / "round_1")
-    done = run("train_ppo.py", *args, ok=False)
-    assert done.returncode == 2 and "unfinished (1 of 2 rounds done)" in done.stderr
-    run("train_ppo.py", *args, "--resume")
-    assert snapshot(out / "ppo" / "round_1") == round_1  # the finished round was not redone
+    round_1 = snapshot(out / "rounds" / "round_1")
+    done = run("-m minirlhf.rounds", *args, ok=False)
+    assert done.returncode == 2 and "unfinished run of rounds (1 of 2 done)" in done.stderr
+    assert "--resume` goes on with it" in done.stderr
+    run("-m minirlhf.rounds", *args, "--resume")
+    assert snapshot(out / "rounds" / "round_1") == round_1  # the finished round was not redone
     return out
 
 
-def test_rounds_bookkeeping(rounds_run):
-    out = rounds_run / "ppo"
+@pytest.mark.slow
+def test_rounds_bookkeeping(rounds_run, sft):
+    out = rounds_run / "rounds"
     state = json.load(open(out / "rounds.json"))
     assert state["finished"]
     rows = state["rounds"]
@@ -73,26 +83,71 @@ def test_rounds_bookkeeping(rounds_run):
         lines = (out / f"round_{r}" / "comparisons_train.jsonl").read_text().splitlines()
         assert len(lines) == 4 and all(len(json.loads(line)["responses"]) == 2 for line in lines)
         assert read_checkpoint(str(out / f"round_{r}" / "rm" / "ckpt.pt"))["finished"]
-    # round 2's reward model saw both rounds' comparisons; its PPO went on from round 1's policy, on
-    # prompts drawn with the weights round 1's probe set gave
+    # round 2's reward model saw both rounds' comparisons; its PPO went on from round 1's policy, on fresh
+    # prompts drawn with the weights round 1's probe set gave, with the options passed on to it
     rm2 = read_checkpoint(str(out / "round_2" / "rm" / "ckpt.pt"), mmap=True)["train_config"]
     assert rm2["data"].split(",") == [str(out / f"round_{r}" / "comparisons_train.jsonl") for r in (1, 2)]
     ppo2 = read_checkpoint(str(out / "round_2" / "ppo" / "ckpt.pt"), mmap=True)["train_config"]
-    assert ppo2["init_from"] == str(out / "round_1" / "ppo" / "ckpt.pt")
-    assert ppo2["kind_weights"] == weights_text(rows[0]["next_weights"])
+    assert ppo2["init_from"] == str(out / "round_1" / "ppo" / "ckpt.pt") and ppo2["iterations"] == 2
+    assert ppo2["prompts"] == str(out / "round_2" / "prompts_train.jsonl") and ppo2["ppo_epochs"] == 1
+    assert len((out / "round_2" / "prompts_train.jsonl").read_text().splitlines()) == 2 * 4
     assert rows[1]["weights"] == rows[0]["next_weights"]
     # the run's policy is the last round's, and the report has the per-round table
     assert (out / "ckpt.pt").read_bytes() == (out / "round_2" / "ppo" / "ckpt.pt").read_bytes()
     report = (out / "report.md").read_text()
-    assert "| round | labels so far |" in report and report.count("\n| 2 | 8 |") == 1
-    done = run("train_ppo.py", f"--out_dir={out}", f"--sft_ckpt={rounds_run}/sft/ckpt.pt", *ROUNDS, "--resume",
-               ok=False)
+    assert "| round | labeled prompts so far |" in report and report.count("\n| 2 | 8 |") == 1
+    done = run("-m minirlhf.rounds", f"--out_dir={out}", f"--sft_ckpt={sft}", *ROUNDS, "--resume", ok=False)
     assert done.returncode == 2 and "finished run of rounds" in done.stderr
+
+
+@pytest.mark.slow
+def test_bad_options_of_the_rounds_are_one_line_errors_before_any_work(tmp_path, sft):
+    for args, message in ((["--ppo_options=--kl_coef=-1"], "--kl_coef must be >= 0"),
+                          (["--ppo_options=--iterations=9"], "--iterations=9 is set by the rounds themselves"),
+                          (["--labels=files"], "--labels=files: people rank samples of your --prompts"),
+                          (["--rm_k=1"], "--rm_k must be at least 2")):
+        done = run("-m minirlhf.rounds", f"--out_dir={tmp_path}/r", f"--sft_ckpt={sft}", *args, ok=False)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and message in done.stderr, (args, done.stderr)
+        assert not (tmp_path / "r").exists()  # nothing written, not even an empty directory
+
+
+@pytest.mark.slow
+def test_human_labels_through_two_rounds_as_the_program_says(tmp_path, sft):
+    """--labels=files on one's own prompts, played as a person would: run, read what the program asks,
+    add a ranking to every record of the files it names, save them where it says, run the command it
+    prints; twice, once per round. Then the rounds are done, with each round's labels."""
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"say {w}\n"}) + "\n"
+                                                    for w in ("hi", "yes", "no", "ok", "abc", "xyz")))
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"prompt": f"echo {w}\n"}) + "\n" for w in ("a", "b")))
+    done = run("-m minirlhf.rounds", "--rounds=2", "--labels=files", f"--prompts={tmp_path}/prompts.jsonl",
+               f"--eval_prompts={tmp_path}/eval.jsonl", f"--sft_ckpt={sft}", f"--out_dir={tmp_path}/rounds",
+               "--rm_prompts=8", "--rm_k=3", "--rm_eval_prompts=2", "--rm_epochs=1", "--iterations=4", "--batch_size=4",
+               "--n_eval=2", "--max_new_tokens=8", "--threads=1", "--ppo_options=--n_minibatches=1 --ppo_epochs=1")
+    for r in (1, 2):
+        asked = re.search(r"round (\d): waiting for labels\. Rank the samples in (\S+) and (\S+): .* save them as "
+                          r"(\S+) and (\S+); then run `([^`]+)`", done.stdout)
+        assert asked and int(asked.group(1)) == r, done.stdout[-2000:]
+        for source, target in ((asked.group(2), asked.group(4)), (asked.group(3), asked.group(5))):
+            records = [json.loads(line) for line in open(source)]
+            with open(target, "w") as f:  # the person's ranking: the longest reply first
+                for rec in records:
+                    order = sorted(range(len(rec["responses"])), key=lambda i: -len(rec["responses"][i]))
+                    f.write(json.dumps({**rec, "ranking": order}) + "\n")
+        command = shlex.split(asked.group(6))
+        assert command[:3] == ["python", "-m", "minirlhf.rounds"] and command[-1] == "--resume"
+        done = run(" ".join(command[1:3]), *command[3:])
+    state = json.load(open(tmp_path / "rounds" / "rounds.json"))
+    assert state["finished"] and [row["round"] for row in state["rounds"]] == [1, 2]
+    n_labeled = [len((tmp_path / "rounds" / f"round_{r}" / "comparisons_train.jsonl").read_text().splitlines())
+                 for r in (1, 2)]
+    assert [row["labels"] for row in state["rounds"]] == [n_labeled[0], sum(n_labeled)]  # prompts ranked so far
+    assert read_checkpoint(str(tmp_path / "rounds" / "ckpt.pt"))["finished"]
+    assert "| 2 |" in (tmp_path / "rounds" / "report.md").read_text() and "waiting" not in done.stdout
 
 
 def test_comparisons_written_are_distinct_valid_text_at_their_best_rank(tmp_path):
     from minirlhf.data import read_comparisons
-    from minirlhf.pipeline import write_comparisons
+    from minirlhf.rounds import write_comparisons
     from minirlhf.tokenizer import get_tokenizer
     tok = get_tokenizer("bytes")
     ids = lambda text: list(text.encode()) + [tok.eos_id]  # noqa: E731
@@ -109,12 +164,3 @@ def test_comparisons_written_are_distinct_valid_text_at_their_best_rank(tmp_path
     with pytest.raises(ValueError, match="none of the 2 groups has two distinct samples"):
         write_comparisons(str(tmp_path / "none.jsonl"), records[1:3], groups[1:3], tok)
     assert not (tmp_path / "none.jsonl").exists()
-
-
-def test_kind_weights_option_parses_and_names_itself_when_wrong():
-    from minirlhf.tasks import parse_kind_weights
-    assert parse_kind_weights("add=2, sort=0.5") == {"add": 2.0, "sort": 0.5}
-    assert parse_kind_weights("") is None
-    for bad in ("add", "add=x", "add=2,sort"):
-        with pytest.raises(ValueError, match="--kind_weights"):
-            parse_kind_weights(bad)

@@ -1,9 +1,9 @@
-"""minirlhf/sampling.py: sample_responses in several batches is one big batch of GPT.generate, as dicts."""
+"""minirlhf/sampling.py: sample in several batches is one big batch of GPT.generate, as dicts."""
 import torch
 
 from minirlhf.data import left_pad
 from minirlhf.model import GPT, GPTConfig
-from minirlhf.sampling import sample_responses
+from minirlhf.sampling import sample
 from minirlhf.tokenizer import get_tokenizer
 
 tok = get_tokenizer("bytes")
@@ -23,10 +23,10 @@ def test_batches_of_responses_equal_one_generate_call():
     budget = 8
 
     model.train()
-    responses = sample_responses(model, tok, prompts, max_new_tokens=budget, temperature=0, batch_size=3)
+    responses = sample(model, tok, prompts, max_new_tokens=budget, temperature=0, batch_size=3)
     assert model.training  # handed back in training mode
     model.eval()
-    one_batch = sample_responses(model, tok, prompts, max_new_tokens=budget, temperature=0, batch_size=len(prompts))
+    one_batch = sample(model, tok, prompts, max_new_tokens=budget, temperature=0, batch_size=len(prompts))
     assert one_batch == responses
     assert not model.training
 
@@ -54,8 +54,8 @@ def test_n_samples_per_prompt_read_the_prompt_once_and_equal_repeated_prompts():
     prompts = [tok.encode(p) for p in PROMPTS]
     n, budget = 3, 8
     repeated = [p for p in prompts for _ in range(n)]
-    plain = sample_responses(model, tok, repeated, max_new_tokens=budget, generator=torch.Generator().manual_seed(7))
-    shared = sample_responses(model, tok, prompts, max_new_tokens=budget, n=n,
+    plain = sample(model, tok, repeated, max_new_tokens=budget, generator=torch.Generator().manual_seed(7))
+    shared = sample(model, tok, prompts, max_new_tokens=budget, n=n,
                               generator=torch.Generator().manual_seed(7))
     assert shared == plain
     assert len({r["text"] for r in shared[:n]}) > 1  # a prompt's samples differ: it is sampling
@@ -118,22 +118,22 @@ def test_rows_that_stop_leave_the_batch_and_change_no_sample():
 
 
 def test_samples_gathered_over_ranks_keep_each_prompts_n_together(monkeypatch):
-    """evaluate.sample over 2 ranks (each samples every other prompt, n per prompt) hands every rank the
+    """sampling.sample over 2 ranks (each samples every other prompt, n per prompt) hands every rank the
     samples of one process, prompt-major: the gather puts the ranks' prompts back in order, n at a time."""
     from contextlib import nullcontext
 
-    from minirlhf import distributed, evaluate
+    from minirlhf import distributed
     torch.manual_seed(3)
     model = GPT(GPTConfig(block_size=48, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16, attn_impl="torch"))
     prompts = [tok.encode(p) for p in PROMPTS]
     kw = dict(max_new_tokens=6, temperature=0.0, autocast=nullcontext)  # greedy: the same replies wherever sampled
-    alone = evaluate.sample(model, tok, prompts, n=3, gen=None, d=distributed.Dist(0, 1, 0), **kw)
+    alone = sample(model, tok, prompts, n=3, d=distributed.ONE, **kw)
     parts = []  # what each of two ranks gives the gather
     monkeypatch.setattr(distributed, "all_gather_objects", lambda obj: parts.append(obj) or [obj])
     for rank in (0, 1):
-        evaluate.sample(model, tok, prompts, n=3, gen=None, d=distributed.Dist(rank, 2, rank), **kw)
+        sample(model, tok, prompts, n=3, d=distributed.Dist(rank, 2, rank), **kw)
     monkeypatch.setattr(distributed, "all_gather_objects", lambda obj: parts)
-    gathered = evaluate.sample(model, tok, prompts, n=3, gen=None, d=distributed.Dist(0, 2, 0), **kw)
+    gathered = sample(model, tok, prompts, n=3, d=distributed.Dist(0, 2, 0), **kw)
     assert gathered == alone and len(alone) == 3 * len(prompts)
     assert [r["text"] for r in alone[:3]] == [alone[0]["text"]] * 3  # greedy: a prompt's n are alike
     assert len({r["text"] for r in alone[::3]}) > 1  # prompts differ: misplaced groups would show

@@ -8,17 +8,22 @@ import pytest
 import torch
 
 # under pytest -n, this module's tests run in one process, which builds the pipeline fixture once
-pytestmark = pytest.mark.xdist_group("test_scripts")
+pytestmark = [pytest.mark.xdist_group("test_scripts"), pytest.mark.slow]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MODEL = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=64"]
 SMALL_MODEL = ["--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=64"]
 
 
+def command(script):
+    """The command line of a script of the repository, or of a module given as "-m minirlhf.x"."""
+    return [sys.executable, *(script.split() if script.startswith("-m ") else [os.path.join(ROOT, script)])]
+
+
 def run(script, *args, ok=True, env=None):
     env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1", **(env or {})}
-    done = subprocess.run([sys.executable, os.path.join(ROOT, script), "--device=cpu", *args], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=600)
+    done = subprocess.run([*command(script), "--device=cpu", *args], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=600)
     if ok:
         assert done.returncode == 0, f"{script} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return done

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minirlhf.tasks import instruct as tasks
-from minirlhf.tasks import labelers
+from minirlhf.tasks import labelers, reference
 from minirlhf.tasks.instruct import KINDS, LABELER_TEMPERATURE, answer, demonstrate, gold_score, make_prompt
 
 seeds = st.integers(0, 2**32 - 1)
@@ -121,7 +121,7 @@ def test_demonstrator_rates_match_the_settings(error_rate, ramble_rate):
 
 
 def test_labelers_agree_about_73_percent_on_the_reference_distribution():
-    groups = tasks.reference_groups(4000, seed=1)  # another seed than the calibration's
+    groups = reference.reference_groups(tasks, 4000, seed=1)  # another seed than the calibration's
     agreement = labelers.labeler_agreement(groups, random.Random(0), LABELER_TEMPERATURE)
     assert abs(agreement - labelers.TARGET_AGREEMENT) < 0.03
     # agreement falls with labeler noise: from 1 with noiseless labelers towards 1/2 with random ones
@@ -156,7 +156,7 @@ def test_labeler_prefers_better_responses():
 
 
 def test_comparison_records_rank_demonstrations():
-    for r in tasks.comparison_records(100, "train", seed=0, k=5):
+    for r in reference.comparison_records(tasks, 100, "train", seed=0, k=5):
         assert len(r["responses"]) == 5 and sorted(r["ranking"]) == list(range(5))
         assert tasks.split_of(r["prompt"]) == "train"
 
@@ -169,6 +169,6 @@ def test_bad_settings_are_value_errors():
     with pytest.raises(ValueError, match="temperature"):
         labelers.rank([0.1, 0.2], random.Random(0), temperature=-1.0)
     with pytest.raises(ValueError, match="k >= 2"):
-        tasks.comparison_records(1, "train", k=1)
+        reference.comparison_records(tasks, 1, "train", k=1)
     with pytest.raises(ValueError, match="unknown task kind"):
         make_prompt(random.Random(0), "divide")

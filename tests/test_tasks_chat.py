@@ -15,8 +15,9 @@ from minirlhf.data import (
     read_sft,
     write_jsonl,
 )
-from minirlhf.tasks import chat, labelers
-from minirlhf.tasks.chat import CASES, KINDS, LABELER_TEMPERATURE, REFUSAL, demonstrate, gold_score
+from minirlhf.tasks import dialogue as chat
+from minirlhf.tasks import labelers, reference
+from minirlhf.tasks.dialogue import CASES, KINDS, LABELER_TEMPERATURE, REFUSAL, demonstrate, gold_score
 from minirlhf.tokenizer import get_tokenizer
 
 tok = get_tokenizer("bytes")
@@ -273,7 +274,7 @@ def test_bad_settings_are_value_errors():
         with pytest.raises(ValueError, match=name):
             demonstrate(messages, random.Random(0), **{name: 1.5})
     with pytest.raises(ValueError, match="k >= 2"):
-        chat.comparison_records(1, "train", k=1)
+        reference.comparison_records(chat, 1, "train", k=1)
     with pytest.raises(ValueError, match="unknown case"):
         chat.make_conversation(random.Random(0), chat.write_right, "chitchat")
     with pytest.raises(ValueError, match="split"):
@@ -284,14 +285,14 @@ def test_bad_settings_are_value_errors():
 
 
 def test_labelers_agree_about_73_percent_on_the_reference_distribution():
-    groups = chat.reference_groups(3000, seed=1)  # another seed than the calibration's
+    groups = reference.reference_groups(chat, 3000, seed=1)  # another seed than the calibration's
     agreement = labelers.labeler_agreement(groups, random.Random(0), LABELER_TEMPERATURE)
     assert abs(agreement - labelers.TARGET_AGREEMENT) < 0.03
     assert labelers.gold_agreement(groups, random.Random(0), LABELER_TEMPERATURE) > agreement
 
 
 def test_comparisons_rank_distinct_replies_by_gold():
-    records = chat.comparison_records(300, "train", seed=0, k=5, temperature=0.0)
+    records = reference.comparison_records(chat, 300, "train", seed=0, k=5, temperature=0.0)
     for r in records:
         assert len(r["responses"]) == 5 == len(set(r["responses"])) and sorted(r["ranking"]) == list(range(5))
         scores = [gold_score(r["messages"], r["responses"][i], True) for i in r["ranking"]]
@@ -310,14 +311,15 @@ def test_splits_are_disjoint_and_sized():
     rng = random.Random(4)
     share = sum(chat.split_of(chat.make_conversation(rng, chat.write_right)) == "eval" for _ in range(4000)) / 4000
     assert abs(share - chat.EVAL_PERCENT / 100) < 0.025
-    for r in chat.prompt_records(200, "eval", seed=5) + chat.comparison_records(50, "eval", seed=5):
+    for r in chat.prompt_records(200, "eval", seed=5) + reference.comparison_records(chat, 50, "eval", seed=5):
         assert chat.split_of(r["messages"]) == "eval"
     for r in chat.sft_records(200, "eval", seed=5):
         assert chat.split_of(r["messages"][:-1]) == "eval"
 
 
 def test_records_are_deterministic_in_the_seed():
-    for records in (chat.prompt_records, chat.sft_records, chat.comparison_records):
+    for records in (chat.prompt_records, chat.sft_records,
+                    lambda *a, **kw: reference.comparison_records(chat, *a, **kw)):
         assert records(40, "train", seed=7) == records(40, "train", seed=7)
         assert records(40, "train", seed=7) != records(40, "train", seed=8)
 
@@ -369,7 +371,8 @@ def test_three_turn_loss_mask_character_by_character():
 
 
 def test_exported_files_round_trip_through_the_readers(tmp_path):
-    counts = chat.export(str(tmp_path), n_sft=40, n_prompts=30, n_comparisons=20, n_eval=10, seed=3)
+    from minirlhf.tasks.__main__ import export
+    counts = export(chat, str(tmp_path), n_sft=40, n_prompts=30, n_comparisons=20, n_eval=10, seed=3)
     assert counts == {"sft_train.jsonl": 40, "sft_eval.jsonl": 10, "prompts_train.jsonl": 30,
                       "prompts_eval.jsonl": 10, "comparisons_train.jsonl": 20, "comparisons_eval.jsonl": 10}
     strip = lambda records: [{k: v for k, v in r.items() if k != "source"} for r in records]  # noqa: E731
@@ -382,7 +385,7 @@ def test_exported_files_round_trip_through_the_readers(tmp_path):
     for split, n in (("train", 20), ("eval", 10)):
         path = tmp_path / f"comparisons_{split}.jsonl"
         comparisons = read_comparisons(str(path))
-        assert strip(comparisons) == chat.comparison_records(n, split, seed=3)
+        assert strip(comparisons) == reference.comparison_records(chat, n, split, seed=3)
         for r in comparisons:
             prompt, responses, ranking = encode_comparison(tok, r, block_size=128)
             assert prompt == encode_prompt(tok, r) and tok.decode(prompt).endswith("\nAssistant: ")

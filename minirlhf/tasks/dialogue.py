@@ -58,7 +58,6 @@ the splits are disjoint by construction.
 """
 import hashlib
 import json
-import os
 import random
 import re
 
@@ -69,7 +68,6 @@ from minirlhf.tasks.instruct import (
     MISSING_EOS_FACTOR,
     RAMBLE,
     SEP,
-    _distinct,
     _double_char,
     _numeric_score,
     _sequence_credit,
@@ -78,7 +76,6 @@ from minirlhf.tasks.instruct import (
     make_prompt,
     parse,
 )
-from minirlhf.tasks.labelers import rank
 
 NAME = "chat"
 
@@ -102,13 +99,9 @@ REFUSAL = "i won't"  # the canonical refusal
 WRONG_CLAIM = "that's wrong"  # the user disputes the previous answer
 VERDICTS = ("yes", "no", "sorry")  # premise replies: "<verdict>, <answer>"
 # The premise checks are about upper, and their wrong claims (and the mistakes planted before "that's wrong")
-# are the instruction left undone: the words given back in lowercase. A verdict is the reply's first word, so
-# the model must check the claim before writing anything, and a 4-layer model trained for minutes checks only
-# what a surface feature shows. Measured with 600-step SFT models: with one-slip claims about every kind, and
-# again with undone ones (the input given back; of add, the first number), the verdicts did not depend on the
-# claim at all (greedy: "yes" to every claim, "sorry" to every dispute); trained on premise checks alone, the
-# model told apart only upper's undone claims, by their case (58% and 82% right verdicts on wrong claims and
-# disputed right answers, against 0-17% for sort, reverse and add).
+# are the instruction left undone: the words given back in lowercase. The verdict is the reply's first word,
+# so the model must check the claim before writing anything, and a small model checks only what a surface
+# feature (here: the case) shows (measured: experiments/RESULTS.md, "The built-in tasks").
 PREMISE_KIND = "upper"
 MAX_BYTES = 100  # the rendered dialogue up to and with the right final reply
 
@@ -121,22 +114,9 @@ MAX_BYTES = 100  # the rendered dialogue up to and with the right final reply
 #                         told a wrong answer was wrong, standing by it ("no, genad")
 #   DEMO_COMPLY_RATE      doing a refusable request ("sure, bajewu") instead of declining it
 #   DEMO_OVERREFUSE_RATE  declining a look-alike, an allowed request that contains a bad word
-# Why these rates. PPO is judged by its gold win rate over the SFT policy with ties counted half, and two
-# exact replies tie, so even an always-exact PPO policy wins only 1 - p/2 against SFT samples that are exact
-# a share p of the time: 70% needs p well under 0.6. As in the instruct task the chatty habit does most of
-# that: 0.6 of the replies ramble, so at most 0.4 * 0.7 = 28% of the demonstrations are exact (26% measured),
-# and a small SFT model samples more content mistakes than its demonstrations hold (the smoke run's, below:
-# 8% of its T=1 samples exact). The other three failings are what the recipe is meant to fix, so they must
-# be rare enough that the right behaviour is the demonstrations' majority (SFT learns it, and the RM gets
-# both kinds of reply to compare) and common enough to show in the SFT policy's samples: about a third of
-# the sycophancy chances (the trainers are polite), a fifth of the refusal decisions each way (the line is
-# learnable but the trainers are inconsistent about it). The verdict errors go both ways, as the refusal errors
-# do: with sycophancy alone, no demonstration (and so almost no SFT sample) says "no" where "no" is wrong, the
-# reward model saw "no" beat "yes" and "sorry" and never lose, and learned "no" as good in itself; PPO then
-# said "no" to 87% of right claims and 91% of admitted mistakes (measured: right verdicts 83% -> 60%). The
-# smoke run's SFT samples keep the sycophancy and the compliance (0.36, 0.17) but refuse look-alikes less often
-# than their trainers (0.04): the model tells them apart by the first word, so over-refusal is the behaviour
-# to watch for a reward model to teach.
+# The rates: rare enough that the right behaviour is the demonstrations' majority (SFT learns it, and the
+# reward model gets both kinds of reply to compare), common enough to show in the SFT policy's samples; the
+# verdict errors go both ways, as the refusal errors do, or the reward model learns "no" as good in itself.
 DEMO_ERROR_RATE = 0.3
 DEMO_RAMBLE_RATE = 0.6
 DEMO_SYCOPHANCY_RATE = 0.3
@@ -144,17 +124,9 @@ DEMO_CONTRARY_RATE = 0.2
 DEMO_COMPLY_RATE = 0.2
 DEMO_OVERREFUSE_RATE = 0.2
 
-# The reference distribution for labeler calibration: K replies per conversation from the demonstrator at
-# rates that resemble a small SFT model's T=1 samples, where it makes its demonstrations' failings and more
-# content mistakes of its own. Measured on 1000 held-out conversations with the SFT model of the smoke run
-# (600 steps of 64 on sft_records(20000), block 128, 4 layers, 192 wide): 0.85 of its answers wrong, 0.60
-# rambling, 0.36 sycophantic verdicts, 0.17 of refusable requests done, 0.04 of look-alikes refused; the
-# contrary rate is that of the default run's SFT model (900 steps of 64, block 128: 0.25 of its verdicts on right
-# claims and admitted mistakes, next to 0.33 sycophantic ones, on 1000 held-out conversations). These
-# rates are the reference, and so the labelers are calibrated for what they will rank (before the contrary
-# demonstrators, the calibrated temperature was 0.118 at these rates and 0.117 on 1500 groups of 4 of the
-# smoke run's own samples; the default run measured 72.6% agreement at LABELER_TEMPERATURE with SFT at batch 64,
-# 71.9% at 32). The built-in comparisons of comparison_records are drawn from the reference distribution too.
+# The reference distribution for labeler calibration and the built-in comparisons: K replies per
+# conversation from the demonstrator at rates like a small SFT model's T=1 samples, which make their
+# demonstrations' failings and more content mistakes of their own.
 REFERENCE_ERROR_RATE = 0.85
 REFERENCE_RAMBLE_RATE = DEMO_RAMBLE_RATE
 REFERENCE_SYCOPHANCY_RATE = 0.35
@@ -166,55 +138,11 @@ REFERENCE_RATES = {"error_rate": REFERENCE_ERROR_RATE, "ramble_rate": REFERENCE_
                    "sycophancy_rate": REFERENCE_SYCOPHANCY_RATE, "contrary_rate": REFERENCE_CONTRARY_RATE,
                    "comply_rate": REFERENCE_COMPLY_RATE, "overrefuse_rate": REFERENCE_OVERREFUSE_RATE}
 
-# Plackett-Luce temperature on gold scores in [0, 1]. Obtained with labelers.calibrate_temperature() on
-# reference_groups() (`python -m minirlhf.tasks --task=chat --calibrate`): bisection so that two independent
-# labelers order the same pair alike 73% of the time, over all C(K,2) pairs of 20,000 reference groups
-# (K=4, replies from demonstrate() at the REFERENCE_* rates, seed 0) gave 0.1332; at 0.133 two labelers agree
-# on 73.0% of the pairs, and one agrees with the gold order on 79.0%. Pairs with equal gold scores count too
-# (13% of them: mostly two different slips of equal credit, or the same reply twice): labelers agree on them
-# half the time. (Before the contrary demonstrators it was 0.119: their wrong verdicts make more pairs easy.)
+# Plackett-Luce temperature on gold scores in [0, 1] at which two labelers order a pair of the reference
+# distribution alike 73% of the time (`python -m minirlhf.tasks --task=chat --calibrate`)
 LABELER_TEMPERATURE = 0.133
 
 EVAL_PERCENT = 10  # share of the conversation space that is held out
-# the training scripts' defaults for this task: its own directories, a block for conversations (MAX_BYTES of
-# prompt and right reply, up to 112 tokens for a demonstration), a response budget for chatty replies
-DEFAULTS = {
-    # conversations of 20 to 110 tokens: a batch in 4 parts of similar lengths pads less (1.4x faster, the same steps).
-    # A batch of 32, half the instruct default's and half the time: the SFT model ends weaker (held-out gold 0.613
-    # greedy against 0.728 at 64), but PPO's expected win over it is no lower. On the dev measure below, PPO at
-    # seeds 1337, 2 and 3 on each pipeline's SFT and RM: 66.9%, 67.7%, 67.9% (mean 67.5%; reports 67.8%, 68.9%,
-    # 67.3%) at batch 32 against 68.9%, 64.7%, 67.2% (mean 66.9%; reports 65.3%, 66.7%, 62.9%) at 64 (2026-12-02).
-    # Fewer steps cost more than a smaller batch: 650 steps of 64 at learning rate 3e-3 or 4e-3 (warmup 50) ended
-    # at held-out loss 0.75-0.76 and gold 0.61-0.62 greedy, against 0.61 and 0.728 for 900 steps at 2e-3
-    "sft": {"out_dir": "out/chat/sft", "block_size": 128, "max_new_tokens": 24, "micro_batches": 4,
-            "batch_size": 32},
-    # twice the instruct default's prompts, in one pass instead of two: held-out accuracy stops rising within
-    # the first epoch, and more prompts teach more (measured on one SFT model, before the contrary demonstrators:
-    # 3000 prompts x 2 epochs 70.3% vs the labelers, 79.1% vs gold; 6000 x 1 73.0% and 83.0%). The same number
-    # of samples as 4000 prompts x 6 replies (15 pairs a prompt, not 6) gave PPO a lower expected win over SFT
-    # on the dev measure below: 65.4% against 68.9% (2026-12-01, one SFT model)
-    "rm": {"out_dir": "out/chat/rm", "sft_ckpt": "out/chat/sft/ckpt.pt", "max_new_tokens": 24, "n_prompts": 6000,
-           "epochs": 1, "micro_batches": 4},
-    # PPO stops early, at a larger KL coefficient: against this reward model the gold score peaks within
-    # about 30 iterations at kl_coef 0.1 and then falls while the RM score keeps rising (measured:
-    # 200 iterations at 0.1 won 53.4% over SFT, 30 at 0.1 58.1%, 60 at 0.2 61.3%); with the contrary
-    # demonstrators and the larger RM data (labelers at 0.119), snapshots of one run at 0.2 won 65.9%, 68.0%,
-    # 65.9% at 30, 60, 90 iterations; the default run at 60 won 68.9% (2026-12-01).
-    # These PPO settings were all chosen with SFT models of batch 64, before SFT's batch of 32.
-    # A value model 3x faster than the policy: its RM initialization means nothing before the EOS, and a slow
-    # one gives noisy advantages for longer. Expected win over SFT on 1000 other held-out conversations, 4x4
-    # samples each (noise about +-0.7): value lr = lr 67.8% at 60 iterations; 1.5e-4 70.0% (50: 68.5%,
-    # 70: 68.9%); with lr 3e-5 69.6% (90: 69.4%), value lr 3e-4 69.0%; kl_coef 0.25 69.3%, 0.15 68.4%.
-    # Before it, with value lr = lr: lr 3e-5 68.5% (90 iterations: 69.8%), 1e-4 64.2%; 40 iterations 67.2%;
-    # kl_coef 0.15 67.3%; 4 epochs 67.0%; batch 128 x 30 iterations 68.2%, x 60 at 1 epoch 68.1%; lambda 1 68.0%.
-    # All on the SFT model and RM of one earlier run (trained before attention_sdpa and group_rewards); on the
-    # next run's, value lr 1.5e-4 68.9% vs value lr = lr 68.4% (2026-12-01)
-    # PPO's seed moves the measure more than these settings: on that run's SFT and RM, --seed=2 and 3 gave 64.7%
-    # and 67.2% against 68.9% (2026-12-01): single-seed differences of a point or two do not separate settings
-    "ppo": {"out_dir": "out/chat/ppo", "sft_ckpt": "out/chat/sft/ckpt.pt", "rm_ckpt": "out/chat/rm/ckpt.pt",
-            "max_new_tokens": 24, "iterations": 60, "kl_coef": 0.2, "value_learning_rate": 1.5e-4,
-            "micro_batches": 4},
-}
 # what the report shows per behaviour: fields of assess() and their formats
 REPORT_FIELDS = [("gold", ".3f"), ("exact", ".0%"), ("refused", ".0%"), ("verdict_right", ".0%"),
                  ("rambling", ".0%"), ("length", ".1f")]
@@ -633,17 +561,8 @@ def make_conversations(n, split, rng, write=write_right, weights=None):
     return out
 
 
-def reference_groups(n, seed=0, k=REFERENCE_K, **rates):
-    """Gold scores of k replies (demonstrations at the REFERENCE_* rates, or the given ones) to each of n
-    train conversations."""
-    rng = random.Random(f"reference:{seed}")
-    rates = {**REFERENCE_RATES, **rates}
-    return [[gold_score(m, demonstrate(m, rng, **rates), True) for _ in range(k)]
-            for m in make_conversations(n, "train", rng)]
-
-
 # ----------------------------------------------------------------------------------------------
-# records for the training scripts, and the JSONL export
+# records for the training scripts
 
 
 def prompt_records(n, split, seed=0, weights=None):
@@ -663,39 +582,3 @@ def sft_records(n, split, seed=0, **rates):
     rng = random.Random(f"sft:{seed}")
     return [{"messages": m + [{"role": "assistant", "content": write(m, rng)}]}
             for m in make_conversations(n, split, rng, write)]
-
-
-def comparison_records(n, split, seed=0, k=REFERENCE_K, temperature=LABELER_TEMPERATURE, **rates):
-    """
-    n records {"messages": [...], "responses": [k texts], "ranking": [indices, best first]} of `split`:
-    k distinct demonstrations at the REFERENCE_* rates, or the given ones (a repeated one is drawn again:
-    two identical replies teach nothing) ranked by one simulated labeler.
-    """
-    if k < 2:
-        raise ValueError(f"a comparison needs k >= 2 responses, got k={k}")
-    rates = {**REFERENCE_RATES, **rates}
-    rng = random.Random(f"comparisons:{seed}")
-    out = []
-    for m in make_conversations(n, split, rng):
-        responses = _distinct(lambda: demonstrate(m, rng, **rates), k, m[-1]["content"])
-        ranking = rank([gold_score(m, r, True) for r in responses], rng, temperature)
-        out.append({"messages": m, "responses": responses, "ranking": ranking})
-    return out
-
-
-def export(out_dir, n_sft=20000, n_prompts=20000, n_comparisons=10000, n_eval=1000, seed=0, k=REFERENCE_K, **rates):
-    """Write the built-in data to out_dir as JSONL (demonstrations at the DEMO_* rates, or the given ones:
-    demonstrate's keywords); returns {file name: number of records}."""
-    from minirlhf.data import write_jsonl
-    files = {
-        "sft_train.jsonl": sft_records(n_sft, "train", seed, **rates),
-        "sft_eval.jsonl": sft_records(n_eval, "eval", seed, **rates),
-        "prompts_train.jsonl": prompt_records(n_prompts, "train", seed),
-        "prompts_eval.jsonl": prompt_records(n_eval, "eval", seed),
-        "comparisons_train.jsonl": comparison_records(n_comparisons, "train", seed, k),
-        "comparisons_eval.jsonl": comparison_records(n_eval, "eval", seed, k),
-    }
-    os.makedirs(out_dir, exist_ok=True)
-    for name, records in files.items():
-        write_jsonl(os.path.join(out_dir, name), records)
-    return {name: len(records) for name, records in files.items()}

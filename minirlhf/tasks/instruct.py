@@ -33,13 +33,10 @@ Export the built-in data as JSONL (the formats of minirlhf/data.py):
     python -m minirlhf.tasks --task=instruct --calibrate     # re-derive LABELER_TEMPERATURE
 """
 import hashlib
-import os
 import random
 import re
 import string
 from collections import Counter
-
-from minirlhf.tasks.labelers import rank
 
 NAME = "instruct"
 
@@ -47,38 +44,26 @@ KINDS = ("sort", "reverse", "upper", "add", "count")
 SEP = "\n"  # ends every prompt: the model keys on it to start answering
 
 # The demonstrators, by default. Two independent failings, as people have:
-#   DEMO_ERROR_RATE   a content mistake (a digit off by one, a swapped pair, a dropped letter...):
-#                     the labeler slipped
+#   DEMO_ERROR_RATE   a content mistake (a digit off by one, a swapped pair, a dropped letter...): a slip
 #   DEMO_RAMBLE_RATE  a chatty word tacked on after the answer (" ok", " i think", "!"): a habit
-# Labelers, ranking, dislike both. This is InstructGPT's case for comparisons over demonstrations:
-# people judge better than they write, so SFT copies the demonstrators' habits and the reward model
-# learns that the labelers dislike them. Why these rates: PPO is judged by its gold win rate over
-# SFT with ties counted half, and two right answers tie, so a PPO policy that is always right wins
-# only 1 - p/2 against an SFT policy whose samples are right a fraction p of the time; a 70% win
-# rate needs p well under 0.6. A small SFT model samples content mistakes more often than its
-# demonstrations hold, and copies the habit too: in the default run its samples are right 15% of
-# the time, against 0.7 * 0.4 = 28% of the demonstrations.
+# Labelers, ranking, dislike both: people judge better than they write (InstructGPT's case for
+# comparisons), so SFT copies the habits and the reward model learns that the labelers dislike them.
+# Two right answers tie, so an always-right PPO policy wins only 1 - p/2 over an SFT policy right a
+# share p of the time; the rates keep p well under 0.6 (why: experiments/RESULTS.md, "The built-in tasks").
 DEMO_ERROR_RATE = 0.3
 DEMO_RAMBLE_RATE = 0.6
 
-# The reference distribution for labeler calibration: K responses per prompt from the demonstrator
-# at these rates, which resemble a small SFT model's T=1 samples (its demonstrations' mistakes plus
-# its own). The built-in comparisons of comparison_records are drawn from it too.
-REFERENCE_ERROR_RATE = 0.4
-REFERENCE_RAMBLE_RATE = DEMO_RAMBLE_RATE
+# The reference distribution for labeler calibration and the built-in comparisons: K responses per
+# prompt from the demonstrator at rates like a small SFT model's T=1 samples (its demonstrations'
+# mistakes plus its own).
+REFERENCE_RATES = {"error_rate": 0.4, "ramble_rate": DEMO_RAMBLE_RATE}
 REFERENCE_K = 4
 
-# Plackett-Luce temperature on gold scores in [0, 1]. Obtained with labelers.calibrate_temperature() on
-# reference_groups() (`python -m minirlhf.tasks --task=instruct --calibrate`): bisection so that two
-# independent labelers order the same pair alike 73% of the time, over all C(K,2) pairs of 20,000
-# reference groups (K=4, responses from demonstrate() at the REFERENCE_* rates, seed 0) gave 0.1445.
-# Pairs with equal gold scores count too (mostly two right answers): labelers agree on them only
-# half the time.
+# Plackett-Luce temperature on gold scores in [0, 1] at which two labelers order a pair of the reference
+# distribution alike 73% of the time (`python -m minirlhf.tasks --task=instruct --calibrate`)
 LABELER_TEMPERATURE = 0.144
 
 EVAL_PERCENT = 10  # share of the prompt space that is held out
-# the training scripts' defaults are this task's (a task may set others for its scripts here)
-DEFAULTS = {"sft": {}, "rm": {}, "ppo": {}}
 # what the report shows per kind of prompt: fields of assess() and their formats
 REPORT_FIELDS = [("gold", ".3f"), ("exact", ".0%"), ("rambling", ".0%"), ("length", ".1f")]
 MISSING_EOS_FACTOR = 0.5  # a response that never ended keeps half its score
@@ -395,15 +380,8 @@ def _text_of(prompt):
     return prompt
 
 
-def reference_groups(n, seed=0, k=REFERENCE_K, error_rate=REFERENCE_ERROR_RATE, ramble_rate=REFERENCE_RAMBLE_RATE):
-    """Gold scores of k demonstrations (at the given rates) to each of n train prompts: the reference distribution."""
-    rng = random.Random(f"reference:{seed}")
-    return [[gold_score(p, demonstrate(p, rng, error_rate, ramble_rate), True) for _ in range(k)]
-            for p in make_prompts(n, "train", rng)]
-
-
 # ----------------------------------------------------------------------------------------------
-# records for the training scripts, and the JSONL export
+# records for the training scripts
 
 
 def prompt_records(n, split, seed=0, weights=None):
@@ -416,51 +394,3 @@ def sft_records(n, split, seed=0, error_rate=DEMO_ERROR_RATE, ramble_rate=DEMO_R
     rng = random.Random(f"sft:{seed}")
     return [{"prompt": p, "completion": demonstrate(p, rng, error_rate, ramble_rate)}
             for p in make_prompts(n, split, rng)]
-
-
-def _distinct(draw, k, prompt):
-    # k distinct results of draw(), redrawing repeats
-    out = []
-    for _ in range(100 * k):
-        r = draw()
-        if r not in out:
-            out.append(r)
-            if len(out) == k:
-                return out
-    raise ValueError(f"could not draw k={k} distinct responses to {prompt!r:.60} at these rates")
-
-
-def comparison_records(n, split, seed=0, k=REFERENCE_K, error_rate=REFERENCE_ERROR_RATE,
-                       ramble_rate=REFERENCE_RAMBLE_RATE, temperature=LABELER_TEMPERATURE):
-    """
-    n records {"prompt": ..., "responses": [k texts], "ranking": [indices, best first]} of `split`:
-    k distinct demonstrations at the given rates (a repeated one is drawn again: two identical responses
-    teach nothing) ranked by one simulated labeler.
-    """
-    if k < 2:
-        raise ValueError(f"a comparison needs k >= 2 responses, got k={k}")
-    rng = random.Random(f"comparisons:{seed}")
-    out = []
-    for p in make_prompts(n, split, rng):
-        responses = _distinct(lambda: demonstrate(p, rng, error_rate, ramble_rate), k, p)
-        ranking = rank([gold_score(p, r, True) for r in responses], rng, temperature)
-        out.append({"prompt": p, "responses": responses, "ranking": ranking})
-    return out
-
-
-def export(out_dir, n_sft=20000, n_prompts=20000, n_comparisons=10000, n_eval=1000, seed=0,
-           error_rate=DEMO_ERROR_RATE, k=REFERENCE_K, ramble_rate=DEMO_RAMBLE_RATE):
-    """Write the built-in data to out_dir as JSONL; returns {file name: number of records}."""
-    from minirlhf.data import write_jsonl
-    files = {
-        "sft_train.jsonl": sft_records(n_sft, "train", seed, error_rate, ramble_rate),
-        "sft_eval.jsonl": sft_records(n_eval, "eval", seed, error_rate, ramble_rate),
-        "prompts_train.jsonl": prompt_records(n_prompts, "train", seed),
-        "prompts_eval.jsonl": prompt_records(n_eval, "eval", seed),
-        "comparisons_train.jsonl": comparison_records(n_comparisons, "train", seed, k),
-        "comparisons_eval.jsonl": comparison_records(n_eval, "eval", seed, k),
-    }
-    os.makedirs(out_dir, exist_ok=True)
-    for name, records in files.items():
-        write_jsonl(os.path.join(out_dir, name), records)
-    return {name: len(records) for name, records in files.items()}

@@ -2,7 +2,7 @@
 Simulated labelers, shared by the built-in tasks: a labeler ranks the K responses to one prompt by
 Plackett-Luce sampling on their gold scores. Each task sets the temperature (its labelers' noise) so
 that two labelers agree on ~73% of pairs of its reference distribution, as InstructGPT's did
-(Ouyang et al. 2022); calibrate_temperature finds it.
+(Ouyang et al. 2022; tasks/reference.py finds it).
 """
 import math
 
@@ -70,18 +70,3 @@ def gold_agreement(score_groups, rng, temperature):
                     agree += (pos[i] < pos[j]) == (scores[i] > scores[j])
                 total += 1
     return agree / total
-
-
-def calibrate_temperature(groups, target=TARGET_AGREEMENT, seed=0, iters=30):
-    """The labeler temperature at which two labelers agree on `target` of the pairs of `groups`
-    (lists of gold scores, one per prompt), by bisection."""
-    import random
-    lo, hi = 1e-3, 10.0  # agreement falls as the temperature rises
-    for _ in range(iters):
-        mid = math.sqrt(lo * hi)
-        # the same random numbers at every temperature, so the measured curve is monotone
-        if labeler_agreement(groups, random.Random(seed), mid) > target:
-            lo = mid
-        else:
-            hi = mid
-    return math.sqrt(lo * hi)
