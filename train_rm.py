@@ -35,7 +35,7 @@ from minirlhf.tokenizer import get_tokenizer
 
 
 @dataclass
-class Config(config.Options):
+class Config(config.TrainOptions):
     """Reward modelling (InstructGPT step 2): Bradley-Terry loss on ranked responses."""
     out_dir: str = "out/rm"
     """where ckpt.pt, metrics.jsonl and summary.json are written"""
@@ -70,31 +70,20 @@ class Config(config.Options):
     micro_batches: int = 1
     """each rank's prompts of a step go through forward and backward in up to this many parts of similar
     lengths, whose gradients add up to the step's: the same step, less padding"""
-    learning_rate: float = 5e-4
-    """peak learning rate (AdamW), linear warmup then cosine decay to min_lr"""
-    min_lr: float = 5e-5
-    """learning rate at the end of the cosine decay"""
-    warmup_iters: int = 20
-    """linear warmup steps"""
-    weight_decay: float = 0.0
-    """AdamW weight decay on matrices"""
     n_bias_samples: int = 512
     """SFT samples whose mean reward the final bias sets to 0"""
+    learning_rate: float = 5e-4  # the options of TrainOptions, with the RM's defaults
+    min_lr: float = 5e-5
+    warmup_iters: int = 20
+    weight_decay: float = 0.0
     log_interval: int = 10
-    """steps between progress lines"""
     eval_interval: int = 50
-    """steps between held-out accuracy measurements and checkpoints"""
 
     def __post_init__(self):
         super().__post_init__()
-        at_least_one(self, "n_prompts", "n_eval_prompts", "epochs", "batch_size", "micro_batches", "n_bias_samples",
-                     "log_interval", "eval_interval")
+        at_least_one(self, "n_prompts", "n_eval_prompts", "epochs", "batch_size", "micro_batches", "n_bias_samples")
         check(self, "k", lambda x: x >= 2, "at least 2 (a ranking compares responses)")
         check(self, "sample_temperature", lambda x: x >= 0, ">= 0 (0: greedy)")
-        check(self, "learning_rate", lambda x: x > 0, "> 0")
-        check(self, "min_lr", lambda x: 0 <= x <= self.learning_rate, "in [0, learning_rate]")
-        check(self, "warmup_iters", lambda x: x >= 0, ">= 0")
-        check(self, "weight_decay", lambda x: x >= 0, ">= 0")
         if self.data != "builtin" and not self.eval_data:
             raise ValueError("--eval_data is required with JSONL --data (held-out comparisons for the accuracy)")
         check_files(self, "data", "eval_data")

@@ -28,7 +28,7 @@ from minirlhf.tokenizer import get_tokenizer
 
 
 @dataclass
-class Config(config.Options):
+class Config(config.TrainOptions):
     """Supervised fine-tuning (InstructGPT step 1): next-token loss on the demonstrations' completions."""
     out_dir: str = "out/sft"
     """where ckpt.pt, metrics.jsonl and summary.json are written"""
@@ -63,18 +63,6 @@ class Config(config.Options):
     micro_batches: int = 1
     """each rank's share of a batch goes through forward and backward in up to this many parts of similar
     lengths, whose gradients add up to the batch's: the same step, less padding"""
-    learning_rate: float = 2e-3
-    """peak learning rate (AdamW), reached after warmup_iters, then cosine decay to min_lr"""
-    min_lr: float = 1e-4
-    """learning rate at the end of the cosine decay"""
-    warmup_iters: int = 100
-    """linear warmup steps"""
-    weight_decay: float = 0.1
-    """AdamW weight decay on matrices (not on biases, LayerNorms and positions)"""
-    log_interval: int = 50
-    """steps between progress lines"""
-    eval_interval: int = 500
-    """steps between eval-loss measurements and checkpoints"""
     eval_batches: int = 8
     """batches of held-out data per eval-loss measurement"""
     n_gold_eval: int = 500
@@ -83,14 +71,10 @@ class Config(config.Options):
     def __post_init__(self):
         super().__post_init__()
         at_least_one(self, "n_layer", "n_head", "n_embd", "block_size", "n_builtin", "max_iters", "batch_size",
-                     "micro_batches", "log_interval", "eval_interval", "eval_batches")
+                     "micro_batches", "eval_batches")
         check(self, "n_gold_eval", lambda x: x >= 0, ">= 0")
         for name in ("demo_error_rate", "demo_ramble_rate"):
             check(self, name, lambda x: x == -1 or 0 <= x <= 1, "in [0, 1] (or -1: the task's default)")
-        check(self, "learning_rate", lambda x: x > 0, "> 0")
-        check(self, "min_lr", lambda x: 0 <= x <= self.learning_rate, "in [0, learning_rate]")
-        check(self, "warmup_iters", lambda x: x >= 0, ">= 0")
-        check(self, "weight_decay", lambda x: x >= 0, ">= 0")
         if self.data == "builtin" and self.eval_data:
             raise ValueError("--eval_data goes with JSONL --data; the built-in data has its own held-out split")
         check_files(self, "data", "eval_data")

@@ -21,14 +21,8 @@ half. Target: PPO beats an SFT model with >= 4x its parameters at >= 60% (sample
 Sizes (n_layer x n_embd x n_head, default 4x192x4 = 1.84M parameters): 2x128x2 (0.44M, 0.24x),
 6x256x4 (4.82M, 2.6x), 8x320x5 (9.97M, 5.4x).
 
-CPU runtime, 2 cores, without a GPU:
-    --sizes=2x128x2,8x320x5 (the default run already there): 16.0 minutes, measured 2026-11-22 on
-        a quiet machine, 13 of them training the 8x320 SFT model; the defaults add the 6x256 model,
-        about 7 minutes more (estimated from its step time); about 8 minutes more when the default
-        run must be trained first
-    tiny (the settings of tests/test_experiments.py: a 1x32 default size, sizes 1x16x2,2x64x2,
-        60 SFT steps, 10 prompts, --threads=1): 17 s, measured on a 2-core machine busy with other
-        jobs (load average 5)
+Its running time, as measured, is in its section of experiments/RESULTS.md (the tiny settings of
+tests/test_experiments.py run it in well under a minute).
 
 Writes out_dir/results.json, out_dir/gold_vs_params.png and its section of experiments/RESULTS.md.
 """

@@ -28,13 +28,8 @@ results state whether this miniature shows it, with the numbers; nothing is tune
     python experiments/overoptimization.py --rm_prompts=250,750 --kl_coef=0.02 --bon_prompts=400
     python experiments/overoptimization.py --help
 
-CPU runtime, 2 cores, without a GPU:
-    full (the defaults, the default run already there): 34.7 minutes with --threads=1, measured
-        2026-11-22 with other jobs (the test suite, another experiment) sharing the machine for
-        most of it; about 8 minutes more when the default run must be trained
-    tiny (the settings of tests/test_experiments.py: --rm_prompts=8,16 --bon_prompts=4 --bon_max_n=8
-        --snapshot_interval=1 --n_eval=8 on a tiny default run of 4 PPO iterations, --threads=1):
-        39 s, measured on a 2-core machine busy with other jobs (load average 5)
+Its running time, as measured, is in its section of experiments/RESULTS.md (the tiny settings of
+tests/test_experiments.py run it in well under a minute).
 
 Writes out_dir/results.json, out_dir/bon.png, out_dir/rl.png and its section of experiments/RESULTS.md.
 """

@@ -23,13 +23,8 @@ Target: the 3-round policy wins >= 55% head-to-head; the results say so either w
     python experiments/rounds_vs_one.py --n_eval=1000 --drift_prompts=500
     python experiments/rounds_vs_one.py --help
 
-CPU runtime, 2 cores, without a GPU:
-    full (the defaults, the default run already there): 21.0 minutes, measured 2026-11-22 (the
-        3-round run 20.5 minutes of it, with the test suite sharing the machine for most of it);
-        about 8 minutes more when the default run must be trained
-    tiny (the settings of tests/test_experiments.py: --rounds=2 --n_eval=8 --drift_prompts=4 on a
-        tiny one-round run of 12 labeled prompts and 3 PPO iterations, --threads=1): 34 s, measured
-        on a 2-core machine busy with other jobs (load average 5)
+Its running time, as measured, is in its section of experiments/RESULTS.md (the tiny settings of
+tests/test_experiments.py run it in well under a minute).
 
 Writes out_dir/results.json, out_dir/rounds_vs_one.png and its section of experiments/RESULTS.md.
 """

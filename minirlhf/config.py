@@ -175,6 +175,31 @@ class Options:
         check(self, "grad_clip", lambda x: x >= 0, ">= 0 (0: off)")
 
 
+@dataclass
+class TrainOptions(Options):
+    """What SFT and the reward model share besides: AdamW with warmup and cosine decay, the log's intervals."""
+    learning_rate: float = 2e-3
+    """peak learning rate (AdamW), reached after warmup_iters, then cosine decay to min_lr"""
+    min_lr: float = 1e-4
+    """learning rate at the end of the cosine decay"""
+    warmup_iters: int = 100
+    """linear warmup steps"""
+    weight_decay: float = 0.1
+    """AdamW weight decay on matrices (not on biases, LayerNorms and positions)"""
+    log_interval: int = 50
+    """steps between progress lines"""
+    eval_interval: int = 500
+    """steps between held-out measurements and checkpoints"""
+
+    def __post_init__(self):
+        super().__post_init__()
+        at_least_one(self, "log_interval", "eval_interval")
+        check(self, "learning_rate", lambda x: x > 0, "> 0")
+        check(self, "min_lr", lambda x: 0 <= x <= self.learning_rate, "in [0, learning_rate]")
+        check(self, "warmup_iters", lambda x: x >= 0, ">= 0")
+        check(self, "weight_decay", lambda x: x >= 0, ">= 0")
+
+
 def main(main_fn, cls, prog, stage=None, argv=None):
     """Parse cls from the command line (argv: sys.argv[1:]) and call main_fn(cfg). A ValueError is the
     user's error: one line on stderr and exit status 2, no traceback (a traceback means a bug)."""

@@ -71,6 +71,16 @@ def test_piped_chat_gets_one_reply_per_turn(ckpts):
     assert done.stderr == ""
 
 
+@pytest.mark.slow
+def test_output_cut_short_by_its_reader_is_no_traceback(ckpts):
+    """Piped into `head`, which stops reading after a line: the command ends quietly."""
+    chat = " ".join([sys.executable, "-m", "minirlhf.chat", f"--ckpt={ckpts / 'chat.pt'}", "--device=cpu",
+                     "--max_new_tokens=12"])
+    done = subprocess.run(f"yes 'reverse bajewu' | head -n 200 | {chat} | head -n 1", shell=True, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": ROOT}, cwd=ROOT, timeout=300)
+    assert done.stdout.count("\n") == 1 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
 def run_main(monkeypatch, capsys, args, stdin):
     """main in this process, with stdin a pipe holding stdin (bytes); (exit status, stdout, stderr)."""
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))

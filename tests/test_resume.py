@@ -99,6 +99,9 @@ def test_ppo_killed_and_resumed_ends_bitwise_equal(runs, tmp_path):
     for key in ("model", "value_model"):  # policy and value model, saved together
         assert same_weights(weights(tmp_path / "ppo" / "ckpt.pt", key), weights(runs / "ppo" / "ckpt.pt", key)), key
     assert metric_rows(tmp_path / "ppo" / "metrics.jsonl") == metric_rows(runs / "ppo" / "metrics.jsonl")
+    # the run's time counts the killed process's iterations too, not only the resumed ones
+    times = [r["time/iteration"] for r in map(json.loads, open(tmp_path / "ppo" / "metrics.jsonl"))]
+    assert json.loads((tmp_path / "ppo" / "summary.json").read_text())["ppo_seconds"] > sum(times)
 
 
 def test_resume_checks_the_run(runs, tmp_path):
@@ -110,6 +113,9 @@ def test_resume_checks_the_run(runs, tmp_path):
     before = snapshot(tmp_path / "sft")
     done = run("train_sft.py", f"--out_dir={tmp_path}/sft", "--resume", *SFT[:-1], "--max_new_tokens=9", ok=False)
     assert done.returncode == 2 and "--max_new_tokens=9 (was 8)" in done.stderr
+    # what to do instead: the command the run was started with, or start over
+    assert f"finish it with `python train_sft.py --device=cpu --out_dir={tmp_path}/sft {' '.join(SFT)} --resume`, " \
+           "or start over with --overwrite" in done.stderr
     assert snapshot(tmp_path / "sft") == before
 
 
@@ -295,7 +301,8 @@ def test_a_rerun_into_a_finished_run_changes_nothing(runs):
     for script_name, d in (("train_sft.py", "sft"), ("train_ppo.py", "ppo")):
         done = run(script_name, f"--out_dir={runs}/{d}", f"--sft_ckpt={runs}/sft/ckpt.pt" if d == "ppo" else "--seed=1",
                    ok=False)
-        assert done.returncode == 2 and "already holds a finished run" in done.stderr
+        assert done.returncode == 2 and "already holds a finished run: --overwrite to train it again" in done.stderr
+        assert "--resume" not in done.stderr  # nothing to resume: not offered
         assert "is missing: running" not in done.stdout  # refused before training a missing stage (the RM here)
     assert {d: snapshot(runs / d) for d in ("sft", "rm", "ppo")} == before
 

@@ -185,4 +185,5 @@ def test_jsonl_data_and_chat(tmp_path):
     assert "win_rate_ppo_sampled" not in summary  # no gold scorer for these prompts
     # but the report shows the responses side by side
     assert [e["prompt"] for e in summary["examples"]] == ["add 1 2\n", "User: hi\nAssistant: "]
-    assert "| prompt | SFT | PPO |" in (tmp_path / "ppo" / "report.md").read_text()
+    report = (tmp_path / "ppo" / "report.md").read_text()
+    assert "| prompt | SFT | PPO |" in report and "greedy" not in report  # no gold scorer: no greedy rows

@@ -101,7 +101,7 @@ VERDICTS = ("yes", "no", "sorry")  # premise replies: "<verdict>, <answer>"
 # The premise checks are about upper, and their wrong claims (and the mistakes planted before "that's wrong")
 # are the instruction left undone: the words given back in lowercase. The verdict is the reply's first word,
 # so the model must check the claim before writing anything, and a small model checks only what a surface
-# feature (here: the case) shows (measured: experiments/RESULTS.md, "The built-in tasks").
+# feature (here: the case) shows (measured: experiments/RESULTS.md, "The dialogue task's design").
 PREMISE_KIND = "upper"
 MAX_BYTES = 100  # the rendered dialogue up to and with the right final reply
 
