@@ -56,6 +56,8 @@ class Config(config.Options):
     """held-out prompts JSONL for the final comparison (with builtin: the held-out split)"""
     n_eval: int = 500
     """held-out prompts in the final SFT vs PPO comparison"""
+    ceiling_prompts: int = 200
+    """of those, the ones best-of-n from SFT by the reward model answers in the report (the RM's ceiling; 0: none)"""
     iterations: int = 200
     """PPO iterations (rollout + update)"""
     batch_size: int = 64
@@ -126,6 +128,7 @@ class Config(config.Options):
             raise ValueError("--eval_prompts is required with JSONL --prompts (held-out prompts for the report)")
         check_files(self, "prompts", "eval_prompts", "ptx_data")
         check(self, "snapshot_interval", lambda x: x >= 0, ">= 0 (0: none)")
+        check(self, "ceiling_prompts", lambda x: x >= 0, ">= 0 (0: none)")
 
 
 def main(cfg):
@@ -297,6 +300,9 @@ def main(cfg):
     result = evaluate.compare({"sft": ref_policy, "ppo": policy_train}, tokenizer, eval_prompts, cfg,
                               reference=ref_policy, reward_model=reward_model, task=task, seed=cfg.seed + 3, d=d,
                               autocast=autocast)
+    if gold and cfg.ceiling_prompts:  # best-of-n from SFT by the same reward model: what PPO could reach
+        result["ceiling"] = evaluate.ceiling(ref_policy, reward_model, tokenizer, eval_prompts[:cfg.ceiling_prompts],
+                                             task, cfg, seed=cfg.seed + 4, autocast=autocast)
     summary = {**result, "iterations": cfg.iterations, "skipped_updates": run.skips.total,
                "ppo_seconds": run.seconds(), "total_seconds": time.time() - t_start,
                "checkpoint": run.path, "config": asdict(cfg)}

@@ -8,13 +8,14 @@ report can break the totals down by kind of prompt (task kind, dialogue behaviou
 Used by train_sft.py (SFT's gold score), train_ppo.py (the SFT vs PPO report), the rounds and the
 experiments. Under torchrun the prompts are split over the ranks and the results gathered on all.
 """
+import math
 from collections import defaultdict
 
 import torch
 
 from minirlhf import distributed
 from minirlhf.data import encode_prompt
-from minirlhf.sampling import sample, score_responses
+from minirlhf.sampling import best_of_n, sample, score_responses
 from minirlhf.scoring import response_batch, response_logprobs
 
 
@@ -53,7 +54,7 @@ def compare(policies, tokenizer, records, cfg, *, reference, reward_model, task,
         {name}_kl                                             KL(policy || reference) per response, nats
         {name}_gold_{mode}, {name}_exact_{mode}               built-in tasks, mode sampled / greedy
         win_rate_{name}_{mode}                                gold win rate over the first policy (ties half)
-        by_kind                                               {kind: {n, {name}_{field}: mean of task.assess}}
+        by_kind, by_kind_greedy                               {kind: {n, {name}_{field}: mean of task.assess}}
         examples                                              the first prompts, side by side
     KL and RM scores are per response; gold is None where the prompts are not the task's."""
     names = list(policies)
@@ -95,6 +96,8 @@ def compare(policies, tokenizer, records, cfg, *, reference, reward_model, task,
                 result[f"win_rate_{name}_{mode}"] = win_rate([x["gold"] for x in assessed[name, mode]],
                                                              [x["gold"] for x in assessed[names[0], mode]])
         result["by_kind"] = by_kind(records, {name: assessed[name, "sampled"] for name in names}, names[0], task)
+        result["by_kind_greedy"] = by_kind(records, {name: assessed[name, "greedy"] for name in names}, names[0],
+                                           task)
     result["examples"] = []
     for i in range(min(n_examples, len(ids))):
         example = {"prompt": tokenizer.decode(ids[i])}
@@ -145,3 +148,25 @@ def by_kind(records, assessed, baseline, task):
                                                      [assessed[baseline][i]["gold"] for i in rows])
         out[kind] = entry
     return out
+
+
+@torch.no_grad()
+def ceiling(policy, reward_model, tokenizer, records, task, cfg, *, ns=(1, 4, 16), seed, autocast):
+    """The reward model's ceiling: best-of-n from the policy ranked by the reward model (Nakano et al.
+    2021; Gao et al. 2022), each n of ns from the first n of one draw of max(ns) samples per prompt, on the
+    prompt records (the task's: gold judges). Per n: the gold score, the gold win rate over another sample
+    of the policy (ties half; about 1/2 at n = 1) and the KL bound log n - (n - 1) / n. PPO that stays
+    below it is held back by the reward model, not by its optimization."""
+    ids = [encode_prompt(tokenizer, r, policy.config.block_size - cfg.max_new_tokens) for r in records]
+    gen = torch.Generator(device=policy.lm_head.weight.device).manual_seed(seed)
+    _, samples = best_of_n(policy, reward_model, tokenizer, ids, max(ns) + 1, max_new_tokens=cfg.max_new_tokens,
+                           temperature=cfg.temperature, generator=gen, autocast=autocast,
+                           eos_penalty_score=cfg.eos_penalty_score, return_all=True)
+    gold = [[task.gold_score(r, s["text"], s["ended"]) for s in group] for r, group in zip(records, samples)]
+    out = {}
+    for n in ns:  # sample 0 of each prompt is the policy's own answer to beat; best-of-n picks among the next n
+        picks = [max(range(1, n + 1), key=lambda j: group[j]["score"]) for group in samples]  # the first of equals
+        chosen = [g[j] for g, j in zip(gold, picks)]
+        out[n] = {"gold": sum(chosen) / len(chosen), "win_rate": win_rate(chosen, [g[0] for g in gold]),
+                  "kl_bound": math.log(n) - (n - 1) / n}
+    return {"n_prompts": len(records), "best_of_n": out}

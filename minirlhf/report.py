@@ -62,9 +62,22 @@ def write_ppo_report(path, s, task, png=None):
         lines += [f"**Gold win rate of PPO over SFT** (ties count half): **{s['win_rate_ppo_sampled']:.1%}** sampled, "
                   f"{s['win_rate_ppo_greedy']:.1%} greedy.", ""]
     lines += [f"KL(PPO || SFT): {s['ppo_kl']:.2f} nats per response (estimated on PPO's samples).", ""]
-    if s.get("by_kind"):
-        lines += [f"By kind of prompt ({task.NAME} task; sampled responses):", ""]
-        lines += kind_table(s["by_kind"], names, labels, task.REPORT_FIELDS) + [""]
+    if s.get("ceiling"):
+        c, ns = s["ceiling"], list(s["ceiling"]["best_of_n"])
+        lines += [f"The reward model's ceiling: best-of-n from SFT ranked by the reward model, on the first "
+                  f"{c['n_prompts']} of these prompts, beside PPO (if PPO stays below it, the reward model is not "
+                  "what holds it back):", "",
+                  "| | " + " | ".join(f"best-of-{n}" for n in ns) + " | PPO |", "|---|" + "---|" * (len(ns) + 1),
+                  "| gold score, sampled | " + " | ".join(f"{c['best_of_n'][n]['gold']:.3f}" for n in ns)
+                  + f" | {s['ppo_gold_sampled']:.3f} |",
+                  "| gold win rate over SFT | " + " | ".join(f"{c['best_of_n'][n]['win_rate']:.1%}" for n in ns)
+                  + f" | {s['win_rate_ppo_sampled']:.1%} |",
+                  "| KL to SFT (nats; best-of-n: its bound) | " + " | ".join(
+                      f"{c['best_of_n'][n]['kl_bound']:.2f}" for n in ns) + f" | {s['ppo_kl']:.2f} |", ""]
+    for key, mode in (("by_kind", "sampled"), ("by_kind_greedy", "greedy")):
+        if s.get(key):
+            lines += [f"By kind of prompt ({task.NAME} task; {mode} responses):", ""]
+            lines += kind_table(s[key], names, labels, task.REPORT_FIELDS) + [""]
     lines += [f"{s['iterations']} PPO iterations in {s['ppo_seconds']:.0f} s ({s['skipped_updates']} skipped updates); "
               f"whole run {s['total_seconds']:.0f} s.", ""]
     if png:

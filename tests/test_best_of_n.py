@@ -120,3 +120,32 @@ def test_bad_input():
         best_of_n(policy(), KnownReward(), TOK, PROMPTS, 0, max_new_tokens=4)
     with pytest.raises(ValueError, match="2 prompts but 1 responses"):
         score_responses(KnownReward(), TOK, PROMPTS[:2], [{"ids": [], "text": "", "ended": True}])
+
+
+def test_the_ceiling_is_best_of_n_of_one_draw_with_its_kl_bound():
+    """evaluate.ceiling: n = 1 is plain sampling (its gold is one sample's, its win rate over another sample
+    is the plain comparison), best-of-n takes the reward model's highest of the first n draws, and the KL
+    bound is log n - (n - 1) / n, 0 at n = 1."""
+    import math
+    from types import SimpleNamespace
+
+    from minirlhf.data import encode_prompt
+    from minirlhf.evaluate import ceiling, win_rate
+    from minirlhf.tasks import instruct
+    records = instruct.prompt_records(8, "eval", seed=0)
+    cfg = SimpleNamespace(max_new_tokens=12, temperature=1.0, eos_penalty_score=PENALTY)
+    got = ceiling(policy(), KnownReward(), TOK, records, instruct, cfg, ns=(1, 2, 4), seed=3, autocast=nullcontext)
+    ids = [encode_prompt(TOK, r) for r in records]
+    _, samples = best_of_n(policy(), KnownReward(), TOK, ids, 5, max_new_tokens=12, return_all=True,
+                           generator=torch.Generator().manual_seed(3))
+    gold = [[instruct.gold_score(r, s["text"], s["ended"]) for s in g] for r, g in zip(records, samples)]
+    assert got["n_prompts"] == 8 and list(got["best_of_n"]) == [1, 2, 4]
+    for n, e in got["best_of_n"].items():
+        best = [g[max(range(1, n + 1), key=lambda j: group[j]["score"])] for g, group in zip(gold, samples)]
+        assert e["gold"] == pytest.approx(sum(best) / len(best))
+        assert e["win_rate"] == pytest.approx(win_rate(best, [g[0] for g in gold]))
+        assert e["kl_bound"] == pytest.approx(math.log(n) - (n - 1) / n)
+    assert got["best_of_n"][1]["kl_bound"] == 0 and got["best_of_n"][1]["gold"] == pytest.approx(
+        sum(g[1] for g in gold) / len(gold))
+    scores = [[s["score"] for s in group] for group in samples]
+    assert len({max(s[1:2]) != max(s[1:5]) for s in scores}) == 2  # the larger n chose otherwise somewhere

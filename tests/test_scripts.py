@@ -136,6 +136,12 @@ def test_ppo_learns(pipeline):
     assert summary["ppo_kl"] > 0
     report = (out / "ppo" / "report.md").read_text()
     assert "win rate" in report and "KL(PPO || SFT)" in report and "By kind of prompt" in report
+    # the reward model's ceiling beside PPO, and the breakdown of greedy responses too
+    ceiling = summary["ceiling"]
+    assert ceiling["n_prompts"] == 16 and list(ceiling["best_of_n"]) == ["1", "4", "16"]
+    assert 0 <= ceiling["best_of_n"]["16"]["win_rate"] <= 1 and ceiling["best_of_n"]["1"]["kl_bound"] == 0
+    assert "The reward model's ceiling" in report and "greedy responses):" in report
+    assert summary["by_kind_greedy"].keys() == summary["by_kind"].keys()
     ckpt = torch.load(out / "ppo" / "ckpt.pt", weights_only=True)
     assert ckpt["finished"] and ckpt["value_model"]["model_config"]["scalar_head"]
     assert not os.path.exists(out / "ppo" / "value.pt")
