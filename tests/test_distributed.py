@@ -153,3 +153,11 @@ def test_a_failing_rank_stops_the_job(tmp_path):
     done = torchrun(str(script), ok=False)
     assert done.returncode != 0 and time.time() - t0 < 60
     assert "fail.py: error: rank 1 found bad input" in done.stderr
+
+
+def test_a_bad_option_under_torchrun_is_said_once(tmp_path):
+    """Every rank refuses a bad option (exit 2); only rank 0 says why, in one line (torchrun then adds its
+    own report of the failed ranks), and nothing is written."""
+    done = torchrun("train_sft.py", "--device=cpu", f"--out_dir={tmp_path}/sft", "--learning_rate=-1", ok=False)
+    assert done.returncode != 0 and done.stderr.count("train_sft.py: error: --learning_rate must be > 0") == 1
+    assert not (tmp_path / "sft").exists()

@@ -394,7 +394,15 @@ def test_exported_files_round_trip_through_the_readers(tmp_path):
         assert (tmp_path / "again.jsonl").read_text() == path.read_text()
 
 
-def test_exporter_command_line(tmp_path):
+def test_exporter_command_line(tmp_path, capsys):
     from minirlhf.tasks.__main__ import main
+    for args, message in ((["--task=chat"], "--out_dir is required (or --calibrate)"),
+                          (["--task=poetry", f"--out_dir={tmp_path}"], "--task must be one of instruct, chat"),
+                          ([f"--out_dir={tmp_path}", "--n_sft=0"], "--n_sft must be at least 1")):
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.startswith("-m minirlhf.tasks: error: ")
+        assert err.count("\n") == 1 and message in err
     main(["--task=chat", f"--out_dir={tmp_path}", "--n_sft=5", "--n_prompts=5", "--n_comparisons=5", "--n_eval=5"])
     assert len(read_comparisons(str(tmp_path / "comparisons_eval.jsonl"))) == 5
