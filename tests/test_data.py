@@ -11,6 +11,7 @@ from minirlhf.data import (
     encode_comparison,
     encode_prompt,
     encode_sft,
+    format_of,
     left_pad,
     micro_batches,
     read_comparisons,
@@ -404,3 +405,12 @@ def test_an_empty_response_can_be_compared(tmp_path):
     tok = get_tokenizer("bytes")
     prompt, responses, ranking = encode_comparison(tok, record)
     assert responses == [tok.encode("3") + [tok.eos_id], [tok.eos_id]] and ranking == [0, 1]
+
+
+def test_readers_take_comma_separated_files_in_order_and_format_of_tells_dialogues(tmp_path):
+    (tmp_path / "a b.jsonl").write_text(json.dumps({"prompt": "p", "completion": "c"}) + "\n")
+    (tmp_path / "chat.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                                                  {"role": "assistant", "content": "yo"}]}) + "\n")
+    records = read_sft(f"{tmp_path / 'a b.jsonl'},{tmp_path / 'chat.jsonl'}")
+    assert [r["source"] for r in records] == [f"{tmp_path / 'a b.jsonl'}:1", f"{tmp_path / 'chat.jsonl'}:1"]
+    assert format_of(records) == "chat" and format_of(records[:1]) == "instruct" and format_of([]) == "instruct"

@@ -13,7 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_scoring import EOS, NO_AUTOCAST, PAD, full_forward, make_model
 
-from minirlhf.reward import comparison_batch, pairwise_loss, ranking_pairs, rewards, rewards_at_eos
+from minirlhf.reward import (
+    accuracy,
+    comparison_batch,
+    comparisons,
+    pairwise_loss,
+    ranking_pairs,
+    rewards,
+    rewards_at_eos,
+)
 
 
 @given(a=st.floats(-20, 20), b=st.floats(-20, 20))
@@ -126,3 +134,86 @@ def test_forward_with_responses_checks_repeats():
     with pytest.raises(ValueError, match="last does not go with responses"):
         model(idx, responses=responses, repeats=torch.tensor([2, 3]), last=1)
     assert model(idx, responses=responses, repeats=torch.tensor([2, 3])).shape == (5, 2)
+
+
+def test_a_sharded_model_reads_each_response_with_its_prompt_for_the_same_rewards():
+    """Under FSDP2 (a model that can unshard) rewards reads every prompt + response whole instead of a
+    prompt once for its K responses: the same rewards, in the same order."""
+    model = make_model(3, scalar_head=True)
+    g = torch.Generator().manual_seed(4)
+    groups = [(torch.randint(0, 256, (n,), generator=g).tolist(),
+               [torch.randint(0, 256, (m,), generator=g).tolist() + [EOS] for m in (1, 4, 2)][:k], list(range(k)))
+              for n, k in ((3, 3), (6, 2), (1, 3))]
+    with torch.no_grad():
+        once = rewards(model, groups, PAD, "cpu", NO_AUTOCAST)
+        model.unshard = lambda: None  # what distributed.sharded looks for
+        whole = rewards(model, groups, PAD, "cpu", NO_AUTOCAST)
+    seqs = [p + r for p, rs, _ in groups for r in rs]
+    torch.testing.assert_close(whole, rewards_at_eos(model, seqs, PAD, "cpu", NO_AUTOCAST), atol=0, rtol=0)
+    torch.testing.assert_close(whole, once, atol=1e-5, rtol=1e-5)
+
+
+def test_accuracy_counts_the_pairs_ordered_as_the_labeler_and_as_gold():
+    """accuracy against a plain loop over the pairs: the share ordered as the ranking, and among the pairs
+    whose gold scores differ, the share ordered as gold; in batches of any size."""
+    import random
+
+    from minirlhf.distributed import ONE
+    from minirlhf.tokenizer import get_tokenizer
+    model, tok = make_model(5, scalar_head=True), get_tokenizer("bytes")
+    rng = random.Random(0)
+    groups, gold = [], []
+    for _ in range(7):
+        k = rng.randint(2, 4)
+        prompt = [rng.randrange(256) for _ in range(rng.randint(1, 5))]
+        responses = [[rng.randrange(256) for _ in range(rng.randint(0, 4))] + [EOS] for _ in range(k)]
+        groups.append((prompt, responses, rng.sample(range(k), k)))
+        gold.append([rng.choice([0.0, 0.5, 1.0]) for _ in range(k)])
+    agree = total = right = differ = 0.0
+    for (prompt, responses, ranking), g in zip(groups, gold):
+        r = [full_forward(model, prompt + resp)[-1].item() for resp in responses]
+        for i, j in itertools.combinations(ranking, 2):  # i ranked above j
+            agree, total = agree + (r[i] > r[j]), total + 1
+            if g[i] != g[j]:
+                right, differ = right + ((r[i] > r[j]) == (g[i] > g[j])), differ + 1
+    for batch_size in (1, 3, 64):
+        acc, gold_acc = accuracy(model, groups, tok, device="cpu", autocast=NO_AUTOCAST, d=ONE, gold=gold,
+                                 batch_size=batch_size)
+        assert acc == pytest.approx(agree / total, abs=1e-9) and gold_acc == pytest.approx(right / differ, abs=1e-9)
+    assert accuracy(model, groups, tok, device="cpu", autocast=NO_AUTOCAST, d=ONE)[1] is None
+    assert 0 < agree / total < 1 and model.training is False
+    pair = [(groups[0][0], groups[0][1][:2], [1, 0])]  # one pair: accuracy 1 or 0
+    acc, gold_acc = accuracy(model, pair, tok, device="cpu", autocast=NO_AUTOCAST, d=ONE, gold=[[1.0, 0.0]])
+    assert acc in (0.0, 1.0) and gold_acc == 1.0 - acc
+    with torch.no_grad():
+        model.score_head.weight.zero_()  # every response scores alike: every pair a tie, counting half
+    assert accuracy(model, groups, tok, device="cpu", autocast=NO_AUTOCAST, d=ONE)[0] == 0.5
+
+
+def test_comparisons_are_k_samples_ranked_by_their_gold_scores():
+    """comparisons: k samples of the policy per prompt record, each with its EOS, the ranking a permutation
+    drawn by the task's labeler from the samples' gold scores (a noiseless labeler sorts by them)."""
+    import random
+
+    from minirlhf.distributed import ONE
+    from minirlhf.tasks import instruct
+    from minirlhf.tokenizer import get_tokenizer
+    tok = get_tokenizer("bytes")
+    policy = make_model(6)
+    records = instruct.prompt_records(8, "eval", seed=1, weights={"add": 1, "count": 1})  # a digit gets credit
+    old = instruct.LABELER_TEMPERATURE
+    instruct.LABELER_TEMPERATURE = 0.0
+    try:
+        groups, gold = comparisons(policy, tok, records, instruct, random.Random(0), k=4, temperature=1.0,
+                                   max_new_tokens=8, gen=torch.Generator().manual_seed(2), d=ONE,
+                                   autocast=NO_AUTOCAST)
+    finally:
+        instruct.LABELER_TEMPERATURE = old
+    assert len(groups) == len(gold) == 8
+    for record, (prompt, responses, ranking), g in zip(records, groups, gold):
+        assert tok.decode(prompt) == record["prompt"] and len(responses) == 4 and sorted(ranking) == [0, 1, 2, 3]
+        texts = [tok.decode(r) for r in responses]
+        assert all(x in (instruct.gold_score(record, t, True), instruct.gold_score(record, t, False))
+                   for x, t in zip(g, texts))  # ended at EOS or not
+        assert [g[i] for i in ranking] == sorted(g, reverse=True)
+    assert sum(len(set(g)) > 1 for g in gold) >= 2  # samples that differ in gold: the ranking had work to do
