@@ -34,6 +34,10 @@ from minirlhf.scoring import in_parts, response_logprobs, response_values, rewar
 from minirlhf.tasks import get_task, scorable
 from minirlhf.tokenizer import get_tokenizer
 
+# the console line's metrics (the update's are missing where it was skipped)
+SHOWN = {"rm": "objective/rm_score", "gold": "objective/gold", "kl": "objective/kl", "ent": "policy/entropy",
+         "pg": "losses/pg_loss", "vf": "losses/vf_loss", "clip": "policy/clipfrac", "len": "charts/response_length"}
+
 
 @dataclass
 class Config(config.Options):
@@ -117,18 +121,14 @@ class Config(config.Options):
             raise ValueError(f"--batch_size={self.batch_size} is not divisible by --n_minibatches={self.n_minibatches}")
         check(self, "temperature", lambda x: x > 0, "> 0 (PPO needs the policy's probabilities)")
         check(self, "kl_estimator", lambda x: x in ("k1", "k3"), "k1 or k3")
-        for name in ("kl_coef", "vf_coef", "ent_coef", "ptx_coef", "learning_rate"):
-            check(self, name, lambda x: x >= 0, ">= 0")
-        for name in ("clip_range", "vf_clip_range", "kl_target"):
-            check(self, name, lambda x: x > 0, "> 0")
+        check(self, ("kl_coef", "vf_coef", "ent_coef", "ptx_coef", "learning_rate"), lambda x: x >= 0, ">= 0")
+        check(self, ("clip_range", "vf_clip_range", "kl_target"), lambda x: x > 0, "> 0")
         check(self, "value_learning_rate", lambda x: x == -1 or x >= 0, ">= 0 (or -1: learning_rate)")
-        for name in ("gamma", "lam"):
-            check(self, name, lambda x: 0 <= x <= 1, "in [0, 1]")
+        check(self, ("gamma", "lam"), lambda x: 0 <= x <= 1, "in [0, 1]")
         if self.prompts != "builtin" and not self.eval_prompts:
             raise ValueError("--eval_prompts is required with JSONL --prompts (held-out prompts for the report)")
         check_files(self, "prompts", "eval_prompts", "ptx_data")
-        check(self, "snapshot_interval", lambda x: x >= 0, ">= 0 (0: none)")
-        check(self, "ceiling_prompts", lambda x: x >= 0, ">= 0 (0: none)")
+        check(self, ("snapshot_interval", "ceiling_prompts"), lambda x: x >= 0, ">= 0 (0: none)")
 
 
 def main(cfg):
@@ -142,7 +142,7 @@ def main(cfg):
                 auto and cfg.sft_ckpt == default["sft_ckpt"])
     runs.ensure(cfg.rm_ckpt, "rm_ckpt", "train_rm.py", [f"--task={cfg.task}", f"--sft_ckpt={cfg.sft_ckpt}"], cfg,
                 auto and cfg.rm_ckpt == default["rm_ckpt"])
-    t_ppo = run.t0 = time.time()  # the run's own time: after the stages trained for it
+    run.t0 = time.time()  # the run's own time: after the stages trained for it
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)  # prompt order and PPO-ptx batches: the same on every rank
     gen = torch.Generator(device=device).manual_seed(cfg.seed + d.rank)  # each rank samples its own rollouts
@@ -172,15 +172,19 @@ def main(cfg):
     if cfg.prompts == "builtin":
         train_prompts = task.prompt_records(cfg.iterations * cfg.batch_size, "train", cfg.seed + 1)
         eval_prompts = task.prompt_records(cfg.n_eval, "eval", cfg.seed + 2)
-    else:
-        train_prompts, eval_prompts = data.read_prompts(cfg.prompts), data.read_prompts(cfg.eval_prompts)[:cfg.n_eval]
+    else:  # the user's JSONL files, checked record by record
+        from minirlhf.jsonl import read_prompts
+        train_prompts, eval_prompts = read_prompts(cfg.prompts), read_prompts(cfg.eval_prompts)[:cfg.n_eval]
     gold = scorable(task, train_prompts)  # the task's prompts, built-in or from a file: the gold scorer judges
     run.info["data_format"] = data.format_of(train_prompts)
     train_ids = [data.encode_prompt(tokenizer, r, block_size - cfg.max_new_tokens) for r in train_prompts]
     for r in eval_prompts:  # a report prompt too long is an error now, not after training
         data.encode_prompt(tokenizer, r, block_size - cfg.max_new_tokens)
-    ptx = [] if cfg.ptx_coef == 0 else [data.encode_sft(tokenizer, r, block_size) for r in (
-        task.sft_records(20000, "train", cfg.seed) if cfg.ptx_data == "builtin" else data.read_sft(cfg.ptx_data))]
+    ptx = []
+    if cfg.ptx_coef > 0:  # PPO-ptx's demonstrations: the task's, or the user's JSONL files
+        from minirlhf.jsonl import read_sft
+        demos = task.sft_records(20000, "train", cfg.seed) if cfg.ptx_data == "builtin" else read_sft(cfg.ptx_data)
+        ptx = [data.encode_sft(tokenizer, r, block_size) for r in demos]
 
     distributed.share(cfg.batch_size // cfg.n_minibatches, d, "batch_size / n_minibatches")  # each rank's minibatch
     policy_train = distributed.wrap(policy, d, cfg.fsdp)  # what the update's forward and backward go through
@@ -188,12 +192,10 @@ def main(cfg):
     value_lr = cfg.learning_rate if cfg.value_learning_rate < 0 else cfg.value_learning_rate
     optimizers = [torch.optim.Adam(m.parameters(), lr=lr, eps=cfg.adam_eps, fused=not cfg.fsdp)
                   for m, lr in ((policy_train, cfg.learning_rate), (value_train, value_lr))]
-    kl_ctl = rl.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else None
     order = list(range(len(train_ids)))
     rng.shuffle(order)
     kl_coef = run.restore((policy_train, value_train), optimizers, rng, gen).get("kl_coef", cfg.kl_coef)
-    if kl_ctl is not None:
-        kl_ctl.value = kl_coef
+    kl_ctl = rl.AdaptiveKLController(kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else None
 
     def ptx_batch():
         """This rank's share of a batch of demonstrations for PPO-ptx, as large as a minibatch."""
@@ -201,10 +203,10 @@ def main(cfg):
         idx, targets = data.sft_batch(distributed.my_slice(picks, d), tokenizer.pad_id)
         return idx.to(device), targets.to(device)
 
-    def mean(x):
-        """The mean over all ranks of a per-rank mean (every rank holds an equal share of the batch)."""
+    def mean(x):  # over all ranks, of a per-rank mean (every rank holds an equal share of the batch)
         return distributed.all_sum(torch.as_tensor(x, dtype=torch.float32, device=device)).item() / d.world
 
+    progress, seen_tokens = runs.Progress(cfg.iterations, run.step, label="iter"), 0
     for it in range(run.step + 1, cfg.iterations + 1):
         t_it = time.time()
         # 1. rollout: a response per prompt from the current policy, at the sampling temperature (GPT.generate,
@@ -276,20 +278,13 @@ def main(cfg):
                "time/iteration": time.time() - t_it}
         if stats:  # and max |log pi - log pi_old| at the first minibatch: fp noise unless rollout and update disagree
             row.update(stats, **{"debug/first_minibatch_logprob_error": first_error.item()})
-        if gold:
-            texts = [tokenizer.decode([t for t, m in zip(toks, msk) if m])
-                     for toks, msk in zip(out.tokens.tolist(), mask.tolist())]
-            row["objective/gold"] = mean(sum(task.gold_score(train_prompts[i], t, e)
-                                             for i, t, e in zip(batch, texts, ended.tolist())) / len(batch))
+        if gold:  # the gold scorer on the batch's responses (each a prefix of out.tokens, its EOS included)
+            texts = [tokenizer.decode(t[:n]) for t, n in zip(out.tokens.tolist(), lengths.tolist())]
+            golds = map(task.gold_score, [train_prompts[i] for i in batch], texts, ended.tolist())
+            row["objective/gold"] = mean(sum(golds) / len(batch))
         run.metrics.append(row)
-        eta = (time.time() - t_ppo) / (it - run.step) * (cfg.iterations - it)
-        get = lambda key: row.get(key, float("nan"))  # noqa: E731 (NaN where the update was skipped)
-        print(f"iter {it:>{len(str(cfg.iterations))}}/{cfg.iterations} | rm {row['objective/rm_score']:+.3f}"
-              + (f" | gold {row['objective/gold']:.3f}" if gold else "")
-              + f" | kl {mean_kl:.2f} | ent {get('policy/entropy'):.3f} | pg {get('losses/pg_loss'):+.4f}"
-              f" | vf {get('losses/vf_loss'):.4f} | clip {get('policy/clipfrac'):.3f} | len "
-              f"{row['charts/response_length']:.1f} | {row['charts/tokens_per_s']:,.0f} tok/s"
-              f" | eta {runs.format_eta(eta)}", flush=True)
+        seen_tokens += seq.numel() * d.world
+        print(progress.line(it, seen_tokens, **{k: row[v] for k, v in SHOWN.items() if v in row}), flush=True)
         run.skips.record(stats is not None, f"iteration {it}")  # after the log line, which shows the skipped update
         if it % cfg.save_interval == 0 or it == cfg.iterations:
             run.save(it, (policy_train, value_train), optimizers, tokenizer, rng, gen, kl_coef=kl_coef)

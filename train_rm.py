@@ -28,7 +28,7 @@ import torch
 from minirlhf import config, distributed, optim, reward, runs
 from minirlhf.checkpoint import load_checkpoint
 from minirlhf.config import at_least_one, check, check_files
-from minirlhf.data import encode_comparison, format_of, micro_batches, read_comparisons
+from minirlhf.data import encode_comparison, format_of, micro_batches
 from minirlhf.sampling import sample
 from minirlhf.tasks import get_task, labelers
 from minirlhf.tokenizer import get_tokenizer
@@ -131,7 +131,8 @@ def main(cfg):
         gold_pairs_agreement = labelers.gold_agreement(eval_gold, random.Random(cfg.seed + 2), task.LABELER_TEMPERATURE)
         print(f"sampled and ranked {cfg.k} responses for {len(train)} + {len(evals)} prompts "
               f"in {time.time() - t0:.0f}s; two labelers agree on {labeler_agreement:.1%} of held-out pairs")
-    else:
+    else:  # the user's JSONL files, checked record by record
+        from minirlhf.jsonl import read_comparisons
         records = read_comparisons(cfg.data)
         run.info["data_format"] = format_of(records)
         train = [encode_comparison(tokenizer, r, block_size) for r in records]

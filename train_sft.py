@@ -21,7 +21,7 @@ import torch
 from minirlhf import config, distributed, evaluate, optim, runs
 from minirlhf.checkpoint import load_checkpoint
 from minirlhf.config import at_least_one, check, check_files
-from minirlhf.data import IGNORE_INDEX, encode_sft, format_of, micro_batches, read_sft, sft_batch
+from minirlhf.data import IGNORE_INDEX, encode_sft, format_of, micro_batches, sft_batch
 from minirlhf.model import GPT, GPTConfig
 from minirlhf.tasks import get_task
 from minirlhf.tokenizer import get_tokenizer
@@ -73,8 +73,8 @@ class Config(config.TrainOptions):
         at_least_one(self, "n_layer", "n_head", "n_embd", "block_size", "n_builtin", "max_iters", "batch_size",
                      "micro_batches", "eval_batches")
         check(self, "n_gold_eval", lambda x: x >= 0, ">= 0")
-        for name in ("demo_error_rate", "demo_ramble_rate"):
-            check(self, name, lambda x: x == -1 or 0 <= x <= 1, "in [0, 1] (or -1: the task's default)")
+        check(self, ("demo_error_rate", "demo_ramble_rate"), lambda x: x == -1 or 0 <= x <= 1,
+              "in [0, 1] (or -1: the task's default)")
         if self.data == "builtin" and self.eval_data:
             raise ValueError("--eval_data goes with JSONL --data; the built-in data has its own held-out split")
         check_files(self, "data", "eval_data")
@@ -115,7 +115,8 @@ def main(cfg):
                  if v >= 0}
         train_records = task.sft_records(cfg.n_builtin, "train", cfg.seed, **rates)
         eval_records = task.sft_records(1000, "eval", cfg.seed, **rates)
-    else:
+    else:  # the user's JSONL files, checked record by record
+        from minirlhf.jsonl import read_sft
         train_records, eval_records = read_sft(cfg.data), read_sft(cfg.eval_data) if cfg.eval_data else []
     run.info["data_format"] = format_of(train_records)
     train = [encode_sft(tokenizer, r, block_size) for r in train_records]

@@ -31,7 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 from minirlhf.checkpoint import save_checkpoint  # noqa: E402
-from minirlhf.data import write_jsonl  # noqa: E402
+from minirlhf.jsonl import write_jsonl  # noqa: E402
 from minirlhf.model import GPT, GPTConfig  # noqa: E402
 from minirlhf.tokenizer import get_tokenizer  # noqa: E402
 

@@ -33,8 +33,7 @@ OLD_FORMATS = ("minirlhf-checkpoint-v1",)  # no "finished" flag: read as finishe
 
 
 def _weights(model, state_dict=None):
-    """The model's state dict (or the one given: an FSDP model's gathered weights) on the CPU; a
-    ValueError naming the first non-finite tensor."""
+    """The model's state dict (or the one given) on the CPU; a ValueError naming a non-finite tensor."""
     sd = {k: v.detach().cpu() for k, v in (model.state_dict() if state_dict is None else state_dict).items()}
     for name, w in sd.items():
         if w.is_floating_point() and not torch.isfinite(w).all():
@@ -44,9 +43,8 @@ def _weights(model, state_dict=None):
 
 def save_checkpoint(path, model, tokenizer, train_config, step, *, finished=True, state=None, value_model=None,
                     weights=None, value_weights=None, **extra):
-    """Write the checkpoint to path atomically. A model (or value model) with a non-finite weight is
-    a ValueError, and the file at path stays as it was. weights / value_weights: the state dicts to
-    save instead of the models' own (gathered from FSDP shards)."""
+    """Write the checkpoint to path atomically; a non-finite weight is a ValueError, the file left as it was.
+    weights / value_weights: state dicts to save instead of the models' own (gathered from FSDP shards)."""
     ckpt = {"format": FORMAT, "model_config": asdict(model.config), "model": _weights(model, weights),
             "tokenizer": tokenizer.spec(),
             "train_config": asdict(train_config) if is_dataclass(train_config) else dict(train_config),
@@ -102,8 +100,7 @@ def alive(pid):
 
 
 def remove_stale_temporaries(directory):
-    """Delete the temporary files (NAME.tmpPID) that a process killed mid-write left in directory.
-    Those of a process still alive (another run writing there right now) are left alone."""
+    """Delete the temporary files (NAME.tmpPID) a process killed mid-write left in directory (not a live one's)."""
     removed = []
     for name in os.listdir(directory):
         m = re.fullmatch(r".+\.tmp(\d+)", name)
@@ -114,9 +111,8 @@ def remove_stale_temporaries(directory):
 
 
 def read_checkpoint(path, mmap=False, option=None):
-    """The checkpoint dict at path, checked to be a minirlhf checkpoint. mmap: map the file instead
-    of reading it (cheap when only the small entries are looked at). option: the command-line option
-    that named path, for the error messages."""
+    """The checkpoint dict at path, checked to be a minirlhf checkpoint. mmap: map the file (cheap when only
+    the small entries are read). option: the command-line option that named path, for the errors."""
     where = f"--{option}={path}" if option else f"checkpoint {path}"
     if os.path.isdir(path):
         raise ValueError(f"{where} is a directory, not a checkpoint file (a run's checkpoint is DIR/ckpt.pt)")
@@ -166,9 +162,8 @@ def check(ckpt, path, kind=None, option=None, finished=True):
 
 
 def model_from(ckpt, path, which="model", device="cpu", **overrides):
-    """Build the model stored in a checkpoint dict: which="model", or "value_model" (PPO's).
-    overrides change GPTConfig fields: dropout, attn_impl, logprob_impl, or scalar_head=True to put
-    a freshly initialized scalar head on a language model (how the reward model starts from SFT)."""
+    """The model stored in a checkpoint dict (which: "model" or PPO's "value_model"). overrides change
+    GPTConfig fields: attn_impl, logprob_impl, or scalar_head=True for a fresh scalar head (the RM's start)."""
     entry = ckpt if which == "model" else ckpt.get(which)
     if entry is None:
         raise ValueError(f"checkpoint {path} holds no {which}")
@@ -190,10 +185,8 @@ def model_from(ckpt, path, which="model", device="cpu", **overrides):
 
 
 def load_checkpoint(path, tokenizer=None, device="cpu", *, kind=None, option=None, finished=True, **overrides):
-    """(model, tokenizer, ckpt) from the checkpoint at path, which must hold `kind` ("policy", "reward",
-    or None: either) and, with finished, a complete run (see check; option names path in the errors).
-    If tokenizer is given it must be the one the checkpoint was trained with; otherwise the
-    checkpoint's tokenizer is rebuilt. overrides: see model_from."""
+    """(model, tokenizer, ckpt) from the checkpoint at path, checked as check() does. A tokenizer given must
+    be the one the checkpoint was trained with; otherwise the checkpoint's is rebuilt. overrides: model_from's."""
     ckpt = read_checkpoint(path, option=option)
     check(ckpt, path, kind, option, finished)
     if tokenizer is None:

@@ -1,9 +1,8 @@
 """
-Options from the command line, as in cleanrl: a script's Config dataclass, each field followed by
-its docstring, set with --key=value. Unknown keys, wrong types and non-finite numbers are errors,
-and each Config's __post_init__ checks ranges, so a bad option fails at once and names itself. A
-built-in task's presets (minirlhf/presets.py) replace the dataclass defaults where the command line
-is silent; --help prints the values the run will use, and --check prints the whole config and exits.
+Options from the command line, as in cleanrl: a script's Config dataclass, each field followed by its
+docstring, set with --key=value. Unknown keys, wrong types and out-of-range values (each Config's
+__post_init__) fail at once, naming the option. The task's presets (minirlhf/presets.py) replace the
+dataclass defaults; --help prints the values the run will use, --check the whole config.
 """
 import ast
 import inspect
@@ -47,8 +46,8 @@ def convert(name, text, tp):
 
 
 def parse(cls, argv, prog, stage=None):
-    """A cls from --key=value arguments; with stage ("sft", "rm", "ppo", "rounds") the presets of the task
-    given for that stage under them. --help prints the options with the defaults the run will use, and exits."""
+    """A cls from --key=value arguments over the presets of the task for stage ("sft", "rm", "ppo", "rounds";
+    None: none). --help prints the options with the values the run will use, and exits."""
     hints, overrides = typing.get_type_hints(cls), {}
     for arg in argv:
         if arg in ("-h", "--help", "--check"):
@@ -77,8 +76,7 @@ def parse(cls, argv, prog, stage=None):
 
 
 def presets(cls, task, stage=None):
-    """The defaults of cls's options for --task=task: the dataclass's own, under the task's presets for
-    stage ("sft", "rm", "ppo", "rounds"; None: the dataclass's alone)."""
+    """The defaults of cls's options: the dataclass's own, under the task's presets for stage (if not None)."""
     defaults = {f.name: f.default for f in fields(cls)}
     if stage is None:
         return defaults
@@ -93,15 +91,16 @@ def print_config(cfg):
         print(f"  {k:<{width}} = {v!r}")
 
 
-def check(cfg, name, ok, must):
-    """A ValueError naming the option unless ok(its value): check(cfg, "gamma", lambda x: 0 <= x <= 1, "in [0, 1]")."""
-    if not ok(getattr(cfg, name)):
-        raise ValueError(f"--{name} must be {must}, got {getattr(cfg, name)!r}")
+def check(cfg, names, ok, must):
+    """A ValueError naming the option unless ok(its value): check(cfg, "gamma", lambda x: 0 <= x <= 1, "in [0, 1]");
+    names: an option, or several."""
+    for name in (names,) if isinstance(names, str) else names:
+        if not ok(getattr(cfg, name)):
+            raise ValueError(f"--{name} must be {must}, got {getattr(cfg, name)!r}")
 
 
 def at_least_one(cfg, *names):
-    for name in names:
-        check(cfg, name, lambda x: x >= 1, "at least 1")
+    check(cfg, names, lambda x: x >= 1, "at least 1")
 
 
 def check_files(cfg, *names):
@@ -126,8 +125,7 @@ DTYPES = {"auto": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.floa
 
 @dataclass
 class Options:
-    """What the three scripts share: the task, the run's directory and restarts, where it computes, the optimizer's
-    safety settings."""
+    """What the three scripts share: the task, the run's directory, where it computes, the optimizer's safety."""
     task: str = "instruct"
     """the built-in task: instruct (one-line instructions) or chat (dialogues); it picks the presets of the other
     options (minirlhf/presets.py) and the gold scorer of the built-in data"""
@@ -201,8 +199,8 @@ class TrainOptions(Options):
 
 
 def main(main_fn, cls, prog, stage=None, argv=None):
-    """Parse cls from the command line (argv: sys.argv[1:]) and call main_fn(cfg). A ValueError is the
-    user's error: one line on stderr and exit status 2, no traceback (a traceback means a bug)."""
+    """main_fn(cfg) with cfg parsed from argv (sys.argv[1:]). A ValueError is the user's error: one line on
+    stderr and exit status 2, no traceback (a traceback means a bug)."""
     argv = sys.argv[1:] if argv is None else argv
     cfg = None
     try:

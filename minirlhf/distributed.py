@@ -1,17 +1,13 @@
 """
-One script for one device or many: `python train_x.py` runs in one process, and
-`torchrun --nproc_per_node=N train_x.py` (or --nnodes=M for several machines) runs N processes, one
-per GPU (NCCL) or CPU (Gloo), with nothing else to change (nanochat's pattern).
+One script for one device or many: `python train_x.py` runs in one process, `torchrun
+--nproc_per_node=N train_x.py` runs N, one per GPU (NCCL) or CPU (Gloo), with nothing else to change.
 
-Each rank takes its share of every global batch: the scripts draw the whole batch with the same
-random stream on every rank and keep their slice, so N ranks train on what one process with the
-whole batch would. The trained models are wrapped in DistributedDataParallel (a replica per rank,
-gradients averaged in backward), or with --fsdp sharded by FSDP2 (minirlhf/fsdp.py). Losses are
-normalized by global counts (tokens, prompts) times the world size, because DDP and FSDP average
-gradients over ranks: the average of world * local_sum / global_count is global_sum / global_count,
-the single-process loss. Only rank 0 writes files and prints; the others stay silent but for errors.
+Every rank draws the whole global batch with the same random stream and keeps its slice, so N ranks
+train on what one process would. The trained models are replicated with DistributedDataParallel or,
+with --fsdp, sharded by FSDP2 (minirlhf/fsdp.py). Both average gradients over ranks, so losses are
+normalized by global counts times the world size: the mean of world * local_sum / global_count is the
+single-process loss. Only rank 0 writes files and prints.
 """
-import contextlib
 import os
 import sys
 from contextlib import nullcontext
@@ -126,8 +122,7 @@ def all_gather_objects(obj):
 def wrap(model, d, fsdp):
     """The model as it is trained: itself on one process, DDP-wrapped, or sharded with FSDP2."""
     if fsdp:
-        from minirlhf import fsdp as fsdp_module
-        return fsdp_module.shard(model)
+        return _fsdp().shard(model)
     if d.world == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
@@ -145,54 +140,39 @@ def sharded(model):
     return hasattr(unwrapped(model), "unshard")
 
 
-@contextlib.contextmanager
+def _fsdp():
+    from minirlhf import fsdp  # imported only when a model is sharded: the extra stays out of other runs
+    return fsdp
+
+
 def grad_sync(model, sync):
-    """Around the forward and backward of one micro-batch of a step: with sync False (every one but the
-    step's last) the gradients only add up on each rank, and DDP or FSDP2 reduce the sum over ranks in
-    the last backward, once."""
+    """Around the forward and backward of a step's micro-batch: with sync False (all but the step's last)
+    the gradients only add up on each rank; DDP or FSDP2 reduce the sum over ranks once, in the last backward."""
     if sync or not (hasattr(model, "no_sync") or sharded(model)):
-        yield
-    elif hasattr(model, "no_sync"):  # DistributedDataParallel
-        with model.no_sync():
-            yield
-    else:  # FSDP2
-        model.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            model.set_requires_gradient_sync(True)
+        return nullcontext()
+    return model.no_sync() if hasattr(model, "no_sync") else _fsdp().no_sync(model)
 
 
 def full_weights(model):
     """A context in which the model holds all of its weights (a no-op unless FSDP2 shards it), for
     sampling and evaluation, whose work differs between ranks."""
-    if not sharded(model):
-        return nullcontext()
-    from minirlhf import fsdp
-    return fsdp.full_weights(model)
+    return _fsdp().full_weights(model) if sharded(model) else nullcontext()
 
 
 def model_state(model):
     """The full state dict of a trained model (with FSDP2 every rank must call it: it gathers the shards)."""
-    if not sharded(model):
-        return unwrapped(model).state_dict()
-    from minirlhf import fsdp
-    return fsdp.model_state(model)
+    return _fsdp().model_state(model) if sharded(model) else unwrapped(model).state_dict()
 
 
 def optimizer_state(model, optimizer):
     """The optimizer's state, in a form that loads back on any number of ranks (collective with FSDP2)."""
-    if not sharded(model):
-        return optimizer.state_dict()
-    from minirlhf import fsdp
-    return fsdp.optimizer_state(model, optimizer)
+    return _fsdp().optimizer_state(model, optimizer) if sharded(model) else optimizer.state_dict()
 
 
 def load_optimizer_state(model, optimizer, state):
-    if not sharded(model):
-        return optimizer.load_state_dict(state)
-    from minirlhf import fsdp
-    fsdp.load_optimizer_state(model, optimizer, state)
+    if sharded(model):
+        return _fsdp().load_optimizer_state(model, optimizer, state)
+    optimizer.load_state_dict(state)
 
 
 def local(x):

@@ -4,6 +4,8 @@ for models that do not fit one device. Each rank keeps 1/N of every weight, grad
 moment and gathers a block's weights just before using it. Frozen models (PPO's reference and
 reward model) stay replicated. minirlhf/distributed.py calls these when a model is sharded.
 """
+import contextlib
+
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -20,6 +22,16 @@ def shard(model):
         fully_shard(block)
     fully_shard(model)  # the root: embeddings (tied to lm_head), ln_f, the scalar head
     return model
+
+
+@contextlib.contextmanager
+def no_sync(model):
+    """Backward passes inside only add up gradients; the first one outside reduces them over ranks."""
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 class full_weights:

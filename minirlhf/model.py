@@ -1,17 +1,10 @@
 """
-The GPT of minirlhf, in one file.
-
-GPT-2's architecture (learned positions, pre-LayerNorm, GELU MLP, tied input/output embeddings),
-named as GPT-2 names it so that its weights load by name, plus what RLHF needs on top:
-- left-padded batches: `start[b]` counts the pad tokens on the left of row b; positions are
-  counted from each row's first real token and padded keys are invisible, so a left-padded
-  prompt gives exactly the logits it gives unpadded;
-- the final hidden states on request (`hidden_states`), for scalar heads and for the fused
-  log-prob kernel, which reads them together with lm_head.weight instead of the logits;
+The GPT of minirlhf, in one file: GPT-2 (learned positions, pre-LayerNorm, GELU MLP, tied embeddings), named as GPT-2
+names it so that its weights load by name, plus what RLHF needs:
+- left-padded batches (`start[b]` pad tokens on the left of row b) that give exactly the unpadded logits;
+- the final hidden states (`hidden_states`), for scalar heads and the fused log-prob kernel;
 - an optional scalar head (n_embd -> 1): the same class is the reward model and the value model;
-- one forward for everything trained (logits, log-probs of targets, scalars), as DDP and FSDP want;
-- batched sampling with a KV cache (`generate`);
-
+- one forward for everything trained, as DDP and FSDP want; batched sampling with a KV cache (`generate`).
 Shapes: B batch, T time, C n_embd, nh heads, hs head size (C // nh), V vocabulary.
 """
 import math
@@ -54,16 +47,14 @@ class GPTConfig:
 
 
 def attention(q, k, v, key_start, impl):
-    """Every attention of the model goes through here: q (B, nh, Tq, hs), k and v (B, nh, Tk, hs).
-    The queries are the last Tq of the Tk positions; keys before key_start[b] are left padding."""
+    """q (B, nh, Tq, hs): the last Tq positions of k, v (B, nh, Tk, hs); keys before key_start[b] are left padding."""
     if impl == "triton" or (impl == "auto" and q.is_cuda):
         return kernels.attention.flash_attention(q, k, v, causal=True, key_start=key_start)
     return kernels.attention.attention_sdpa(q, k, v, causal=True, key_start=key_start)
 
 
 class KVCache:
-    """Keys and values of every layer for batched decoding, room for max_len positions.
-    All rows advance together (prompts are left-padded), so one length serves the batch."""
+    """Every layer's keys and values for batched decoding; all rows advance together, so one length serves the batch."""
 
     def __init__(self, config, batch_size, max_len):
         self.shape = (config.n_layer, batch_size, config.n_head, max_len, config.n_embd // config.n_head)
@@ -73,32 +64,28 @@ class KVCache:
     def update(self, layer, k, v):
         """Append this step's k, v (B, nh, T, hs) of one layer; return all of them so far."""
         if self.k is None:
-            # in the dtype c_attn produced them in, not the weights': under autocast that is bf16
-            # (fp16), the dtype of q too, and attention needs q, k, v alike
-            self.k, self.v = k.new_empty(self.shape), v.new_empty(self.shape)
+            self.k, self.v = k.new_empty(self.shape), v.new_empty(self.shape)  # in q's dtype (bf16 under autocast)
         end = self.len + k.size(2)
         self.k[layer, :, :, self.len:end] = k
         self.v[layer, :, :, self.len:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
     def repeat_rows(self, n):
-        """Each row n times, neighbours (B -> B * n rows): n samples go on from one prompt's prefill."""
+        """Each row n times, neighbours (B -> B * n): n samples go on from one prompt's prefill."""
         self.shape = (self.shape[0], self.shape[1] * n, *self.shape[2:])
         if self.k is not None:
             self.k, self.v = self.k.repeat_interleave(n, dim=1), self.v.repeat_interleave(n, dim=1)
 
     def keep_rows(self, keep):
-        """Only the rows where keep (B,) is True: the rows that have stopped sampling leave the batch."""
+        """Only the rows where keep (B,) is True: rows that have stopped sampling leave the batch."""
         self.shape = (self.shape[0], int(keep.sum()), *self.shape[2:])
         if self.k is not None:
             self.k, self.v = self.k[:, keep], self.v[:, keep]
 
 
 class PromptCache:
-    """Keys and values of every layer of a prompt batch, kept as ordinary tensors that gradients flow
-    through (KVCache writes into preallocated memory, which only inference allows): the prompt is read
-    once, then each of its responses goes on from it (GPT.forward with responses, the reward model's
-    K responses per prompt)."""
+    """Every layer's keys and values of a prompt batch as plain tensors that gradients flow through (KVCache's
+    preallocated memory is for inference only): a prompt is read once and each of its responses goes on from it."""
 
     def __init__(self):
         self.k, self.v = {}, {}  # layer -> (B, nh, T, hs)
@@ -149,8 +136,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        # GPT-2's GELU is the tanh approximation ("gelu_new" in its Hugging Face config)
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # GPT-2's GELU ("gelu_new")
 
 
 class Block(nn.Module):
@@ -210,14 +196,9 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def hidden_states(self, idx, start=None, cache=None, last=None):
-        """Final hidden states (B, T, C), after ln_f, for tokens idx (B, T).
-        They are what lm_head turns into logits and score_head into scalars; the fused log-prob
-        kernel takes them with lm_head.weight so the (B, T, V) logits never exist.
-        start (B,): pad tokens on the left of each row. cache: a KVCache (or PromptCache) with the
-        earlier positions.
-        last: only the final `last` positions are wanted (B, last, C), e.g. a response after its
-        prompt: the final block then computes queries, attention and MLP for those alone (their
-        keys and values still come from every position), the work no later layer would read."""
+        """Final hidden states (B, T, C), after ln_f, of tokens idx (B, T), for lm_head, score_head or the fused
+        log-prob kernel. start (B,): left padding per row; cache: a KVCache or PromptCache of the earlier positions;
+        last: only the final `last` positions are wanted (B, last, C): the final block computes only those."""
         B, T = idx.size()
         past = cache.len if cache is not None else 0
         if past + T > self.config.block_size:
@@ -234,19 +215,12 @@ class GPT(nn.Module):
 
     def forward(self, idx, start=None, *, last=None, targets=None, temperature=1.0, return_entropy=False,
                 responses=None, repeats=None):
-        """What the model computes for tokens idx (B, T) at the final `last` positions (all if None):
-        - a model with a scalar head: its scalars (B, last), fp32: rewards (read at the EOS) or values;
-        - with targets (B, last): the log-probs of the targets there (token_logprobs: the SFT loss,
-          PPO's log-probs; with return_entropy also the entropies), fp32;
-        - otherwise: the logits (B, last, V).
-        Training goes through here, and only here, so that DistributedDataParallel and FSDP, which
-        hook forward, see every pass. start: left padding, as in hidden_states.
-
-        With responses (N, R): idx are left-padded prompts, and responses[n] (right-padded) goes on
-        from prompt b for repeats[b] neighbouring rows n (N = sum of repeats, an int for all alike);
-        the outputs above are those of the response positions (N, R, ...), as if each prompt and
-        response were one sequence. A prompt is read once for all of its responses: for the reward
-        model's K responses to a prompt (InstructGPT, section 3.5) that is most of the work saved."""
+        """Outputs for tokens idx (B, T) at the final `last` positions (all if None), start as in hidden_states: a
+        scalar head's scalars (B, last), fp32; with targets (B, last) their log-probs, fp32 (token_logprobs); else the
+        logits (B, last, V). All training passes go through here, since DDP and FSDP hook forward.
+        With responses (N, R): idx are left-padded prompts and the right-padded responses[n] go on from prompt b for
+        repeats[b] neighbouring rows (an int for all alike); the outputs are the responses' (N, R, ...), each prompt
+        read once for its K responses (InstructGPT, section 3.5)."""
         if responses is not None:
             if last is not None:
                 raise ValueError("forward: last does not go with responses (the outputs are the responses')")
@@ -270,14 +244,9 @@ class GPT(nn.Module):
         return self.lm_head(h)
 
     def token_logprobs(self, hidden, targets, temperature=1.0, return_entropy=False):
-        """log p(targets) under softmax(lm_head(hidden) / temperature), fp32, for hidden (..., C)
-        and targets (...); a target of -100 gives 0 and no gradient. With return_entropy, also the
-        entropy of each position's distribution. SFT's loss is minus their mean, PPO's ratios their
-        differences. On CUDA the fused Triton op works through the tokens in chunks, so the
-        (..., V) logits never exist; elsewhere the plain-PyTorch reference materializes them.
-        The logits are computed in the weights' dtype (fp32), outside autocast, here as in
-        generate: PPO's old log-probs (from sampling) and its new ones (from this) must agree, or
-        the first minibatch's ratio is not 1 (a classic bug: verl#2996)."""
+        """log p(targets) under softmax(lm_head(hidden) / temperature), fp32, for hidden (..., C), targets (...); -100
+        gives 0 and no gradient; with return_entropy also the entropies. On CUDA the Triton op never forms the (..., V)
+        logits. Outside autocast in the weights' dtype, as in generate, else PPO's first ratio is not 1 (verl#2996)."""
         op = kernels.logprobs.linear_token_logprobs if self._triton_logprobs(hidden) else \
             kernels.logprobs.linear_token_logprobs_reference
         weight = self.lm_head.weight
@@ -288,33 +257,20 @@ class GPT(nn.Module):
         return self.config.logprob_impl == "triton" or (self.config.logprob_impl == "auto" and x.is_cuda)
 
     def head_logits(self, h):
-        """Logits (B, V) of hidden states h (B, C) in the weights' dtype, outside autocast (as
-        token_logprobs forms them). Computed as (V, C) @ (C, B), transposed: with a handful of rows
-        this order reads the lm_head weight in one sequential sweep (on a 2-core CPU half the time
-        of h @ W.T and a row-wise softmax)."""
+        """Logits (B, V) of h (B, C) as token_logprobs forms them; (V, C) @ (C, B) reads lm_head.weight in one sweep."""
         weight = self.lm_head.weight
         with torch.autocast(h.device.type, enabled=False):
             return (weight @ h.to(weight.dtype).T).T
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, *, start=None, temperature=1.0, top_k=None, top_p=None,
-                 eos_id=None, pad_id=None, use_cache=True, generator=None, on_token=None, num_samples=1,
-                 drop_stopped=True):
-        """Sample up to max_new_tokens after the left-padded prompts idx (B, T).
-
-        temperature 0 is greedy decoding. top_k / top_p cut the sampling distribution; the returned
-        logprobs are of the tempered, uncut distribution over the whole vocabulary: what PPO's
-        policy is, and what a forward pass at that temperature gives (PPO's old log-probs, with no
-        second pass). A row stops at eos_id and emits pad_id after it; the loop ends when every row
-        has stopped. on_token, if given, is called after every step with that step's tokens (B,),
-        pad_id already in place for stopped rows, e.g. to print a reply as it is sampled.
-        num_samples: samples per prompt, rows b * num_samples ... (b + 1) * num_samples - 1 of the result for
-        prompt b; the prompt's forward pass (most of the work for short replies) runs once for all of them.
-        drop_stopped: once half of the rows still running have stopped, the stopped ones leave the batch
-        (and the KV cache), so that a few long replies do not keep every row's work going; the random
-        draws are made for every row all the same, so this changes no sample, only the time taken.
-        Returns Generation(tokens (B', n), mask (B', n), logprobs (B', n)) with n <= max_new_tokens and
-        B' = B * num_samples."""
+    def generate(self, idx, max_new_tokens, *, start=None, temperature=1.0, top_k=None, top_p=None, eos_id=None,
+                 pad_id=None, use_cache=True, generator=None, on_token=None, num_samples=1, drop_stopped=True):
+        """Sample up to max_new_tokens after the left-padded prompts idx (B, T); temperature 0 is greedy. top_k / top_p
+        cut the sampling distribution, but the logprobs returned are the tempered, uncut one's: PPO's old log-probs. A
+        row stops at eos_id, then emits pad_id; on_token(tokens (B,)) is called after each step. num_samples: samples
+        per prompt (neighbouring rows; the prompt read once). drop_stopped: once half the running rows have stopped,
+        they leave the batch; every row's draws are still made, so only the time taken changes.
+        Returns Generation(tokens, mask, logprobs), each (B * num_samples, n), n <= max_new_tokens."""
         if num_samples < 1:
             raise ValueError(f"generate: num_samples must be at least 1, got {num_samples}")
         B, T = idx.size()
@@ -373,9 +329,8 @@ class GPT(nn.Module):
 
 
 def _sample(logits, temperature, top_k, top_p, generator, rows=None, n_rows=None):
-    """One token per row from logits (B, V). rows: which of n_rows rows of the whole batch these are
-    (generate drops the rows that have stopped); the random draws are made for all n_rows, so that a
-    row's sample does not depend on which other rows are still there."""
+    """One token per row of logits (B, V). The draws are made for all n_rows of the batch (rows: which ones these are),
+    so that a row's sample does not depend on which others are still running."""
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits / temperature
@@ -388,8 +343,7 @@ def _sample(logits, temperature, top_k, top_p, generator, rows=None, n_rows=None
         drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p
         logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
     probs = F.softmax(logits, dim=-1)
-    # an exponential race, which draws a token with probability probs exactly: argmax probs / q with
-    # q ~ Exp(1) per token (what torch.multinomial does for one sample, on the CPU with the same draws)
+    # an exponential race, argmax probs / q with q ~ Exp(1), draws each token with probability probs exactly
     if rows is None:
         rows, n_rows = torch.arange(len(probs), device=probs.device), len(probs)
     q = torch.empty(n_rows, probs.size(-1), device=probs.device).exponential_(generator=generator)[rows]

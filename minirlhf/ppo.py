@@ -1,13 +1,7 @@
 """
-PPO's update (step 5 of train_ppo.py): epochs over shuffled minibatches of a scored rollout, each
-minibatch one gradient step on the clipped surrogate + the clipped value loss (+ an entropy bonus,
-+ PPO-ptx), with gradient clipping (Ziegler et al. 2019; "The N+ implementation details of RLHF with
-PPO", Huang et al. 2024). Here rather than in the script so that a test can feed the same rollout to
-one process and to several ranks and check that they take the same step.
-
-Under torchrun each rank updates on its share of the rollout; the losses are token means over the
-minibatch of all ranks (rl.token_mean), so that the average of the ranks' gradients is the gradient
-of the whole minibatch, and the statistics returned are those of the whole batch.
+PPO's update (step 5 of train_ppo.py): epochs over shuffled minibatches of a scored rollout, one step each on the
+clipped surrogate + value loss (+ entropy bonus, + PPO-ptx), gradients clipped (Ziegler et al. 2019; the N+ details).
+Under torchrun losses are token means over all ranks (rl.token_mean): one process and several ranks take the same step.
 """
 from typing import NamedTuple
 
@@ -32,18 +26,11 @@ class Rollout(NamedTuple):
 
 
 def update(policy, value_model, optimizers, rollout, cfg, *, autocast, d, ptx_batch=None):
-    """PPO's cfg.ppo_epochs over one rollout, in cfg.n_minibatches per epoch, with the clip ranges,
-    coefficients, temperature and gradient clip of cfg (train_ppo.py's Config). policy and value_model
-    are what backward goes through (DDP- or FSDP-wrapped under torchrun); optimizers step them.
-    ptx_batch(): this rank's (idx, targets) of a batch of demonstrations for PPO-ptx (cfg.ptx_coef).
-    Each minibatch goes through forward and backward in up to cfg.micro_batches parts of rows with
-    similar prompt lengths, each without the columns that are padding in all of its rows; the losses
-    are sums over tokens divided by the minibatch's token count, so the parts' gradients add up to the
-    minibatch's: the same step, less padding.
-    Returns (stats, first_error): the whole batch's mean of each statistic over the minibatches that
-    stepped (None when none did), under the names the metrics log shows, and the largest
-    |log pi - log pi_old| of the first minibatch, which sees the rollout's own weights: fp noise unless
-    the rollout's log-probs and the update's disagree."""
+    """cfg.ppo_epochs over one rollout, cfg.n_minibatches each; backward goes through policy and value_model (DDP- or
+    FSDP-wrapped). ptx_batch(): this rank's (idx, targets) of demonstrations for PPO-ptx. A minibatch runs in up to
+    cfg.micro_batches parts of similar prompt lengths, whose gradients add up (token sums over its token count). Returns
+    (stats, first_error): each metric's batch mean over the minibatches that stepped (None if none), and the first
+    minibatch's max |log pi - log pi_old|, fp noise unless rollout and update disagree."""
     B = rollout.seq.size(0)
     params = [p for m in (policy, value_model) for p in m.parameters()]
     names = ("losses/pg_loss", "losses/vf_loss", "policy/entropy", "policy/approx_kl", "policy/clipfrac",
@@ -51,19 +38,18 @@ def update(policy, value_model, optimizers, rollout, cfg, *, autocast, d, ptx_ba
     stats, first_error = {k: [] for k in names}, None
     prompt_lengths = (rollout.P - rollout.start).tolist()
     for epoch in range(cfg.ppo_epochs):
-        perm = torch.randperm(B, device=rollout.seq.device)
-        for mb in perm.split(B // cfg.n_minibatches):
+        for mb in torch.randperm(B, device=rollout.seq.device).split(B // cfg.n_minibatches):
             n_tokens = distributed.all_sum(rollout.mask[mb].sum()).float() / d.world  # see rl.token_mean
             parts = data.micro_batches(mb.tolist(), cfg.micro_batches, lambda i: prompt_lengths[i])
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             step, errors = dict.fromkeys(names, 0.0), []
             for j, part in enumerate(parts):  # the gradients add up; the ranks reduce them after the last part
+                last = j == len(parts) - 1
                 rows = torch.tensor(part, device=rollout.seq.device)
                 seq, start, P = minibatch_rows(rows, rollout.seq, rollout.start, rollout.P)
                 mask, old_logprobs = rollout.mask[rows], rollout.logprobs[rows]
-                with distributed.grad_sync(policy, j == len(parts) - 1), \
-                        distributed.grad_sync(value_model, j == len(parts) - 1):
+                with distributed.grad_sync(policy, last), distributed.grad_sync(value_model, last):
                     logprobs, entropy = response_logprobs(policy, seq, start, P, rollout.targets[rows], cfg.temperature,
                                                           autocast, entropy=True)
                     values = response_values(value_model, seq, start, P, autocast)
@@ -76,8 +62,8 @@ def update(policy, value_model, optimizers, rollout, cfg, *, autocast, d, ptx_ba
                     entropy = token_mean(entropy, mask, n_tokens)
                     loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
                     part_stats = dict(zip(names, (pg_loss, vf_loss, entropy, approx_kl, clipfrac, vf_clipfrac)))
-                    if ptx_batch is not None and j == len(parts) - 1:  # PPO-ptx: keep the demonstrations'
-                        idx, targets = ptx_batch()                      # likelihood (InstructGPT, eq. 2)
+                    if ptx_batch is not None and last:  # PPO-ptx: the demonstrations' likelihood (InstructGPT, eq. 2)
+                        idx, targets = ptx_batch()
                         with autocast():
                             ptx_logprobs = policy(idx, targets=targets)
                         n_ptx = distributed.all_sum((targets != -100).sum()).float() / d.world

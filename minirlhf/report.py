@@ -1,8 +1,6 @@
 """
-What a run shows a reader: markdown reports of held-out comparisons (minirlhf/evaluate.py: compare),
-a table of the policies side by side, the same broken down by kind of prompt (task kind, dialogue
-behaviour) where a total hides the story, and sample responses side by side, for the built-in tasks
-or any JSONL prompts; and a PNG of the training curves.
+What a run shows a reader: markdown reports of held-out comparisons (evaluate.compare), the policies side by side in
+total, by kind of prompt and in sample responses; and a PNG of the training curves.
 """
 import os
 
@@ -30,8 +28,7 @@ def comparison_table(s, names, labels):
 
 def kind_table(by_kind, names, labels, fields):
     """Markdown lines: per kind of prompt, the chosen assessment fields of each policy, and win rates."""
-    head = ["kind", "n"] + [f"{f} {lab}" for f, _ in fields for lab in labels]
-    head += [f"win rate {lab}" for lab in labels[1:]]
+    head = ["kind", "n"] + [f"{f} {lab}" for f, _ in fields for lab in labels] + [f"win rate {b}" for b in labels[1:]]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for kind, e in by_kind.items():
         cells = [kind, str(e["n"])]
@@ -56,8 +53,7 @@ def write_ppo_report(path, s, task, png=None):
     greedy = ", and greedy" if "sft_gold_greedy" in s else ""  # greedy responses are judged by the gold scorer
     lines = ["# PPO vs SFT on held-out prompts", "",
              f"{s['n_prompts']} held-out prompts; responses sampled at temperature {s['temperature']} "
-             f"(the policies as trained){greedy}.", ""]
-    lines += comparison_table(s, names, labels) + [""]
+             f"(the policies as trained){greedy}.", ""] + comparison_table(s, names, labels) + [""]
     if "win_rate_ppo_sampled" in s:
         lines += [f"**Gold win rate of PPO over SFT** (ties count half): **{s['win_rate_ppo_sampled']:.1%}** sampled, "
                   f"{s['win_rate_ppo_greedy']:.1%} greedy.", ""]
@@ -104,8 +100,7 @@ def plot_curves(history, path, x="iteration", keys=("objective/gold", "objective
         return None
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
     for ax, k in zip(axes[0], keys):
-        points = [(h[x], h[k]) for h in history if h.get(k) is not None]
-        ax.plot(*zip(*points))
+        ax.plot(*zip(*[(h[x], h[k]) for h in history if h.get(k) is not None]))
         ax.set_title(k, fontsize=9)
         ax.set_xlabel(x, fontsize=8)
     fig.tight_layout()

@@ -1,14 +1,11 @@
 """
-The reward model's pieces (InstructGPT step 2; train_rm.py runs them in order):
-
+The reward model's pieces (InstructGPT step 2), in the order train_rm.py runs them:
     comparisons      K samples of a policy per prompt, ranked by a simulated labeler of the task
     comparison_batch ranked groups -> one sequence per response, its (better, worse) pairs, their weights
     rewards          the reward of every response of the groups: a prompt read once for its K responses
     pairwise_loss    the Bradley-Terry loss -log sigmoid(r_better - r_worse) of each pair
     accuracy         the share of held-out pairs ordered as the labeler (and the gold scores) order them
-
-A group is (prompt ids, [response ids ending in EOS] * K, ranking best first), as data.encode_comparison
-makes it from a JSONL record.
+A group is (prompt ids, [response ids ending in EOS] * K, ranking best first), as data.encode_comparison makes it.
 """
 import itertools
 
@@ -22,9 +19,7 @@ from minirlhf.tasks import labelers
 
 
 def comparisons(policy, tokenizer, records, task, rng, *, k, temperature, max_new_tokens, gen, d, autocast):
-    """The built-in way to get comparisons: k samples of the policy for each prompt record, ranked by a
-    simulated labeler of the task (drawing from rng, alike on every rank). Returns the groups and each
-    group's gold scores."""
+    """(groups, gold scores): k samples per prompt record, ranked by the task's simulated labeler (drawing from rng)."""
     ids = [encode_prompt(tokenizer, r, distributed.unwrapped(policy).config.block_size - max_new_tokens)
            for r in records]
     responses = sample(policy, tokenizer, ids, n=k, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -46,10 +41,7 @@ def ranking_pairs(ranking):
 
 
 def comparison_batch(groups):
-    """One sequence per response, not per pair (InstructGPT, section 3.5: one forward per response, all
-    C(K, 2) pairs of a prompt in one batch element). Returns the sequences, the indices of the better
-    and the worse response of every pair, and each pair's weight 1 / C(K, 2), so that every prompt
-    weighs as one whatever its K."""
+    """Sequences, one per response (InstructGPT, 3.5), each pair's better and worse index, weights 1 / C(K, 2)."""
     seqs, better, worse, weights = [], [], [], []
     for prompt, responses, ranking in groups:
         offset = len(seqs)
@@ -68,21 +60,16 @@ def pairwise_loss(r_better, r_worse):
 
 
 def rewards_at_eos(reward_model, seqs, pad_id, device, autocast):
-    """The reward (n,) of each token sequence (prompt + response + EOS), read at its last token.
-    Left padding puts every last token in the last column, so only it goes through the final block."""
+    """The reward (n,) of each prompt + response + EOS at its last token: left padding puts those in the last column."""
     idx, start = left_pad(seqs, pad_id)
     with autocast():
         return reward_model(idx.to(device), start.to(device), last=1).view(-1)
 
 
 def rewards(reward_model, groups, pad_id, device, autocast):
-    """The reward (n,) of every response of the groups, in comparison_batch's order, read at each
-    response's EOS: what rewards_at_eos gives for the sequences prompt + response, but each prompt goes
-    through the model once for all of its K responses (GPT.forward with responses), K times less work
-    on the prompt tokens. A batch whose longest prompt and longest response would not fit the block
-    together is scored in halves. Under FSDP2 each response is read with its prompt: the responses'
-    gradients reach a block's prompt pass through its keys and values, not its outputs, and FSDP2
-    would not gather the block's weights for that backward."""
+    """rewards_at_eos of every prompt + response of the groups (comparison_batch's order), each prompt read once for its
+    K responses; in halves if the longest prompt + response overflow the block. Under FSDP2 each response goes with its
+    prompt: FSDP2 would not gather a block's weights for a backward through its keys and values alone."""
     prompts = [prompt for prompt, _, _ in groups]
     responses = [r for _, rs, _ in groups for r in rs]
     if distributed.sharded(reward_model):
@@ -99,16 +86,14 @@ def rewards(reward_model, groups, pad_id, device, autocast):
         tokens[n, :len(r)] = torch.tensor(r, dtype=torch.long)
     repeats = torch.tensor([len(rs) for _, rs, _ in groups])
     with autocast():
-        out = reward_model(idx.to(device), start.to(device), responses=tokens.to(device),
-                           repeats=repeats.to(device))  # (n, R)
-    return out[torch.arange(len(responses), device=out.device), lengths.to(device) - 1]
+        out = reward_model(idx.to(device), start.to(device), responses=tokens.to(device), repeats=repeats.to(device))
+    return out[torch.arange(len(responses), device=out.device), lengths.to(device) - 1]  # out (n, R): at each EOS
 
 
 @torch.no_grad()
 def accuracy(reward_model, groups, tokenizer, *, device, autocast, d, gold=None, batch_size=64):
-    """The share of the groups' (better, worse) pairs that the reward model orders as the labeler
-    did, a tie counting half; with gold (each group's gold scores) also the share of the pairs with
-    different gold scores that it orders as the gold scores do. Returns (accuracy, gold accuracy or None)."""
+    """(accuracy, gold accuracy or None): the share of pairs the reward model orders as the labeler did (ties half), and
+    with gold (each group's gold scores) of the pairs whose gold differs, as gold orders them."""
     was_training = reward_model.training
     reward_model.eval()
     agree = total = gold_right = gold_total = 0.0

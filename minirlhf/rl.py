@@ -1,15 +1,12 @@
 """
-The math of RL from human feedback, as small functions over (B, T) tensors with a response mask:
-the per-token KL penalty to the SFT policy, GAE, whitening, the clipped surrogate and the clipped
-value loss (Ziegler et al. 2019; "The N+ implementation details of RLHF with PPO", Huang et al. 2024).
-The reward model's loss is in minirlhf/reward.py.
+The math of RLHF over (B, T) tensors with a response mask: KL penalty, GAE, whitening, clipped surrogate and value
+losses (Ziegler et al. 2019; "The N+ implementation details of RLHF with PPO"). RM loss: minirlhf/reward.py.
 """
 import torch
 
 
 def masked_mean(x, mask, dim=None, reduce=None):
-    """Mean of x over the positions where mask is true (over dim, or over everything). reduce: a
-    function summing a tensor over all ranks (distributed.all_sum), for the mean of the global batch."""
+    """Mean of x where mask is true, over dim or everything; with reduce (distributed.all_sum), the global batch's."""
     mask = mask.to(x.dtype)
     if dim is not None:
         return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
@@ -26,25 +23,22 @@ def masked_var(x, mask, reduce=None):
 
 
 def masked_whiten(x, mask, reduce=None):
-    """x shifted to zero mean and scaled to unit variance over the masked positions; 0 off the mask.
-    With reduce, the statistics are those of the global batch over all ranks."""
+    """x whitened (zero mean, unit variance) over the masked positions, of all ranks with reduce; 0 off the mask."""
     mean, var = masked_mean(x, mask, reduce=reduce), masked_var(x, mask, reduce=reduce)
     return (x - mean) * torch.rsqrt(var + 1e-8) * mask
 
 
 def token_mean(x, mask, n_tokens=None):
-    """The sum of x over the masked positions divided by n_tokens (default: their count). Losses
-    pass n_tokens = global token count / world size, so that averaging the gradients over ranks
-    gives the gradient of the global batch's mean."""
+    """Sum of x over the masked positions / n_tokens (default: their count). Losses pass global tokens / world
+    size, so that the ranks' averaged gradients are the gradient of the global batch's mean."""
     if n_tokens is None:
         return masked_mean(x, mask)
     return (x * mask.to(x.dtype)).sum() / n_tokens
 
 
 def kl_penalty(logprobs, ref_logprobs, estimator="k1"):
-    """Per-token estimate of KL(policy || reference) from samples of the policy (Schulman's
-    'Approximating KL divergence'): with log r = ref_logprobs - logprobs,
-    k1 = -log r (unbiased, can be negative per token), k3 = (r - 1) - log r (unbiased, >= 0)."""
+    """Per-token KL(policy || reference) estimate on policy samples (Schulman, 'Approximating KL divergence'):
+    log r = ref_logprobs - logprobs, k1 = -log r (unbiased, may be < 0), k3 = (r - 1) - log r (unbiased, >= 0)."""
     log_r = ref_logprobs - logprobs
     if estimator == "k1":
         return -log_r
@@ -54,14 +48,12 @@ def kl_penalty(logprobs, ref_logprobs, estimator="k1"):
 
 
 def eos_penalty(scores, ended, penalty):
-    """A response that never produced EOS gets the fixed score `penalty` instead of the reward
-    model's ("The N+ implementation details of RLHF with PPO": the EOS trick)."""
+    """A response that never produced EOS gets the score `penalty` (the EOS trick of the N+ details)."""
     return torch.where(ended, scores, torch.full_like(scores, penalty))
 
 
 def shaped_rewards(scores, kl, mask, kl_coef):
-    """Per-token rewards: -kl_coef * KL at every response token, the sequence score added at the
-    last one (Ziegler et al. 2019, eq. 2). scores (B,), kl and mask (B, T)."""
+    """Rewards (B, T): -kl_coef * kl per response token, the score (B,) added at the last (Ziegler et al., eq. 2)."""
     rewards = -kl_coef * kl * mask
     last = mask.long().sum(1).clamp(min=1) - 1  # index of each row's last response token
     scores = (scores * mask.any(1)).to(rewards.dtype)  # an empty response gets nothing
@@ -69,9 +61,7 @@ def shaped_rewards(scores, kl, mask, kl_coef):
 
 
 def gae(rewards, values, mask, gamma=1.0, lam=0.95):
-    """Generalized advantage estimation (Schulman et al. 2016) over each row's response tokens.
-    rewards, values, mask (B, T); past a row's last token the value is 0 (the episode is over).
-    Returns advantages and returns = advantages + values, both 0 off the mask."""
+    """GAE (Schulman et al. 2016) over (B, T), values 0 past a row's end: (advantages, returns), 0 off the mask."""
     values = values * mask
     T = rewards.size(1)
     advantages = torch.zeros_like(rewards)
@@ -85,9 +75,8 @@ def gae(rewards, values, mask, gamma=1.0, lam=0.95):
 
 
 def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip_range=0.2, n_tokens=None):
-    """PPO's clipped surrogate (Schulman et al. 2017), averaged over response tokens (see token_mean
-    for n_tokens). Returns (pg_loss, clipfrac, approx_kl): clipfrac is the share of tokens where the
-    clip bound is the one in force; approx_kl = mean of (log ratio)^2 / 2, as the N+ details log it."""
+    """PPO's clipped surrogate (Schulman et al. 2017) as a token mean (see token_mean). Returns pg_loss, clipfrac (the
+    share of tokens where the clip is in force) and approx_kl (mean (log ratio)^2 / 2, as the N+ details log it)."""
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     pg_losses = -advantages * ratio
@@ -99,8 +88,7 @@ def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip_range=0.2, n_
 
 
 def ppo_value_loss(values, old_values, returns, mask, clip_range=0.2, n_tokens=None):
-    """Clipped value loss: the new value may move at most clip_range from the rollout's value
-    before its error stops counting (the N+ details). Returns (vf_loss, vf_clipfrac)."""
+    """(vf_loss, vf_clipfrac) of the clipped value loss: past clip_range from the old value, errors stop counting."""
     values_clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
     losses, losses_clipped = (values - returns) ** 2, (values_clipped - returns) ** 2
     vf_loss = 0.5 * token_mean(torch.max(losses, losses_clipped), mask, n_tokens)
@@ -108,9 +96,7 @@ def ppo_value_loss(values, old_values, returns, mask, clip_range=0.2, n_tokens=N
 
 
 class AdaptiveKLController:
-    """Ziegler et al. 2019, section 2.2: a proportional controller that moves kl_coef so the KL
-    to the reference tracks `target`: e = clip(KL / target - 1, -0.2, 0.2);
-    kl_coef *= 1 + e * n_steps / horizon."""
+    """kl_coef *= 1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon: KL tracks target (Ziegler et al., 2.2)."""
 
     def __init__(self, kl_coef, target, horizon):
         self.value, self.target, self.horizon = kl_coef, target, horizon

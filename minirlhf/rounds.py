@@ -40,8 +40,9 @@ import torch
 from minirlhf import config, distributed, evaluate, reward, runs
 from minirlhf.checkpoint import atomic_write_text, load_checkpoint
 from minirlhf.config import at_least_one, check, check_files
-from minirlhf.data import encode_comparison, encode_prompt, read_comparisons, read_prompts, write_jsonl
+from minirlhf.data import encode_comparison, encode_prompt
 from minirlhf.distributed import ONE
+from minirlhf.jsonl import read_comparisons, read_prompts, write_jsonl
 from minirlhf.sampling import sample
 from minirlhf.tasks import get_task
 

@@ -1,11 +1,9 @@
 """
-A training run's life in its out_dir, safe to kill and to run again: a new run goes into an empty
-out_dir; --resume goes on exactly where the last checkpoint left (weights, optimizers, RNG states,
-data position, metrics), with the options the run was started with (device, dtype, kernels and
-threads may change); --overwrite starts over, the old files kept until the first new checkpoint.
-Without either flag an out_dir holding a run is an error, so a typo or a changed option never
-mixes into the wrong run; while a run lives it holds its out_dir (run.lock, with its pid). The
-stages of the default pipeline run as child processes (stage).
+A training run's life in its out_dir, safe to kill and to run again. A new run needs an empty out_dir;
+--resume goes on exactly where the last checkpoint left (weights, optimizers, RNG states, data position,
+metrics) with the options the run was started with; --overwrite starts over, the old files kept until
+the first new checkpoint. A live run holds its out_dir (run.lock). The default pipeline's missing
+stages run as child processes (ensure).
 """
 import atexit
 import json
@@ -30,8 +28,7 @@ from minirlhf.checkpoint import (
     save_checkpoint,
 )
 
-# the files (besides ckpt.pt and metrics.jsonl) a run leaves in its out_dir; an --overwrite run deletes
-# the previous run's ones when it writes its first checkpoint
+# what a run leaves besides ckpt.pt and metrics.jsonl; an --overwrite run deletes them at its first checkpoint
 OUTPUTS = ("summary.json", "report.md", "curves.png")
 # options that may differ between a run and its resumption: where and how it computes, not what
 RESUMABLE_CHANGES = ("device", "threads", "dtype", "kernels", "resume", "overwrite")
@@ -39,9 +36,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where the 
 
 
 class Run:
-    """A run in cfg.out_dir: checked against --resume / --overwrite and held (start); its metrics and
-    skipped steps; its checkpoints, which hold what resuming needs (save, restore). step: the steps
-    the checkpoint resumed from had done (0 for a new run)."""
+    """A run in cfg.out_dir (checked and held by start), its metrics, skipped steps and checkpoints.
+    step: the steps done by the checkpoint resumed from (0 for a new run)."""
 
     def __init__(self, cfg, d, total_steps, unit="step"):
         self.cfg, self.d, self.total, self.unit = cfg, d, total_steps, unit
@@ -72,9 +68,8 @@ class Run:
         return state
 
     def save(self, step, models, optimizers, tokenizer, rng, gen=None, finished=False, **state):
-        """Checkpoint the trained models (as trained: wrapped; PPO's value model after its policy, in one
-        file) and, unless finished, what resuming needs. Every rank calls it (FSDP2 gathers the shards);
-        rank 0 writes."""
+        """Checkpoint the trained models (PPO's value model after its policy, in one file) and, unless
+        finished, what resuming needs. Every rank calls it (FSDP2 gathers the shards); rank 0 writes."""
         weights = [distributed.model_state(m) for m in models]
         if not finished:
             state = {"optimizers": [distributed.optimizer_state(m, o) for m, o in zip(models, optimizers)],
@@ -98,8 +93,8 @@ class Run:
 
 
 def start(cfg, is_main=True):
-    """Check cfg.out_dir against cfg.resume / cfg.overwrite, take its lock and clean it (on the main rank;
-    the others only read). Returns the checkpoint to resume from (a dict), or None for a new run."""
+    """Check cfg.out_dir against --resume / --overwrite, and (main rank) lock and clean it. Returns the
+    checkpoint to resume from, or None for a new run."""
     out_dir, path = cfg.out_dir, os.path.join(cfg.out_dir, "ckpt.pt")
     if is_main:
         hold(out_dir)
@@ -126,8 +121,8 @@ def start(cfg, is_main=True):
 
 
 def hold(out_dir):
-    """Make out_dir this process's (out_dir/run.lock holds its pid) until it exits; a ValueError if a live
-    process holds it. An out_dir made here and left empty is removed at exit (a run that failed at once)."""
+    """Lock out_dir (run.lock holds the pid) until this process exits; a ValueError if a live process holds
+    it. An out_dir made here and left empty is removed at exit."""
     made = not os.path.exists(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     lock = os.path.join(out_dir, "run.lock")
@@ -192,9 +187,8 @@ def write_json(path, obj):
 
 
 class Metrics:
-    """out_dir/metrics.jsonl, a JSON object per logged step, rewritten whole and atomically at every row
-    (always valid JSONL). Until the run owns out_dir (--overwrite, before its first checkpoint) the rows
-    stay in memory and the previous run's files as they are."""
+    """out_dir/metrics.jsonl, a JSON object per logged step, rewritten atomically at every row. Until the run
+    owns out_dir (--overwrite, before its first checkpoint) the rows stay in memory, the old files as they are."""
 
     def __init__(self, out_dir, rows=(), owned=True):
         self.out_dir, self.rows, self.owned = out_dir, [finite(r) for r in rows], owned
@@ -275,11 +269,12 @@ def format_eta(seconds):
 
 
 class Progress:
-    """One readable line per interval: step, the metrics given, throughput and ETA."""
+    """One readable line per interval: step, the metrics given, throughput and ETA. start: the steps done
+    before this process began (a resumed run)."""
 
-    def __init__(self, total, start=0):
-        """total steps; start: steps done before this process began (a resumed run)."""
-        self.total, self.start, self.t0, self.last_t, self.last_n = total, start, time.time(), time.time(), 0
+    def __init__(self, total, start=0, label="step"):
+        self.total, self.start, self.label, self.last_n = total, start, label, 0
+        self.t0 = self.last_t = time.time()
 
     def line(self, step, n_items, unit="tok", **metrics):
         """n_items: items (tokens, pairs...) processed since the start, for the throughput."""
@@ -287,13 +282,9 @@ class Progress:
         rate = (n_items - self.last_n) / max(now - self.last_t, 1e-9)
         self.last_t, self.last_n = now, n_items
         eta = (now - self.t0) / max(step - self.start, 1) * (self.total - step)
-        parts = [f"step {step:>{len(str(self.total))}}/{self.total}"]
+        parts = [f"{self.label} {step:>{len(str(self.total))}}/{self.total}"]
         parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()]
         return " | ".join(parts + [f"{rate:,.0f} {unit}/s", f"eta {format_eta(eta)}"])
-
-
-# ----------------------------------------------------------------------------------------------
-# stages as child processes
 
 
 def _die_with_parent():

@@ -1,13 +1,6 @@
 """
-Sampling responses to token-list prompts, in batches, with the KV cache (GPT.generate).
-
-    sample            the one way the reward model's comparisons, the reports and best-of-n sample:
-                      n responses per prompt, as text, split over the ranks under torchrun
-    score_responses   the reward model's score of each response, at its EOS, with the EOS trick
-    best_of_n         n samples per prompt, the one the reward model scores highest kept
-
-PPO's rollout calls GPT.generate on its batch itself: it keeps the sampled tokens, their mask and
-their log-probs as tensors for the update, where these return text.
+Sampling text responses to token-list prompts in batches with the KV cache: `sample` (split over the ranks under
+torchrun), `score_responses` (EOS trick), `best_of_n`. PPO's rollout calls GPT.generate itself to keep tensors.
 """
 from contextlib import nullcontext
 
@@ -22,9 +15,8 @@ from minirlhf.scoring import response_batch, reward_scores
 @torch.no_grad()
 def sample(model, tokenizer, prompts, *, max_new_tokens, temperature=1.0, n=1, generator=None, d=distributed.ONE,
            autocast=nullcontext, batch_size=256):
-    """n responses of model to each prompt (a token list), prompt-major: prompt i's are items i * n ... i * n + n - 1,
-    about batch_size at a time, a prompt's prefill run once for its n. Under torchrun each rank samples every
-    world-th prompt and every rank gets all. Returns dicts: ids (response tokens, EOS excluded), text, ended."""
+    """n responses to each prompt, prompt i's at items i * n ... i * n + n - 1, about batch_size at a time. Under
+    torchrun each rank samples every world-th prompt and every rank gets all. Dicts: ids (EOS excluded), text, ended."""
     net = distributed.unwrapped(model)
     device, was_training = net.lm_head.weight.device, net.training
     net.eval()
@@ -50,9 +42,7 @@ def sample(model, tokenizer, prompts, *, max_new_tokens, temperature=1.0, n=1, g
 @torch.no_grad()
 def score_responses(reward_model, tokenizer, prompts, responses, *, eos_penalty_score=-1.0, autocast=nullcontext,
                     batch_size=256):
-    """The reward model's score of each response (a sample dict) to its prompt (a token list), read at its
-    EOS as in PPO's rollout; a response that never ended gets eos_penalty_score instead (the EOS trick,
-    "The N+ implementation details of RLHF with PPO"). A list of floats."""
+    """Reward model scores (floats) at each response's EOS, or eos_penalty_score if it never ended (the EOS trick)."""
     if len(prompts) != len(responses):
         raise ValueError(f"score_responses: {len(prompts)} prompts but {len(responses)} responses")
     device, was_training = next(reward_model.parameters()).device, reward_model.training
@@ -70,14 +60,9 @@ def score_responses(reward_model, tokenizer, prompts, responses, *, eos_penalty_
 @torch.no_grad()
 def best_of_n(policy, reward_model, tokenizer, prompt_ids, n, *, max_new_tokens, temperature=1.0, generator=None,
               autocast=nullcontext, eos_penalty_score=-1.0, batch_size=256, return_all=False):
-    """Best-of-n (rejection) sampling against a reward model (Nakano et al. 2021, WebGPT; Gao et al.
-    2022): n responses per prompt from policy, each scored by the reward model (score_responses), and
-    the highest-scoring one kept, the first of them on a tie. Its KL to the policy is at most
-    log n - (n - 1) / n, equal when scores never tie (Gao et al. 2022).
-
-    Returns, per prompt, the chosen response (a sample dict with its "score"); with return_all,
-    (chosen, samples), samples[i] being prompt i's n responses in the order drawn, each with its score,
-    so that another reward model or a smaller n can reuse them."""
+    """Best-of-n sampling (WebGPT, Nakano et al. 2021; Gao et al. 2022): per prompt, the first of n responses that the
+    reward model scores highest, its KL to the policy at most log n - (n - 1) / n. Returns those sample dicts with their
+    "score"; with return_all, (chosen, samples), samples[i] being prompt i's n scored responses."""
     if n < 1:
         raise ValueError(f"best_of_n: n must be at least 1, got {n}")
     responses = sample(policy, tokenizer, prompt_ids, max_new_tokens=max_new_tokens, n=n, temperature=temperature,

@@ -1,9 +1,6 @@
 """
-Scoring responses with the models, laid out as a PPO rollout lays them out: a batch of
-sequences seq (B, P + R), each a left-padded prompt of P columns followed by a response of R
-columns (padding after its EOS). Shared by PPO's rollout and update, the reward model's training
-and every evaluation, so that all of them read the same positions the same way.
-
+Scoring responses in a PPO rollout's layout, seq (B, P + R): a left-padded prompt of P columns, then a response of R
+columns padded after its EOS. PPO, reward model training and evaluation all read positions through these:
     response_logprobs   log pi(token) of each response token (and entropies)     policy, reference
     response_values     the value model's estimate at each response position      value model
     reward_scores       the reward model's score of each response, at its EOS     reward model
@@ -17,34 +14,29 @@ from minirlhf.data import IGNORE_INDEX, left_pad, micro_batches
 
 
 def response_logprobs(model, seq, start, P, targets, temperature, autocast, entropy=False):
-    """Log-probs (B, R) of the response tokens seq[:, P:] at the sampling temperature (and, with
-    entropy, each position's entropy). The hidden state at position t predicts token t + 1, so
-    they are read at positions P-1 ... T-2: the last token of seq is never fed, and the final block
-    runs at the response positions only. targets: the response tokens, -100 where there is none."""
+    """Log-probs (B, R) of the response tokens seq[:, P:] (with entropy, also entropies) at the sampling temperature,
+    read at positions P-1 ... T-2 (t predicts t + 1). targets: the response tokens, -100 where there is none."""
     with autocast():
         return model(seq[:, :-1], start, last=seq.size(1) - P, targets=targets, temperature=temperature,
                      return_entropy=entropy)
 
 
 def response_values(model, seq, start, P, autocast):
-    """The value model's estimate (B, R) at each response position, from the same hidden states
-    that response_logprobs reads: the state before each token is chosen."""
+    """The value model's estimate (B, R) at each response position: the state before each token is chosen."""
     with autocast():
         return model(seq[:, :-1], start, last=seq.size(1) - P)
 
 
 def reward_scores(reward_model, seq, start, P, lengths, autocast):
-    """The reward model's score (B,) of each response seq[:, P:], read at its last token: the EOS,
-    or the last token of a response that ran out of budget (lengths (B,) counts the EOS)."""
+    """The reward model's score (B,) of each response, read at its last token (lengths (B,) count the EOS)."""
     with autocast():
         scores = reward_model(seq, start, last=seq.size(1) - P)  # (B, R)
     return scores[torch.arange(len(seq), device=seq.device), lengths - 1]
 
 
 def response_batch(prompts, responses, tokenizer, device):
-    """Prompts (token lists) and their sampled responses (sampling.sample dicts) laid out as a
-    rollout lays them out: seq (B, P + R) left-padded prompt then response, start (B,), P, targets
-    (B, R) with -100 after each response, lengths (B,) with the EOS counted, ended (B,)."""
+    """Prompts (token lists) and sampled responses (sampling.sample dicts) -> seq (B, P + R), start (B,), P,
+    targets (B, R) with -100 after each response, lengths (B,) with the EOS counted, ended (B,)."""
     prompt_idx, start = left_pad(prompts, tokenizer.pad_id)
     resp = [r["ids"] + [tokenizer.eos_id] * r["ended"] for r in responses]
     lengths = torch.tensor([len(r) for r in resp])
@@ -59,10 +51,8 @@ def response_batch(prompts, responses, tokenizer, device):
 
 
 def in_parts(n, seq, start, P, score):
-    """score(rows, seq, start, P) -> a tuple of per-row tensors, for a left-padded batch, computed in up
-    to n parts of rows with similar prompt lengths, each without the prompt columns that are padding in
-    all of its rows (minibatch_rows), and put back in row order: the same outputs for less padding.
-    rows: a part's indices into the batch, to pick its rows of other per-row inputs."""
+    """score(rows, seq, start, P) -> per-row tensors, computed in up to n parts of similar prompt lengths
+    (minibatch_rows), put back in row order: the same outputs, less padding. rows: a part's indices into the batch."""
     if n == 1:
         return score(torch.arange(seq.size(0), device=seq.device), seq, start, P)
     prompt_lengths = (P - start).tolist()
@@ -74,8 +64,6 @@ def in_parts(n, seq, start, P, score):
 
 
 def minibatch_rows(rows, seq, start, P):
-    """Rows (a LongTensor of indices) of a left-padded batch, with the prompt columns that are
-    padding in every one of them dropped: a PPO minibatch's forward then skips work no row needs
-    (the prompts of the whole batch are padded to its longest). Returns seq, start, P of the rows."""
+    """seq, start, P of some rows (a LongTensor), without the prompt columns that are padding in all of them."""
     drop = int(start[rows].min())  # leading columns that are padding in every row
     return seq[rows, drop:], start[rows] - drop, P - drop

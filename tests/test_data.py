@@ -14,12 +14,9 @@ from minirlhf.data import (
     format_of,
     left_pad,
     micro_batches,
-    read_comparisons,
-    read_prompts,
-    read_sft,
     sft_batch,
-    write_jsonl,
 )
+from minirlhf.jsonl import read_comparisons, read_prompts, read_sft, write_jsonl
 from minirlhf.tasks import instruct as tasks
 from minirlhf.tasks import reference
 from minirlhf.tokenizer import get_tokenizer

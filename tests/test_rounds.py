@@ -146,7 +146,7 @@ def test_human_labels_through_two_rounds_as_the_program_says(tmp_path, sft):
 
 
 def test_comparisons_written_are_distinct_valid_text_at_their_best_rank(tmp_path):
-    from minirlhf.data import read_comparisons
+    from minirlhf.jsonl import read_comparisons
     from minirlhf.rounds import write_comparisons
     from minirlhf.tokenizer import get_tokenizer
     tok = get_tokenizer("bytes")

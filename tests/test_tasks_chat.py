@@ -6,15 +6,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from minirlhf.data import (
-    encode_comparison,
-    encode_prompt,
-    encode_sft,
-    read_comparisons,
-    read_prompts,
-    read_sft,
-    write_jsonl,
-)
+from minirlhf.data import encode_comparison, encode_prompt, encode_sft
+from minirlhf.jsonl import read_comparisons, read_prompts, read_sft, write_jsonl
 from minirlhf.tasks import dialogue as chat
 from minirlhf.tasks import labelers, reference
 from minirlhf.tasks.dialogue import CASES, KINDS, LABELER_TEMPERATURE, REFUSAL, demonstrate, gold_score

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from minirlhf import config
 from minirlhf.config import at_least_one, check
-from minirlhf.data import write_jsonl
+from minirlhf.jsonl import write_jsonl
 from minirlhf.tasks import TASKS, get_task
 from minirlhf.tasks.labelers import TARGET_AGREEMENT, gold_agreement, labeler_agreement
 from minirlhf.tasks.reference import calibrate_temperature, comparison_records, reference_groups

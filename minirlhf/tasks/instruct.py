@@ -1,35 +1,19 @@
 """
-The built-in instruct task (InstructGPT): short instructions a tiny byte-level GPT can learn in minutes on a CPU, plus
-three stand-ins for InstructGPT's people, so the whole recipe runs without a single human label.
+The built-in instruct task (InstructGPT): one-line instructions a tiny byte-level GPT learns in minutes on a CPU,
+and stand-ins for InstructGPT's people, so the whole recipe runs without a single human label. A prompt is one
+instruction ending in SEP ("\\n"); the completion is the answer alone (the data code appends EOS):
 
-A prompt is one instruction line ending in SEP ("\\n"); the completion is just the answer (the data
-code appends EOS, it is not part of the text):
+    sort 7 2 9 4      -> 2 4 7 9       reverse bajewu    -> uwejab        upper genad pulat -> GENAD PULAT
+    sort 2 1 8 1      -> 1 1 2 8       reverse rob       -> bor           upper ki          -> KI
+    add 96 8          -> 104           count u in pupolu -> 2             count z in lukic  -> 0
 
-    sort 7 2 9 4          -> 2 4 7 9          sort 2 1 8 1          -> 1 1 2 8
-    reverse bajewu        -> uwejab           reverse rob           -> bor
-    upper genad pulat     -> GENAD PULAT      upper ki              -> KI
-    add 37 5              -> 42               add 96 8              -> 104
-    count u in pupolu     -> 2                count z in lukic      -> 0
+Sizes fit a 4-layer byte-level GPT: sort 3-5 digits, reverse a word of 3-6 letters, upper 1-2 words, add a digit to a
+number below 100, count in a word of 3-8 letters. Prompts are at most 20 bytes, answers 11 (19 with a rambling word).
 
-Sizes are what a 4-layer byte-level GPT learns in a few CPU minutes: 3-5 digits to sort, words of
-3-6 letters, phrases of 1-2 words, a number below 100 plus a digit, words of 3-8 letters to count
-in. Prompts are at most 20 bytes, answers at most 11 (19 with a rambling word).
+The stand-ins: gold_score, what the labelers "really want" (the right answer from the prompt text, with partial credit,
+so any JSONL in this format can be scored), demonstrate (the demonstrators) and the labelers (tasks/labelers.py).
 
-The stand-ins:
-    gold_score   what the labelers "really want": the right answer recomputed from the prompt text,
-                 with partial credit, so any JSONL in this format can be scored
-    demonstrate  a labeler writing an SFT demonstration, with realistic content mistakes and a chatty
-                 habit at set rates, so that SFT alone stays clearly imperfect and PPO has room
-                 to improve on it
-    labelers     rank K responses by Plackett-Luce sampling on the gold scores (tasks/labelers.py) at
-                 LABELER_TEMPERATURE, noisy enough that two labelers agree on ~73% of pairs
-                 (InstructGPT, Ouyang et al. 2022)
-
-Prompts fall in the train or the eval split by a hash of their text, so the splits are disjoint by
-construction, whoever generates them and with whatever seed.
-
-Export the built-in data as JSONL (the formats of minirlhf/data.py):
-    python -m minirlhf.tasks --task=instruct --out_dir=data/instruct [--n_sft=20000 --seed=0 ...]
+    python -m minirlhf.tasks --task=instruct --out_dir=data/instruct [--n_sft=20000 --seed=0 ...]  # export JSONL
     python -m minirlhf.tasks --task=instruct --calibrate     # re-derive LABELER_TEMPERATURE
 """
 import hashlib
@@ -39,28 +23,20 @@ import string
 from collections import Counter
 
 NAME = "instruct"
-
 KINDS = ("sort", "reverse", "upper", "add", "count")
 SEP = "\n"  # ends every prompt: the model keys on it to start answering
 
-# The demonstrators, by default. Two independent failings, as people have:
-#   DEMO_ERROR_RATE   a content mistake (a digit off by one, a swapped pair, a dropped letter...): a slip
-#   DEMO_RAMBLE_RATE  a chatty word tacked on after the answer (" ok", " i think", "!"): a habit
-# Labelers, ranking, dislike both: people judge better than they write (InstructGPT's case for
-# comparisons), so SFT copies the habits and the reward model learns that the labelers dislike them.
-# Two right answers tie, so an always-right PPO policy wins only 1 - p/2 over an SFT policy right a
-# share p of the time; the rates keep p well under 0.6 (why: experiments/RESULTS.md, "The built-in tasks").
+# The demonstrators' two independent failings, a content mistake and a chatty word after the answer: SFT copies them,
+# and labelers dislike them (people judge better than they write). Two right answers tie, so the rates keep SFT right
+# well under 60% of the time, leaving PPO room to win (experiments/RESULTS.md, "The built-in tasks").
 DEMO_ERROR_RATE = 0.3
 DEMO_RAMBLE_RATE = 0.6
 
-# The reference distribution for labeler calibration and the built-in comparisons: K responses per
-# prompt from the demonstrator at rates like a small SFT model's T=1 samples (its demonstrations'
-# mistakes plus its own).
+# reference distribution (labeler calibration, built-in comparisons): K demonstrations at a small SFT model's rates
 REFERENCE_RATES = {"error_rate": 0.4, "ramble_rate": DEMO_RAMBLE_RATE}
 REFERENCE_K = 4
 
-# Plackett-Luce temperature on gold scores in [0, 1] at which two labelers order a pair of the reference
-# distribution alike 73% of the time (`python -m minirlhf.tasks --task=instruct --calibrate`)
+# Plackett-Luce temperature at which two labelers agree on 73% of reference pairs (python -m minirlhf.tasks --calibrate)
 LABELER_TEMPERATURE = 0.144
 
 EVAL_PERCENT = 10  # share of the prompt space that is held out
@@ -71,12 +47,10 @@ ADD_SCALE = 4.0  # add: off by 1 keeps 0.8 of the credit, a lost carry (off by 1
 COUNT_SCALE = 1.0  # count: off by 1 keeps half
 RAMBLE = (" ok", " done", "!", ".", " yes", " i think")  # what a chatty demonstrator tacks on
 
-_CONSONANTS = "bcdfghjklmnprstvwz"
-_VOWELS = "aeiou"
+_CONSONANTS, _VOWELS = "bcdfghjklmnprstvwz", "aeiou"
 
 
-# ----------------------------------------------------------------------------------------------
-# prompts
+# prompts --------------------------------------------------------------------------------------
 
 
 def _word(rng, lo, hi):
@@ -114,9 +88,8 @@ def split_of(prompt):
 
 
 def make_prompts(n, split, rng, weights=None):
-    """n prompts of `split`, drawn with `rng`; prompts of the other split are drawn and dropped.
-    weights: {kind: relative frequency} (default: every kind alike), e.g. to over-sample the kinds a
-    policy does worst on (red-teaming, train_ppo.py --rounds)."""
+    """n prompts of `split`, drawn with `rng` (those of the other split are dropped). weights: {kind: relative
+    frequency} (default: uniform), e.g. to over-sample the kinds a policy does worst on (train_ppo.py --rounds)."""
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', not {split!r}")
     kinds, w = check_weights(weights, KINDS)
@@ -138,15 +111,14 @@ def check_weights(weights, kinds):
     return list(kinds), [weights.get(k, 0.0) for k in kinds]
 
 
-# ----------------------------------------------------------------------------------------------
-# the right answer, from the prompt text alone
+# the right answer, from the prompt text alone -------------------------------------------------
 
-_PATTERNS = {
-    "sort": re.compile(r"sort((?: -?\d+)+)"),
-    "reverse": re.compile(r"reverse (\S+)"),
-    "upper": re.compile(r"upper (\S(?:[^\n]*\S)?)"),
-    "add": re.compile(r"add (-?\d+) (-?\d+)"),
-    "count": re.compile(r"count (\S) in (\S+)"),
+_GRAMMAR = {  # kind: (the pattern of its prompts, the right answer from a match)
+    "sort": (re.compile(r"sort((?: -?\d+)+)"), lambda m: " ".join(map(str, sorted(map(int, m[1].split()))))),
+    "reverse": (re.compile(r"reverse (\S+)"), lambda m: m[1][::-1]),
+    "upper": (re.compile(r"upper (\S(?:[^\n]*\S)?)"), lambda m: m[1].upper()),
+    "add": (re.compile(r"add (-?\d+) (-?\d+)"), lambda m: str(int(m[1]) + int(m[2]))),
+    "count": (re.compile(r"count (\S) in (\S+)"), lambda m: str(m[2].count(m[1]))),
 }
 
 
@@ -154,23 +126,13 @@ def parse(prompt):
     """(kind, right answer) of a prompt; ValueError if it is not one of the built-in instructions."""
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be a str, not {type(prompt).__name__}")
-    text = prompt[:-len(SEP)] if prompt.endswith(SEP) else prompt  # the separator is optional here
+    text = prompt.removesuffix(SEP)  # the separator is optional here
     kind = text.split(" ", 1)[0]
-    m = _PATTERNS[kind].fullmatch(text) if kind in _PATTERNS else None
+    m = _GRAMMAR[kind][0].fullmatch(text) if kind in _GRAMMAR else None
     if m is None:
         raise ValueError(f"not a built-in task prompt: {prompt[:60]!r}; expected one of "
                          "'sort 7 2 9', 'reverse word', 'upper some words', 'add 37 45', 'count a in banana'")
-    if kind == "sort":
-        answer = " ".join(str(x) for x in sorted(int(t) for t in m.group(1).split()))
-    elif kind == "reverse":
-        answer = m.group(1)[::-1]
-    elif kind == "upper":
-        answer = m.group(1).upper()
-    elif kind == "add":
-        answer = str(int(m.group(1)) + int(m.group(2)))
-    else:
-        answer = str(m.group(2).count(m.group(1)))
-    return kind, answer
+    return kind, _GRAMMAR[kind][1](m)
 
 
 def answer(prompt):
@@ -178,8 +140,7 @@ def answer(prompt):
     return parse(prompt)[1]
 
 
-# ----------------------------------------------------------------------------------------------
-# gold scorer
+# gold scorer ----------------------------------------------------------------------------------
 
 
 def _edit_distance(a, b):
@@ -193,47 +154,31 @@ def _edit_distance(a, b):
     return prev[-1]
 
 
-def _similarity(a, b):
-    # 1 - normalised edit distance: 1 iff equal, 0 for nothing in common (or an empty response)
-    return 1.0 - _edit_distance(a, b) / max(len(a), len(b))
-
-
 def _sequence_credit(got, want):
-    # half for the right items in any order (multiset overlap), half for the right order (sim)
-    kept = sum((Counter(got) & Counter(want)).values()) / max(len(got), len(want))
-    return 0.5 * kept + 0.5 * _similarity(got, want)
+    # half for the right items in any order (multiset overlap), half for the right order (1 - edit distance), both
+    # over the longer length: the input copied unchanged keeps the first half; a wrong, missing, doubled or extra
+    # item costs about one item's share of both
+    longer = max(len(got), len(want))
+    kept = sum((Counter(got) & Counter(want)).values()) / longer
+    return 0.5 * kept + 0.5 * (1.0 - _edit_distance(got, want) / longer)
 
 
 def _numeric_score(response, right, scale):
+    # the closeness of the first integer x (none scores 0), times the share of the response that is str(x):
+    # everything besides the number written canonically (rambling, leading zeros) costs its share
     m = re.search(r"-?\d+", response)
     if m is None:
         return 0.0
     x = int(m.group())
     closeness = 1.0 / (1.0 + abs(x - int(right)) / scale)
-    # everything besides the number written canonically (rambling, leading zeros) costs its share
     return closeness * len(str(x)) / len(response)
 
 
 def gold_score(prompt, response, ended):
-    """
-    The gold reward of `response` (the text generated before EOS) to a built-in `prompt` (its text,
-    or a {"prompt": ...} record), in [0, 1].
-    `ended` says whether the response ended with EOS. Scores 1 exactly when the response is the
-    right answer and ended; a missing EOS multiplies the score by MISSING_EOS_FACTOR (0.5).
-
-    Partial credit by kind. sort, reverse and upper compare sequences: space-separated tokens for
-    sort, characters for reverse and upper. The credit is the mean of
-      kept  the share of the right items present in any order: multiset overlap / the longer length
-      sim   the share in the right order: 1 - edit_distance / the longer length
-    so the input copied unsorted or unreversed keeps `kept`; a wrong, missing, doubled or extra item
-    (a rambling word, a wrong-case letter) costs about one item's share of both; two swapped items
-    cost two items' share of `sim`.
-    add and count compare numbers: the first integer x in the response scores its closeness
-    1 / (1 + |x - right| / scale), with scale 4 for add (off by 1: 0.8; a lost carry, off by 10:
-    0.29) and 1 for count (off by 1: 0.5), times the share of the response that is str(x), so
-    rambling and leading zeros cost their length. No integer scores 0.
-    Raises ValueError for a prompt that is not a built-in instruction.
-    """
+    """The gold reward in [0, 1] of `response` (the text before EOS) to a built-in `prompt` (text or {"prompt"} record):
+    1 exactly for the right answer with EOS (`ended`); a missing EOS multiplies it by MISSING_EOS_FACTOR. Partial
+    credit: _sequence_credit over the numbers of sort and the characters of reverse and upper; for add and count,
+    _numeric_score, closeness 1 / (1 + |x - right| / scale). ValueError for a prompt that is not built in."""
     kind, right = parse(_text_of(prompt))
     if not isinstance(response, str):
         raise ValueError(f"response must be a str, not {type(response).__name__}")
@@ -248,8 +193,7 @@ def gold_score(prompt, response, ended):
     return score if ended else score * MISSING_EOS_FACTOR
 
 
-# ----------------------------------------------------------------------------------------------
-# noisy demonstrator
+# noisy demonstrator ---------------------------------------------------------------------------
 
 
 def _pick(rng, s, keep):
@@ -298,15 +242,11 @@ def _swap_tokens(s, prompt_args, rng):
 
 
 def _drop_token(s, prompt_args, rng):
-    t = s.split(" ")
-    del t[rng.randrange(len(t))]
-    return " ".join(t)
+    return " ".join(_drop_char(s.split(" "), prompt_args, rng))  # the same slip on the list of numbers
 
 
 def _double_token(s, prompt_args, rng):
-    t = s.split(" ")
-    i = rng.randrange(len(t))
-    return " ".join(t[:i + 1] + t[i:])
+    return " ".join(_double_char(s.split(" "), prompt_args, rng))
 
 
 def _copy_input(s, prompt_args, rng):
@@ -328,20 +268,14 @@ _MISTAKES = {  # content mistakes; rambling is a separate habit
 
 
 def demonstrate(prompt, rng, error_rate=DEMO_ERROR_RATE, ramble_rate=DEMO_RAMBLE_RATE):
-    """
-    A labeler's demonstration for `prompt`: the right answer, except that with probability
-    `error_rate` it has one realistic content mistake (a digit off by one, a swapped pair, a dropped
-    or doubled character or number, a wrong-case letter, the input copied unchanged), and,
-    independently, with probability `ramble_rate` a chatty word tacked on (RAMBLE). Either always
-    changes the answer, so the share of demonstrations scoring below 1 is
-    1 - (1 - error_rate) * (1 - ramble_rate).
-    """
+    """A labeler's demonstration for `prompt`: the right answer, with one content mistake (_MISTAKES) at `error_rate`
+    and, independently, a chatty word (RAMBLE) at `ramble_rate`. Either always changes the answer, so a share
+    1 - (1 - error_rate) * (1 - ramble_rate) of demonstrations scores below 1."""
     for name, rate in (("error_rate", error_rate), ("ramble_rate", ramble_rate)):
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {rate}")
     kind, right = parse(prompt)
-    text = prompt[:-len(SEP)] if prompt.endswith(SEP) else prompt
-    prompt_args = text.split(" ", 1)[1]
+    prompt_args = prompt.removesuffix(SEP).split(" ", 1)[1]
     out = right
     if rng.random() < error_rate:
         for _ in range(20):
@@ -357,12 +291,10 @@ def demonstrate(prompt, rng, error_rate=DEMO_ERROR_RATE, ramble_rate=DEMO_RAMBLE
 
 
 def assess(prompt, response, ended):
-    """What a report counts about one response: its kind, gold score, whether it is exactly right,
-    whether it rambles (the right answer with a chatty tail), its length in characters."""
-    record = prompt if isinstance(prompt, dict) else {"prompt": prompt}
-    gold = gold_score(record, response, ended)
-    right = answer(_text_of(record))
-    return {"kind": kind_of(record), "gold": gold, "exact": gold == 1.0,
+    """What a report counts about one response: kind, gold, exact, rambling (the right answer + chatty tail), length."""
+    kind, right = parse(_text_of(prompt))
+    gold = gold_score(prompt, response, ended)
+    return {"kind": kind, "gold": gold, "exact": gold == 1.0,
             "rambling": response != right and response.startswith(right), "length": len(response)}
 
 
@@ -373,15 +305,12 @@ def kind_of(record):
 
 def _text_of(prompt):
     # a prompt's text, from a {"prompt": ...} record or the text itself
-    if isinstance(prompt, dict):
-        if "prompt" not in prompt:
-            raise ValueError("not a built-in task prompt: a record without a 'prompt' (a chat record?)")
-        return prompt["prompt"]
-    return prompt
+    if isinstance(prompt, dict) and "prompt" not in prompt:
+        raise ValueError("not a built-in task prompt: a record without a 'prompt' (a chat record?)")
+    return prompt["prompt"] if isinstance(prompt, dict) else prompt
 
 
-# ----------------------------------------------------------------------------------------------
-# records for the training scripts
+# records for the training scripts -------------------------------------------------------------
 
 
 def prompt_records(n, split, seed=0, weights=None):
