@@ -34,9 +34,8 @@ from minirlhf.scoring import in_parts, response_logprobs, response_values, rewar
 from minirlhf.tasks import get_task, scorable
 from minirlhf.tokenizer import get_tokenizer
 
-# the console line's metrics (the update's are missing where it was skipped)
-SHOWN = {"rm": "objective/rm_score", "gold": "objective/gold", "kl": "objective/kl", "ent": "policy/entropy",
-         "pg": "losses/pg_loss", "vf": "losses/vf_loss", "clip": "policy/clipfrac", "len": "charts/response_length"}
+LOG_LINE = {"rm": "objective/rm_score", "gold": "objective/gold", "kl": "objective/kl", "ent": "policy/entropy",
+            "pg": "losses/pg_loss", "vf": "losses/vf_loss", "clip": "policy/clipfrac", "len": "charts/response_length"}
 
 
 @dataclass
@@ -76,6 +75,14 @@ class Config(config.Options):
     """beta of the per-token KL penalty (InstructGPT: 0.02; the N+ details: 0.05; a small RM over-optimizes sooner)"""
     kl_estimator: str = "k1"
     """per-token KL estimate in the reward: k1 = log(pi/pi_ref), or k3 (unbiased and never negative)"""
+    kl_in: str = "reward"
+    """where the KL to the reference goes: reward (a per-token penalty, InstructGPT) or loss (a k3 term, as GRPO)"""
+    advantage: str = "gae"
+    """gae (with a value model, as InstructGPT), or critic-free: grpo (group mean and std) or rloo (leave-one-out)"""
+    group_size: int = 1
+    """responses sampled per prompt (batch_size counts responses); grpo and rloo compare them: at least 2"""
+    loss_agg: str = "token"
+    """the loss as a mean over a minibatch's tokens (token), or over its responses of their tokens' means (sequence)"""
     adaptive_kl: bool = False
     """move kl_coef toward kl_target with Ziegler et al.'s proportional controller"""
     kl_target: float = 6.0
@@ -116,11 +123,16 @@ class Config(config.Options):
     def __post_init__(self):
         super().__post_init__()
         at_least_one(self, "n_eval", "iterations", "batch_size", "ppo_epochs", "n_minibatches", "micro_batches",
-                     "kl_horizon", "save_interval")
+                     "kl_horizon", "save_interval", "group_size")
         if self.batch_size % self.n_minibatches:
             raise ValueError(f"--batch_size={self.batch_size} is not divisible by --n_minibatches={self.n_minibatches}")
         check(self, "temperature", lambda x: x > 0, "> 0 (PPO needs the policy's probabilities)")
-        check(self, "kl_estimator", lambda x: x in ("k1", "k3"), "k1 or k3")
+        for name, choices in (("kl_estimator", ("k1", "k3")), ("kl_in", ("reward", "loss")),
+                              ("advantage", ("gae", "grpo", "rloo")), ("loss_agg", ("token", "sequence"))):
+            check(self, name, lambda x: x in choices, " or ".join(choices))
+        check(self, "group_size", lambda x: x >= 2 or self.advantage == "gae",
+              f"at least 2 with --advantage={self.advantage} (it compares the responses to one prompt)")
+        check(self, "group_size", lambda x: self.batch_size % x == 0, f"a divisor of --batch_size={self.batch_size}")
         check(self, ("kl_coef", "vf_coef", "ent_coef", "ptx_coef", "learning_rate"), lambda x: x >= 0, ">= 0")
         check(self, ("clip_range", "vf_clip_range", "kl_target"), lambda x: x > 0, "> 0")
         check(self, "value_learning_rate", lambda x: x == -1 or x >= 0, ">= 0 (or -1: learning_rate)")
@@ -135,13 +147,9 @@ def main(cfg):
     d, device, autocast = distributed.setup(cfg)
     t_start = time.time()
     run = runs.Run(cfg, d, cfg.iterations, unit="update")  # a finished or mismatched out_dir: an error before all else
-    # the default pipeline: train (or finish) the SFT and reward models first when their checkpoints are missing
-    auto = cfg.train_missing and cfg.prompts == "builtin" and d.world == 1
-    default = config.presets(Config, cfg.task, "ppo")  # only a checkpoint at its default path is trained here
-    runs.ensure(cfg.sft_ckpt, "sft_ckpt", "train_sft.py", [f"--task={cfg.task}"], cfg,
-                auto and cfg.sft_ckpt == default["sft_ckpt"])
-    runs.ensure(cfg.rm_ckpt, "rm_ckpt", "train_rm.py", [f"--task={cfg.task}", f"--sft_ckpt={cfg.sft_ckpt}"], cfg,
-                auto and cfg.rm_ckpt == default["rm_ckpt"])
+    # the default pipeline: train (or finish) the SFT and reward models at their default paths first if missing
+    runs.ensure_stages(cfg, config.presets(Config, cfg.task, "ppo"), cfg.train_missing and cfg.prompts == "builtin"
+                       and d.world == 1)
     run.t0 = time.time()  # the run's own time: after the stages trained for it
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)  # prompt order and PPO-ptx batches: the same on every rank
@@ -154,23 +162,26 @@ def main(cfg):
     tokenizer = get_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
     ref_policy, tokenizer, _ = load_checkpoint(cfg.sft_ckpt, tokenizer, kind="policy", option="sft_ckpt", **kw)
     reward_model, _, _ = load_checkpoint(cfg.rm_ckpt, tokenizer, kind="reward", option="rm_ckpt", **kw)
+    critic = cfg.advantage == "gae"  # grpo and rloo have no value model: none is loaded, trained or saved
     start_path = run.path if run.ckpt else cfg.init_from
     if start_path:
         policy, _, start = load_checkpoint(start_path, tokenizer, kind="policy", option=None if run.ckpt else
                                            "init_from", finished=not run.ckpt, **kw)
-        value_model = model_from(start, start_path, "value_model", **kw)
+        value_model = model_from(start, start_path, "value_model", **kw) if critic else None
     else:
-        policy, value_model = (load_checkpoint(path, tokenizer, **kw)[0] for path in (cfg.sft_ckpt, cfg.rm_ckpt))
+        policy = load_checkpoint(cfg.sft_ckpt, tokenizer, **kw)[0]
+        value_model = load_checkpoint(cfg.rm_ckpt, tokenizer, **kw)[0] if critic else None
+    print(f"advantages: {cfg.advantage}" + ("" if critic else f", {cfg.group_size} per prompt, no value model"))
     for m in (ref_policy, reward_model):
         m.requires_grad_(False).eval()
 
     # prompts (token ids) for the rollouts; the report's, checked now; demonstrations for PPO-ptx
-    block_size = policy.config.block_size
+    block_size, n_prompts = policy.config.block_size, cfg.batch_size // cfg.group_size
     if block_size - cfg.max_new_tokens < 1:
         raise ValueError(f"--max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in block_size "
                          f"{block_size}")
     if cfg.prompts == "builtin":
-        train_prompts = task.prompt_records(cfg.iterations * cfg.batch_size, "train", cfg.seed + 1)
+        train_prompts = task.prompt_records(cfg.iterations * n_prompts, "train", cfg.seed + 1)
         eval_prompts = task.prompt_records(cfg.n_eval, "eval", cfg.seed + 2)
     else:  # the user's JSONL files, checked record by record
         from minirlhf.jsonl import read_prompts
@@ -187,14 +198,16 @@ def main(cfg):
         ptx = [data.encode_sft(tokenizer, r, block_size) for r in demos]
 
     distributed.share(cfg.batch_size // cfg.n_minibatches, d, "batch_size / n_minibatches")  # each rank's minibatch
+    distributed.share(n_prompts, d, "batch_size / group_size")  # each rank's prompts
     policy_train = distributed.wrap(policy, d, cfg.fsdp)  # what the update's forward and backward go through
-    value_train = distributed.wrap(value_model, d, cfg.fsdp)
-    value_lr = cfg.learning_rate if cfg.value_learning_rate < 0 else cfg.value_learning_rate
+    value_train = distributed.wrap(value_model, d, cfg.fsdp) if critic else None
+    trained = [m for m in (policy_train, value_train) if m is not None]  # what optimizers and checkpoints hold
+    lrs = (cfg.learning_rate, cfg.learning_rate if cfg.value_learning_rate < 0 else cfg.value_learning_rate)
     optimizers = [torch.optim.Adam(m.parameters(), lr=lr, eps=cfg.adam_eps, fused=not cfg.fsdp)
-                  for m, lr in ((policy_train, cfg.learning_rate), (value_train, value_lr))]
+                  for m, lr in zip(trained, lrs)]
     order = list(range(len(train_ids)))
     rng.shuffle(order)
-    kl_coef = run.restore((policy_train, value_train), optimizers, rng, gen).get("kl_coef", cfg.kl_coef)
+    kl_coef = run.restore(trained, optimizers, rng, gen).get("kl_coef", cfg.kl_coef)
     kl_ctl = rl.AdaptiveKLController(kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else None
 
     def ptx_batch():
@@ -211,15 +224,15 @@ def main(cfg):
         t_it = time.time()
         # 1. rollout: a response per prompt from the current policy, at the sampling temperature (GPT.generate,
         # not sampling.sample: the update needs the tokens and their log-probs as tensors)
-        batch = distributed.my_slice([order[((it - 1) * cfg.batch_size + i) % len(order)]
-                                      for i in range(cfg.batch_size)], d)
+        batch = distributed.my_slice([order[((it - 1) * n_prompts + i) % len(order)] for i in range(n_prompts)], d)
         prompt_idx, start = (x.to(device) for x in data.left_pad([train_ids[i] for i in batch], tokenizer.pad_id))
         policy.eval()
         with torch.no_grad(), distributed.full_weights(policy_train), autocast():
             out = policy.generate(prompt_idx, cfg.max_new_tokens, start=start, temperature=cfg.temperature,
                                   eos_id=tokenizer.eos_id if cfg.stop_at_eos else None, pad_id=tokenizer.pad_id,
-                                  generator=gen)
+                                  generator=gen, num_samples=cfg.group_size)  # a prompt's responses: neighbouring rows
         policy.train()
+        prompt_idx, start = prompt_idx.repeat_interleave(cfg.group_size, 0), start.repeat_interleave(cfg.group_size)
         P = prompt_idx.size(1)
         seq = torch.cat([prompt_idx, out.tokens], 1)  # (B, P + R): left-padded prompt, response, pad after EOS
         mask = out.mask  # (B, R) True on response tokens, EOS included
@@ -235,7 +248,7 @@ def main(cfg):
         with torch.no_grad(), distributed.full_weights(value_train):
             def score(rows, seq, start, P):  # some rows of the batch (in parts of similar prompt lengths)
                 return (response_logprobs(ref_policy, seq, start, P, targets[rows], cfg.temperature, autocast),
-                        response_values(value_train, seq, start, P, autocast),
+                        response_values(value_train, seq, start, P, autocast) if critic else seq[:, :0],
                         reward_scores(reward_model, seq, start, P, lengths[rows], autocast))
             ref_logprobs, old_values, rm_scores = in_parts(cfg.micro_batches, seq, start, P, score)
             # the EOS trick: a response that never ended gets a fixed score instead of the RM's
@@ -243,11 +256,16 @@ def main(cfg):
 
             # 3. rewards: the per-token KL penalty, and the score at the last token
             kl = rl.kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator) * mask
-            rewards = rl.shaped_rewards(scores, kl, mask, kl_coef)
+            rewards = rl.shaped_rewards(scores, kl, mask, kl_coef if cfg.kl_in == "reward" else 0.0)
 
-            # 4. GAE; returns = advantages + values; advantages whitened over the whole batch (all ranks)
-            advantages, returns = rl.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-            advantages = rl.masked_whiten(advantages, mask, reduce=distributed.all_sum)
+            # 4. GAE; returns = advantages + values; advantages whitened over the whole batch (all ranks). Or
+            # critic-free: each response's whole reward against its group's, the advantage of all its tokens
+            if critic:
+                advantages, returns = rl.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+                advantages = rl.masked_whiten(advantages, mask, reduce=distributed.all_sum)
+            else:
+                advantages = rl.group_advantages(rewards.sum(1), cfg.group_size, cfg.advantage)[:, None] * mask
+                returns = old_values = None
         t_score = time.time() - t_it - t_rollout
 
         finite = distributed.all_sum(torch.stack([rewards.isfinite().all(), advantages.isfinite().all()]).all().float())
@@ -256,9 +274,11 @@ def main(cfg):
             print(f"iteration {it}: non-finite rewards or advantages; skipping this update (the last checkpoint stays)")
         else:
             # 5. update: epochs over shuffled minibatches of this rank's share
-            rollout = ppo.Rollout(seq, start, P, targets, mask, old_logprobs, old_values, advantages, returns)
+            rollout = ppo.Rollout(seq, start, P, targets, mask, old_logprobs, old_values, advantages, returns,
+                                  ref_logprobs)
             stats, first_error = ppo.update(policy_train, value_train, optimizers, rollout, cfg, autocast=autocast, d=d,
-                                            ptx_batch=ptx_batch if ptx else None)
+                                            ptx_batch=ptx_batch if ptx else None,
+                                            kl_coef=kl_coef if cfg.kl_in == "loss" else 0.0)
         t_update = time.time() - t_it - t_rollout - t_score
 
         # the adaptive controller sees the KL per response of the whole batch (Ziegler et al. 2019)
@@ -270,7 +290,8 @@ def main(cfg):
         row = {"iteration": it, "objective/rm_score": mean(rm_scores.mean()), "objective/score": mean(scores.mean()),
                "objective/kl": mean_kl, "objective/kl_coef": kl_coef,
                "objective/rlhf_reward": mean((scores - kl_coef * kl.sum(1)).mean()),
-               "val/explained_variance": rl.explained_variance(old_values, returns, mask, distributed.all_sum),
+               **({"val/explained_variance": rl.explained_variance(old_values, returns, mask, distributed.all_sum)}
+                  if critic else {}),
                "charts/response_length": mean(lengths.float().mean()), "charts/ended": mean(ended.float().mean()),
                "charts/tokens_per_s": seq.numel() * d.world / (time.time() - t_it),
                "charts/skipped_updates": run.skips.total + (stats is None),
@@ -280,14 +301,15 @@ def main(cfg):
             row.update(stats, **{"debug/first_minibatch_logprob_error": first_error.item()})
         if gold:  # the gold scorer on the batch's responses (each a prefix of out.tokens, its EOS included)
             texts = [tokenizer.decode(t[:n]) for t, n in zip(out.tokens.tolist(), lengths.tolist())]
-            golds = map(task.gold_score, [train_prompts[i] for i in batch], texts, ended.tolist())
+            golds = map(task.gold_score, [train_prompts[i] for i in batch for _ in range(cfg.group_size)], texts,
+                         ended.tolist())
             row["objective/gold"] = mean(sum(golds) / len(batch))
         run.metrics.append(row)
         seen_tokens += seq.numel() * d.world
-        print(progress.line(it, seen_tokens, **{k: row[v] for k, v in SHOWN.items() if v in row}), flush=True)
+        print(progress.line(it, seen_tokens, **{k: row[v] for k, v in LOG_LINE.items() if v in row}), flush=True)
         run.skips.record(stats is not None, f"iteration {it}")  # after the log line, which shows the skipped update
         if it % cfg.save_interval == 0 or it == cfg.iterations:
-            run.save(it, (policy_train, value_train), optimizers, tokenizer, rng, gen, kl_coef=kl_coef)
+            run.save(it, trained, optimizers, tokenizer, rng, gen, kl_coef=kl_coef)
         if cfg.snapshot_interval and it % cfg.snapshot_interval == 0:
             run.snapshot(it, policy_train, tokenizer)  # a copy of the policy in out_dir/snapshots/
 
@@ -305,7 +327,7 @@ def main(cfg):
         runs.write_json(os.path.join(cfg.out_dir, "summary.json"), summary)
         png = plot_curves(run.metrics.rows, os.path.join(cfg.out_dir, "curves.png"))
         print(write_ppo_report(os.path.join(cfg.out_dir, "report.md"), summary, task, png))
-    run.save(cfg.iterations, (policy_train, value_train), optimizers, tokenizer, rng, finished=True)
+    run.save(cfg.iterations, trained, optimizers, tokenizer, rng, finished=True)
     print(f"done in {runs.format_eta(time.time() - t_start)} (PPO {runs.format_eta(summary['ppo_seconds'])}): "
           f"{cfg.out_dir}/report.md, {cfg.out_dir}/summary.json")
     distributed.shutdown()

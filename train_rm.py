@@ -46,11 +46,9 @@ class Config(config.TrainOptions):
     sample_from: str = ""
     """built-in data: the policy checkpoint whose samples are ranked (empty: the SFT checkpoint)"""
     tokenizer: str = ""
-    """the tokenizer, when the one a checkpoint recorded has moved: "bytes", "gpt2", a GPT-2 directory or a
-    .tiktoken file (it must be the same vocabulary; empty: the checkpoint's own)"""
+    """the tokenizer, when the one the checkpoints recorded has moved (the same vocabulary; empty: theirs)"""
     data: str = "builtin"
-    """"builtin" (samples ranked by simulated labelers) or comma-separated JSONL files of {"prompt" or "messages",
-    "chosen", "rejected"} or {"prompt" or "messages", "responses", "ranking"} records"""
+    """"builtin" (samples ranked by simulated labelers) or comma-separated JSONL files (minirlhf/jsonl.py)"""
     eval_data: str = ""
     """held-out comparisons JSONL (required when data is not builtin)"""
     n_prompts: int = 3000
@@ -68,8 +66,7 @@ class Config(config.TrainOptions):
     batch_size: int = 32
     """prompts (each with all its responses and pairs) per step, over all ranks"""
     micro_batches: int = 1
-    """each rank's prompts of a step go through forward and backward in up to this many parts of similar
-    lengths, whose gradients add up to the step's: the same step, less padding"""
+    """forward and backward in up to this many parts of similar lengths, whose gradients add up: less padding"""
     n_bias_samples: int = 512
     """SFT samples whose mean reward the final bias sets to 0"""
     learning_rate: float = 5e-4  # the options of TrainOptions, with the RM's defaults

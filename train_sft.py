@@ -33,15 +33,13 @@ class Config(config.TrainOptions):
     out_dir: str = "out/sft"
     """where ckpt.pt, metrics.jsonl and summary.json are written"""
     data: str = "builtin"
-    """"builtin" (the task's noisy demonstrations) or comma-separated JSONL files of {"prompt", "completion"} or
-    {"messages"} records"""
+    """"builtin" (the task's noisy demonstrations) or comma-separated JSONL files (minirlhf/jsonl.py)"""
     eval_data: str = ""
     """held-out JSONL for the eval loss; with data=builtin, empty means the built-in held-out split"""
     init_from: str = "scratch"
     """"scratch", a local Hugging Face GPT-2 directory, or a minirlhf policy checkpoint (.pt)"""
     tokenizer: str = ""
-    """"bytes", "gpt2", a GPT-2 directory (vocab.json + merges.txt) or a .tiktoken file. Empty: "bytes" from
-    scratch, the checkpoint's own with a checkpoint, the directory's vocab.json + merges.txt with a GPT-2 directory"""
+    """"bytes", "gpt2", a GPT-2 directory or a .tiktoken file (empty: bytes, the checkpoint's or the directory's)"""
     n_layer: int = 4
     """layers of a model trained from scratch"""
     n_head: int = 4
@@ -61,8 +59,7 @@ class Config(config.TrainOptions):
     batch_size: int = 64
     """sequences per step (over all ranks)"""
     micro_batches: int = 1
-    """each rank's share of a batch goes through forward and backward in up to this many parts of similar
-    lengths, whose gradients add up to the batch's: the same step, less padding"""
+    """forward and backward in up to this many parts of similar lengths, whose gradients add up: less padding"""
     eval_batches: int = 8
     """batches of held-out data per eval-loss measurement"""
     n_gold_eval: int = 500

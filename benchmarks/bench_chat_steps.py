@@ -138,7 +138,8 @@ if "ppo" in args.parts:
         optimizers = [torch.optim.Adam(m.parameters(), lr=5e-5, eps=1e-5) for m in (policy, value_model)]
         torch.manual_seed(0)
         settings = SimpleNamespace(ppo_epochs=2, n_minibatches=2, clip_range=0.2, vf_clip_range=0.2, vf_coef=0.1,
-                                   ent_coef=0.0, ptx_coef=0.0, temperature=1.0, grad_clip=1.0, micro_batches=n)
+                                   ent_coef=0.0, ptx_coef=0.0, temperature=1.0, grad_clip=1.0, micro_batches=n,
+                                   loss_agg="token")
         ppo.update(policy, value_model, optimizers, rollout, settings, autocast=nullcontext, d=distributed.ONE)
         return [q.detach().clone() for m in (policy, value_model) for q in m.parameters()]
 

@@ -2,22 +2,18 @@
 Checkpoints: one file holding everything a stage of the recipe leaves behind or needs to go on.
 
     format          "minirlhf-checkpoint-v2"
-    model_config    the GPTConfig of the model, as a dict
-    model           its weights (the policy's, in PPO)
+    model_config    the GPTConfig of the model, as a dict; model: its weights (the policy's, in PPO)
     tokenizer       what tokenizer.spec() says: name, sizes, a fingerprint of the vocabulary
-    train_config    the script's whole config
-    command         the command line that started the run (how to resume it)
+    train_config    the script's whole config; command: the command line that started the run (how to resume it)
     step            steps (SFT, RM) or iterations (PPO) done, of total_steps
-    finished        True once the stage is complete: trained, evaluated, summarized. Later stages
-                    take only finished checkpoints, so a killed run is never taken for a result.
-    value_model     PPO: the value model's config and weights, saved with the policy in one file so
-                    that a crash can never leave a policy beside another iteration's value model
-    state           while unfinished: what resuming needs to go on exactly (optimizers, RNG states,
-                    data position, metrics so far, ...); dropped from the finished checkpoint
+    finished        True once the stage is trained, evaluated and summarized. Later stages take only finished
+                    checkpoints, so a killed run is never taken for a result.
+    value_model     PPO's value model (config and weights), in the policy's file: a crash can never pair a policy
+                    with another iteration's value model
+    state           while unfinished: what resuming needs (optimizers, RNG states, data position, metrics, ...)
 
-Written atomically (a temporary file in the same directory, then a rename), so a crash mid-save
-leaves the previous checkpoint intact; never with non-finite weights; read with
-torch.load(weights_only=True), so loading one never runs code from it.
+Written atomically (a temporary file, then a rename), so a crash mid-save leaves the previous checkpoint intact;
+never with non-finite weights; read with torch.load(weights_only=True), so loading one never runs code from it.
 """
 import os
 import re
@@ -139,7 +135,9 @@ def kind_of(ckpt):
 
 def script_of(ckpt):
     """The script that wrote a checkpoint."""
-    return "train_ppo.py" if "value_model" in ckpt else "train_rm.py" if kind_of(ckpt) == "reward" else "train_sft.py"
+    if "value_model" in ckpt or "rm_ckpt" in ckpt["train_config"]:  # a critic-free PPO run saves no value model
+        return "train_ppo.py"
+    return "train_rm.py" if kind_of(ckpt) == "reward" else "train_sft.py"
 
 
 def resume_command(ckpt, path):

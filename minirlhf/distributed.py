@@ -34,11 +34,9 @@ ONE = Dist(0, 1, 0)  # a single process
 
 
 def setup(cfg, show_config=True):
-    """(Dist, device, autocast) for cfg.device, cfg.dtype and cfg.threads; prints the config (rank 0).
-    Under torchrun (RANK and WORLD_SIZE set) it joins the process group and a GPU device becomes
-    this rank's, cuda:LOCAL_RANK. The weights stay fp32; forward passes run under `with autocast():`
-    in cfg.dtype (auto: bf16 on CUDA, none on the CPU). fp16 on the CPU runs the code bf16 runs on a
-    GPU, where the Triton interpreter (which has no bf16) can run the kernels: the CUDA path, simulated."""
+    """(Dist, device, autocast) for cfg.device, cfg.dtype and cfg.threads; prints the config (rank 0). Under torchrun
+    it joins the process group, a GPU becomes cuda:LOCAL_RANK. Weights stay fp32; forwards run `with autocast():` in
+    cfg.dtype (auto: bf16 on CUDA, none on the CPU; fp16 on the CPU runs bf16's CUDA path under TRITON_INTERPRET)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")

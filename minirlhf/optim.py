@@ -25,10 +25,8 @@ def lr_at(it, learning_rate, min_lr, warmup, total):
 
 
 def step(params, optimizers, grad_clip):
-    """One optimizer step on the gradients already there (added up over micro-batches): clip the global
-    gradient norm to grad_clip (0: no clipping), and step every optimizer, unless the norm is non-finite
-    (a NaN or inf loss or gradient): then the step is skipped. One device sync buys that guard. Under DDP
-    and FSDP the gradients, and so the decision, are the same on every rank. Returns (stepped, grad_norm)."""
+    """Clip the global gradient norm to grad_clip (0: off) and step every optimizer, unless the norm is non-finite:
+    then skip (one device sync buys that guard; every rank decides alike). Returns (stepped, grad_norm)."""
     grad_norm = distributed.local(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf")))
     if not torch.isfinite(grad_norm):
         return False, grad_norm

@@ -1,5 +1,5 @@
 """
-The math of RLHF over (B, T) tensors with a response mask: KL penalty, GAE, whitening, clipped surrogate and value
+The math of RLHF over (B, T) tensors with a response mask: KL penalty, GAE, group advantages, whitening, PPO's clipped
 losses (Ziegler et al. 2019; "The N+ implementation details of RLHF with PPO"). RM loss: minirlhf/reward.py.
 """
 import torch
@@ -72,6 +72,22 @@ def gae(rewards, values, mask, gamma=1.0, lam=0.95):
         last = (delta + gamma * lam * last) * mask[:, t]
         advantages[:, t] = last
     return advantages, (advantages + values) * mask
+
+
+def group_advantages(returns, group_size, kind):
+    """Critic-free advantages (B,) of groups of group_size returns (neighbouring rows): grpo standardizes each group
+    (Shao et al. 2024), rloo subtracts the mean of the group's others (Ahmadian et al. 2024); equal returns get 0."""
+    if kind not in ("grpo", "rloo"):
+        raise ValueError(f"unknown critic-free advantage {kind!r}: use grpo or rloo")
+    if group_size < 2 or returns.numel() % group_size:
+        raise ValueError(f"{kind} compares the responses to one prompt: it needs groups of at least 2 that split the "
+                         f"batch, got group_size={group_size} for {returns.numel()} responses")
+    g = returns.view(-1, group_size)
+    if kind == "grpo":
+        adv = (g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + 1e-4)
+    else:
+        adv = g - (g.sum(1, keepdim=True) - g) / (group_size - 1)
+    return adv.masked_fill((g == g[:, :1]).all(1, keepdim=True), 0.0).view(-1)
 
 
 def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip_range=0.2, n_tokens=None):

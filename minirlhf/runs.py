@@ -310,6 +310,14 @@ def stage(path, script, args, what):
         raise ValueError(f"{script} failed (exit status {done.returncode}); see its output above")
 
 
+def ensure_stages(cfg, defaults, auto):
+    """PPO's SFT and RM checkpoints, finished; with auto, those at their default paths trained first if need be."""
+    ensure(cfg.sft_ckpt, "sft_ckpt", "train_sft.py", [f"--task={cfg.task}"], cfg,
+           auto and cfg.sft_ckpt == defaults["sft_ckpt"])
+    ensure(cfg.rm_ckpt, "rm_ckpt", "train_rm.py", [f"--task={cfg.task}", f"--sft_ckpt={cfg.sft_ckpt}"], cfg,
+           auto and cfg.rm_ckpt == defaults["rm_ckpt"])
+
+
 def ensure(path, option, script, args, cfg, auto):
     """The checkpoint of --option=path, finished: with auto (the default pipeline) trained, or finished,
     by `python script args --out_dir=...`; else an error that says what to run."""

@@ -55,7 +55,7 @@ def main():
     optimizers = [torch.optim.Adam(m.parameters(), lr=1e-2, eps=1e-5) for m in (policy_train, value_train)]
     rollout = ppo.Rollout(seq, start, P, targets, mask, old_logprobs, old_values, advantages, returns)
     settings = SimpleNamespace(ppo_epochs=1, n_minibatches=1, clip_range=0.2, vf_clip_range=0.2, vf_coef=0.1,
-                               ent_coef=0.01, temperature=1.0, grad_clip=1.0, ptx_coef=0.0,
+                               ent_coef=0.01, temperature=1.0, grad_clip=1.0, ptx_coef=0.0, loss_agg="token",
                                micro_batches=2 if d.world > 1 else 1)  # the ranks in parts of similar lengths
     stats, first_error = ppo.update(policy_train, value_train, optimizers, rollout, settings, autocast=nullcontext, d=d)
     weights = [distributed.model_state(m) for m in (policy_train, value_train)]

@@ -46,7 +46,7 @@ def update(micro_batches, ptx=False):
         return torch.randint(0, V - 1, (4, 7), generator=g), torch.randint(0, V - 1, (4, 7), generator=g)
     torch.manual_seed(2)  # the minibatches' shuffle
     cfg = SimpleNamespace(ppo_epochs=2, n_minibatches=2, clip_range=0.2, vf_clip_range=0.2, vf_coef=0.1, ent_coef=0.01,
-                          temperature=1.0, grad_clip=1.0, ptx_coef=0.5, micro_batches=micro_batches)
+                          temperature=1.0, grad_clip=1.0, ptx_coef=0.5, micro_batches=micro_batches, loss_agg="token")
     stats, first_error = ppo.update(policy, value_model, optimizers, rollout, cfg, autocast=nullcontext,
                                     d=distributed.ONE, ptx_batch=ptx_batch if ptx else None)
     hook.remove()

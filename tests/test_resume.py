@@ -104,6 +104,18 @@ def test_ppo_killed_and_resumed_ends_bitwise_equal(runs, tmp_path):
     assert json.loads((tmp_path / "ppo" / "summary.json").read_text())["ppo_seconds"] > sum(times)
 
 
+def test_critic_free_ppo_killed_and_resumed_ends_bitwise_equal(runs, tmp_path):
+    """A run without a value model: its checkpoints hold the policy alone, and resuming one goes on exactly."""
+    args = [f"--sft_ckpt={runs}/sft/ckpt.pt", f"--rm_ckpt={runs}/rm/ckpt.pt", *PPO, "--advantage=rloo",
+            "--group_size=2", "--kl_in=loss"]
+    run("train_ppo.py", f"--out_dir={tmp_path}/whole", *args)
+    killed_at("train_ppo.py", "iter 4/6", f"--out_dir={tmp_path}/ppo", *args)
+    assert "value_model" not in read_checkpoint(str(tmp_path / "ppo" / "ckpt.pt"))
+    run("train_ppo.py", f"--out_dir={tmp_path}/ppo", "--resume", *args)
+    assert same_weights(weights(tmp_path / "ppo" / "ckpt.pt"), weights(tmp_path / "whole" / "ckpt.pt"))
+    assert metric_rows(tmp_path / "ppo" / "metrics.jsonl") == metric_rows(tmp_path / "whole" / "metrics.jsonl")
+
+
 def test_resume_checks_the_run(runs, tmp_path):
     done = run("train_sft.py", f"--out_dir={tmp_path}/new", "--resume", *SFT, ok=False)
     assert done.returncode == 2 and "holds no run to resume" in done.stderr

@@ -147,6 +147,29 @@ def test_ppo_learns(pipeline):
     assert not os.path.exists(out / "ppo" / "value.pt")
 
 
+@pytest.mark.parametrize("advantage, kl_in, loss_agg", [("grpo", "loss", "token"), ("rloo", "reward", "sequence")])
+def test_critic_free_ppo_learns_without_a_value_model(tmp_path, pipeline, advantage, kl_in, loss_agg):
+    """--advantage=grpo|rloo: 4 responses per prompt, each against its group; no value model loaded, trained or
+    saved; the policy moves toward what the reward model likes, on held-out prompts too."""
+    out = pipeline[0]
+    args = [f"--out_dir={tmp_path}/ppo", f"--sft_ckpt={out}/sft/ckpt.pt", f"--rm_ckpt={out}/rmj/ckpt.pt",
+            "--iterations=10", "--batch_size=16", "--n_minibatches=2", "--ppo_epochs=2", "--n_eval=16",
+            "--learning_rate=3e-4", "--save_interval=5", f"--advantage={advantage}", "--group_size=4",
+            f"--kl_in={kl_in}", f"--loss_agg={loss_agg}", "--ceiling_prompts=0"]
+    done = run("train_ppo.py", *args)
+    assert f"advantages: {advantage}, 4 per prompt, no value model" in done.stdout
+    metrics = rows(tmp_path / "ppo" / "metrics.jsonl")
+    assert not any(k in r for r in metrics for k in ("losses/vf_loss", "val/explained_variance", "val/clipfrac"))
+    assert all(("losses/kl_loss" in r) == (kl_in == "loss") for r in metrics)
+    assert metrics[-1]["objective/kl"] > 0.1
+    summary = json.loads((tmp_path / "ppo" / "summary.json").read_text())
+    assert summary["ppo_rm_score"] > summary["sft_rm_score"] + 0.3 and summary["ppo_kl"] > 0
+    ckpt = torch.load(tmp_path / "ppo" / "ckpt.pt", weights_only=True)
+    assert ckpt["finished"] and "value_model" not in ckpt
+    again = run("train_ppo.py", *args, "--group_size=1", "--overwrite", ok=False)  # a group of one compares nothing
+    assert again.returncode == 2 and "--group_size must be at least 2" in again.stderr
+
+
 def test_non_finite_rewards_skip_the_update_and_keep_the_checkpoint(tmp_path, pipeline):
     out = pipeline[0]
     from minirlhf.checkpoint import load_checkpoint

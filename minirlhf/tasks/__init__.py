@@ -5,7 +5,7 @@ scorer that says what the labelers really want), so the recipe runs without a hu
     --task=instruct   one-line instructions, one answer (InstructGPT)          tasks/instruct.py
     --task=chat       conversations of 1-3 user turns (ChatGPT)                tasks/dialogue.py
 
-Each task module offers the same names, over records in the JSONL formats of minirlhf/data.py:
+Each task module offers the same names, over records in the JSONL formats of minirlhf/jsonl.py:
     NAME, KINDS, LABELER_TEMPERATURE, REPORT_FIELDS
     prompt_records(n, split, seed)      prompts for PPO ({"prompt"} or {"messages"} ending in a user turn)
     sft_records(n, split, seed, ...)    demonstrations, with the demonstrators' mistakes and habits
@@ -14,8 +14,6 @@ Each task module offers the same names, over records in the JSONL formats of min
     kind_of(prompt)                     the kind of a prompt record, for per-kind breakdowns
 Splits ("train", "eval") are decided by a hash of the prompt, so they are disjoint. The labelers (tasks/labelers.py)
 rank on gold scores at LABELER_TEMPERATURE, calibrated on the task's reference distribution (tasks/reference.py).
-
-    python -m minirlhf.tasks --task=instruct --out_dir=data/instruct     # export as JSONL
 """
 import importlib
 
