@@ -217,7 +217,7 @@ def write_hf_gpt2(model, path, fmt, prefix="transformer."):
     (path / "config.json").write_text(json.dumps(hf_config))
     sd = {}
     for key, w in model.state_dict().items():
-        if key == "lm_head.weight":
+        if key == "lm_head.weight" or key.startswith("score_head."):  # a scalar head has a file of its own
             continue
         key = key.removeprefix("transformer.")
         sd[prefix + key] = (w.t() if key.endswith(CONV1D) else w).contiguous().clone()
@@ -350,3 +350,189 @@ def test_rollout_logprobs_are_the_training_logprobs_under_autocast(temperature):
         logprobs = model(seq[:, :-1], start, last=out.tokens.size(1), targets=out.tokens, temperature=temperature)
     assert logprobs.dtype == out.logprobs.dtype == torch.float32
     torch.testing.assert_close(out.logprobs, logprobs, atol=1e-4, rtol=0)
+
+
+def reward_model_dir(tmp_path, fmt="safetensors", head=None, name="score_head.safetensors"):
+    """A reward model (a scalar head with a bias) written as minirlhf.export writes one: GPT-2's files, the head's
+    weight (1, n_embd) and bias (1,) in their own file, named in config.json under minirlhf_scalar_head."""
+    from safetensors.torch import save_file
+    torch.manual_seed(11)
+    model = GPT(GPTConfig(block_size=32, vocab_size=V, n_layer=2, n_head=2, n_embd=32, attn_impl="torch",
+                          scalar_head=True)).eval()
+    with torch.no_grad():
+        model.score_head.bias.fill_(0.75)
+    path = tmp_path / "rm"
+    write_hf_gpt2(model, path, fmt)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["minirlhf_scalar_head"] = {"file": name, "read_at": "the EOS"} if head is None else head
+    (path / "config.json").write_text(json.dumps(cfg))
+    save_file({"weight": model.score_head.weight.detach().clone(), "bias": model.score_head.bias.detach().clone()},
+              str(path / name))
+    return model, path
+
+
+def test_from_pretrained_reads_a_scalar_head(tmp_path):
+    """A directory whose config.json names a scalar head loads as the reward model it was, head included (under any
+    file name); scalar_head=False reads the transformer alone, and scalar_head=True on plain GPT-2 adds a new head."""
+    from safetensors.torch import save_file
+    model, path = reward_model_dir(tmp_path)
+    idx = torch.randint(0, V, (3, 9))
+    loaded = gpt2.from_pretrained(str(path), attn_impl="torch").eval()
+    assert loaded.config.scalar_head and loaded.score_head is not None
+    assert torch.equal(loaded.score_head.weight, model.score_head.weight) and loaded.score_head.bias.item() == 0.75
+    torch.testing.assert_close(loaded(idx), model(idx), atol=1e-6, rtol=0)  # the scores (B, T)
+    other = gpt2.from_pretrained(str(reward_model_dir(tmp_path / "other", name="head.safetensors")[1]),
+                                 attn_impl="torch").eval()
+    torch.testing.assert_close(other(idx), model(idx), atol=1e-6, rtol=0)
+    lm = gpt2.from_pretrained(str(path), attn_impl="torch", scalar_head=False).eval()
+    assert not lm.config.scalar_head and lm.score_head is None
+    torch.testing.assert_close(lm.hidden_states(idx), model.hidden_states(idx), atol=1e-6, rtol=0)
+    plain = tmp_path / "plain"
+    write_hf_gpt2(make_model(12, block_size=32), plain, "safetensors")
+    fresh = gpt2.from_pretrained(str(plain), attn_impl="torch", scalar_head=True).eval()
+    assert fresh.config.scalar_head and fresh(idx).shape == (3, 9)
+    torch.testing.assert_close(fresh.hidden_states(idx), make_model(12, block_size=32).hidden_states(idx))
+
+    save_file({"weight": torch.zeros(1, 8), "bias": torch.zeros(1)}, str(path / "score_head.safetensors"))
+    with pytest.raises(ValueError) as e:
+        gpt2.from_pretrained(str(path))
+    assert str(e.value) == (f"from_pretrained: {path / 'score_head.safetensors'} holds {{'bias': (1,), 'weight': "
+                            "(1, 8)}, expected {'weight': (1, 32), 'bias': (1,)}")
+    save_file({"weight": torch.zeros(1, 32), "bias": torch.zeros(1), "scale": torch.ones(1)},
+              str(path / "score_head.safetensors"))
+    with pytest.raises(ValueError, match=r"holds \{'bias': \(1,\), 'scale': \(1,\), 'weight': \(1, 32\)\}"):
+        gpt2.from_pretrained(str(path))
+
+
+def test_from_pretrained_scalar_head_errors(tmp_path):
+    """A named head file that is missing is an error, even beside pytorch_model.bin (the GPT-2 weights are no
+    fallback for it); minirlhf_scalar_head must be {"file": a file name in the directory}."""
+    _, path = reward_model_dir(tmp_path, fmt="bin")
+    (path / "score_head.safetensors").unlink()
+    with pytest.raises(ValueError) as e:
+        gpt2.from_pretrained(str(path))
+    assert str(e.value) == f"from_pretrained: {path / 'score_head.safetensors'} does not exist"
+    cfg = json.loads((path / "config.json").read_text())
+    for head in ("score_head.safetensors", {"file": 3}, {"name": "score_head.safetensors"},
+                 {"file": "sub/score_head.safetensors"}, {"file": "../score_head.safetensors"}, []):
+        (path / "config.json").write_text(json.dumps({**cfg, "minirlhf_scalar_head": head}))
+        with pytest.raises(ValueError) as e:
+            gpt2.from_pretrained(str(path))
+        assert str(e.value) == (f"from_pretrained: {path / 'config.json'} is not a usable GPT-2 config: ValueError: "
+                                f"minirlhf_scalar_head is {head!r}, not {{\"file\": a file name in the directory}}")
+
+
+def test_from_pretrained_reads_the_config_fields(tmp_path):
+    """config.json: model_type may be left out but must be gpt2; the block size is n_positions, else n_ctx, else
+    1024; layer_norm_epsilon defaults to 1e-5; overrides set the other GPTConfig fields."""
+    model = make_model(13, block_size=32)
+    path = tmp_path / "gpt2"
+    write_hf_gpt2(model, path, "safetensors")
+    cfg = json.loads((path / "config.json").read_text())
+    idx = torch.randint(0, V, (2, 7))
+
+    def load(**overrides):
+        (path / "config.json").write_text(json.dumps(config))
+        return gpt2.from_pretrained(str(path), **overrides)
+
+    def error(**overrides):
+        with pytest.raises(ValueError) as e:
+            load(**overrides)
+        return str(e.value)
+
+    usable = f"from_pretrained: {path / 'config.json'} is not a usable GPT-2 config: "
+    config = {k: v for k, v in cfg.items() if k != "model_type"}
+    loaded = load(attn_impl="torch", dropout=0.25).eval()
+    assert loaded.config == GPTConfig(block_size=32, vocab_size=V, n_layer=2, n_head=2, n_embd=32, dropout=0.25,
+                                      layer_norm_epsilon=1e-5, attn_impl="torch")
+    torch.testing.assert_close(loaded(idx), model(idx), atol=1e-6, rtol=0)
+    config = {**cfg, "model_type": "llama"}
+    assert error() == usable + "ValueError: model_type is 'llama', not 'gpt2'"
+    config = {**{k: v for k, v in cfg.items() if k != "n_positions"}, "n_ctx": 32, "layer_norm_epsilon": 1e-3}
+    loaded = load()
+    assert loaded.config.block_size == 32 and loaded.config.layer_norm_epsilon == 1e-3
+    assert loaded.transformer.ln_f.eps == 1e-3 and loaded.config.attn_impl == "auto"
+    config = {k: v for k, v in cfg.items() if k not in ("n_positions", "layer_norm_epsilon")}
+    assert error() == (f"from_pretrained: transformer.wpe.weight in {path} has shape (32, 32), config.json implies "
+                       "(1024, 32)")  # GPT-2's 1024 positions: these weights have 32
+    config = {k: v for k, v in cfg.items() if k != "vocab_size"}
+    assert error() == usable + "KeyError: 'vocab_size'"
+    config = {**cfg, "n_positions": 0}
+    assert error() == usable + "ValueError: GPTConfig.block_size must be a positive integer, got 0"
+    (path / "config.json").write_text("[1, 2")
+    with pytest.raises(ValueError) as e:
+        gpt2.from_pretrained(str(path))
+    assert str(e.value).startswith(usable + "JSONDecodeError: ")
+    config = {k: v for k, v in cfg.items() if k != "layer_norm_epsilon"}
+    assert load().config.layer_norm_epsilon == 1e-5
+    with pytest.raises(ValueError) as e:
+        gpt2.from_pretrained(str(tmp_path / "nope"))
+    assert str(e.value) == (f"from_pretrained: {str(tmp_path / 'nope')!r} is not a directory (expected a Hugging Face "
+                            "GPT-2 directory with config.json and model.safetensors or pytorch_model.bin)")
+
+
+def test_from_pretrained_names_at_most_five_mismatched_weights(tmp_path):
+    """Weights that do not match the config are named, missing and unexpected ones sorted, five at most and '...'
+    past five; the causal-mask buffers of either name (attn.bias, the older attn.masked_bias) are not weights."""
+    model = make_model(14, block_size=32)
+    path = tmp_path / "gpt2"
+    sd = write_hf_gpt2(model, path, "bin")
+    for i in range(model.config.n_layer):
+        sd[f"transformer.h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    torch.save(sd, path / "pytorch_model.bin")
+    torch.testing.assert_close(gpt2.from_pretrained(str(path), attn_impl="torch").eval()(torch.tensor([[1, 2, 3]])),
+                               model(torch.tensor([[1, 2, 3]])))
+    layer1 = sorted(k for k in sd if k.startswith("transformer.h.1.") and not k.endswith("bias") or
+                    k.startswith("transformer.h.1.") and k.endswith((".ln_1.bias", ".ln_2.bias")))
+    head = f"from_pretrained: weights in {path} do not match a GPT-2 with 2 layers: "
+    for n_missing, n_extra in ((6, 0), (5, 0), (0, 6), (0, 5), (1, 1)):
+        gone = sorted(layer1)[:n_missing]
+        extra = [f"transformer.h.9.x{j}" for j in range(n_extra)]
+        torch.save({**{k: v for k, v in sd.items() if k not in gone}, **{k: torch.zeros(1) for k in extra}},
+                   path / "pytorch_model.bin")
+        with pytest.raises(ValueError) as e:
+            gpt2.from_pretrained(str(path))
+        assert str(e.value) == (head + f"missing {gone[:5]}{'...' if n_missing > 5 else ''}, "
+                                f"unexpected {extra[:5]}{'...' if n_extra > 5 else ''}")
+    assert len(layer1) >= 6
+
+
+def test_from_pretrained_unreadable_weights(tmp_path):
+    """Weights that cannot be read are errors naming the file: a truncated safetensors file, a pickle holding more
+    than tensors (read with weights_only=True, never run), a pickle that is not a state dict."""
+    model = make_model(15, block_size=32)
+    path = tmp_path / "gpt2"
+    sd = write_hf_gpt2(model, path, "safetensors")
+    st_file = path / "model.safetensors"
+    st_file.write_bytes(st_file.read_bytes()[:300])
+    with pytest.raises(ValueError) as e:
+        gpt2.from_pretrained(str(path))
+    assert str(e.value).startswith(f"from_pretrained: cannot read {st_file}: ")
+    st_file.unlink()
+    torch.save({**sd, "extra": Unpicklable()}, path / "pytorch_model.bin")
+    with pytest.raises(ValueError) as e:
+        gpt2.from_pretrained(str(path))
+    assert str(e.value).startswith(f"from_pretrained: cannot read {path / 'pytorch_model.bin'} (weights_only=True): ")
+    torch.save(list(sd.values()), path / "pytorch_model.bin")
+    with pytest.raises(ValueError) as e:
+        gpt2.from_pretrained(str(path))
+    assert str(e.value) == f"from_pretrained: {path / 'pytorch_model.bin'} does not hold a state dict"
+
+
+class Unpicklable:
+    """An object that only a full unpickler makes: weights_only=True refuses it."""
+
+
+def test_resize_vocab_grows_with_mean_rows_and_never_shrinks():
+    model = make_model(16)
+    old = model.transformer.wte.weight.detach().clone()
+    gpt2.resize_vocab(model, V)  # the size it has: nothing changes
+    assert torch.equal(model.transformer.wte.weight, old) and model.config.vocab_size == V
+    gpt2.resize_vocab(model, V + 2)
+    assert model.config.vocab_size == V + 2 and model.lm_head.weight is model.transformer.wte.weight
+    assert torch.equal(model.lm_head.weight[:V], old)
+    torch.testing.assert_close(model.lm_head.weight[V:], old.mean(0).expand(2, -1))
+    assert model(torch.tensor([[1, V + 1]])).shape == (1, 2, V + 2)
+    with pytest.raises(ValueError) as e:
+        gpt2.resize_vocab(model, 40)  # fewer rows than it has, more than n_embd
+    assert str(e.value) == f"resize_vocab: cannot shrink the vocabulary from {V + 2} to 40"

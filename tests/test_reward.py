@@ -217,3 +217,135 @@ def test_comparisons_are_k_samples_ranked_by_their_gold_scores():
                    for x, t in zip(g, texts))  # ended at EOS or not
         assert [g[i] for i in ranking] == sorted(g, reverse=True)
     assert sum(len(set(g)) > 1 for g in gold) >= 2  # samples that differ in gold: the ranking had work to do
+
+
+def test_comparison_batch_weights_are_float32_whatever_the_default_dtype():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        seqs, better, worse, weights = comparison_batch([([1, 2], [[3, EOS], [4, EOS]], [1, 0])])
+    finally:
+        torch.set_default_dtype(old)
+    assert seqs == [[1, 2, 3, EOS], [1, 2, 4, EOS]] and better.tolist() == [1] and worse.tolist() == [0]
+    assert better.dtype == worse.dtype == torch.long and weights.dtype == torch.float32 and weights.tolist() == [1.0]
+
+
+def test_accuracy_of_a_single_pair():
+    """One pair that the reward model orders as the labeler has accuracy 1, misordered 0; the gold accuracy
+    likewise, whatever the labeler said."""
+    from minirlhf.distributed import ONE
+    from minirlhf.tokenizer import get_tokenizer
+    model, tok = make_model(7, scalar_head=True), get_tokenizer("bytes")
+    prompt, responses = [5, 6, 7], [[8, EOS], [9, 10, EOS]]
+    r = [full_forward(model, prompt + resp)[-1].item() for resp in responses]
+    assert r[0] != r[1]
+    best_first = sorted(range(2), key=lambda i: -r[i])
+    agrees = [1.0 * (i == best_first[0]) for i in range(2)]  # gold scores that order the pair as the model does
+    kw = dict(device="cpu", autocast=NO_AUTOCAST, d=ONE)
+    for ranking, acc in ((best_first, 1.0), (best_first[::-1], 0.0)):
+        assert accuracy(model, [(prompt, responses, ranking)], tok, gold=[agrees], **kw) == (acc, 1.0)
+        assert accuracy(model, [(prompt, responses, ranking)], tok, gold=[agrees[::-1]], **kw) == (acc, 0.0)
+        assert accuracy(model, [(prompt, responses, ranking)], tok, gold=[[0.5, 0.5]], **kw) == (acc, 0.0)
+
+
+def test_accuracy_reads_a_sharded_model_with_its_whole_weights(monkeypatch):
+    """Under FSDP2 accuracy scores every batch inside fsdp.full_weights of the reward model (each rank's batches
+    differ, so no forward may gather weights), with the accuracy of the model read unsharded."""
+    from minirlhf import fsdp
+    from minirlhf.distributed import ONE
+    from minirlhf.tokenizer import get_tokenizer
+    model, tok = make_model(8, scalar_head=True), get_tokenizer("bytes")
+    g = torch.Generator().manual_seed(1)
+    groups = [(torch.randint(0, 256, (n,), generator=g).tolist(),
+               [torch.randint(0, 256, (m,), generator=g).tolist() + [EOS] for m in (2, 3, 1)], [2, 0, 1])
+              for n in (2, 5, 3)]
+    kw = dict(device="cpu", autocast=NO_AUTOCAST, d=ONE, batch_size=2)
+    plain = accuracy(model, groups, tok, **kw)
+    entered, inside = [], []
+
+    class FullWeights:
+        def __init__(self, m):
+            entered.append(m)
+
+        def __enter__(self):
+            inside.append(True)
+
+        def __exit__(self, *exc):
+            inside.pop()
+
+    forwards = []
+    model.register_forward_hook(lambda *_: forwards.append(bool(inside)))
+    monkeypatch.setattr(fsdp, "full_weights", FullWeights)
+    model.unshard = lambda: None  # what distributed.sharded looks for
+    assert accuracy(model, groups, tok, **kw) == plain
+    assert entered == [model, model] and forwards == [True, True]  # two batches, each inside
+
+
+def test_rewards_read_a_batch_that_fits_in_one_forward():
+    """rewards runs the model once for a batch whose longest prompt and longest response fit the block together
+    (to the last position); a batch that does not fit is scored in halves, each in one forward."""
+    model = make_model(9, scalar_head=True)
+    model.config.block_size = 12  # positions past it are never read
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    fits = [([1] * 7, [[2, 3, 4, EOS], [5, EOS]], [0, 1]), ([6, 7], [[8] * 4 + [EOS], [9, EOS]], [1, 0])]  # 7 + 5 = 12
+    too_long = [([1] * 8, [[2, 3, EOS], [5, EOS]], [0, 1]), ([6, 7], [[8] * 4 + [EOS], [9, EOS]], [1, 0])]  # 8 + 5
+    with torch.no_grad():
+        for groups, n_forwards in ((fits, 1), (too_long, 2)):
+            calls.clear()
+            got = rewards(model, groups, PAD, "cpu", NO_AUTOCAST)
+            assert len(calls) == n_forwards
+            want = [full_forward(model, p + r)[-1] for p, rs, _ in groups for r in rs]
+            torch.testing.assert_close(got, torch.stack(want), atol=1e-5, rtol=1e-5)
+
+
+def test_comparisons_sample_with_the_given_settings_and_rank_with_the_labeler(monkeypatch):
+    """comparisons asks sampling.sample for k responses of each prompt with the caller's settings (temperature,
+    generator, ranks, autocast, the prompt budget block_size - max_new_tokens), scores each by the task's gold
+    score (a response that never ended scores less) and has the labeler rank them from rng at the task's labeler
+    temperature: the same rankings as labelers.rank from the same rng."""
+    import random
+
+    from minirlhf import reward
+    from minirlhf.distributed import Dist
+    from minirlhf.tasks import instruct, labelers
+    from minirlhf.tokenizer import get_tokenizer
+    tok, policy = get_tokenizer("bytes"), make_model(6)
+    records = instruct.prompt_records(3, "eval", seed=2, weights={"add": 1, "reverse": 1})
+    k, gen, d, autocast = 4, torch.Generator(), Dist(0, 1, 0), lambda: NO_AUTOCAST()
+    calls = []
+
+    def fake_sample(model, tokenizer, prompts, **kw):
+        calls.append((model, prompts, kw))
+        out = []
+        for record in records:
+            right = instruct.answer(record["prompt"])
+            for text, ended in ((right, True), (right, False), (right[:-1], True), ("", True)):
+                out.append({"ids": tok.encode(text), "text": text, "ended": ended})
+        return out
+
+    monkeypatch.setattr(reward, "sample", fake_sample)
+    groups, gold = comparisons(policy, tok, records, instruct, random.Random(5), k=k, temperature=0.7,
+                               max_new_tokens=9, gen=gen, d=d, autocast=autocast)
+    [(model, prompts, kw)] = calls
+    assert model is policy and prompts == [tok.encode(r["prompt"]) for r in records]
+    assert kw == dict(n=k, max_new_tokens=9, temperature=0.7, generator=gen, d=d, autocast=autocast)
+    rng = random.Random(5)
+    for record, (prompt, responses, ranking), g in zip(records, groups, gold):
+        right = instruct.answer(record["prompt"])
+        assert prompt == tok.encode(record["prompt"])
+        assert responses == [tok.encode(t) + [EOS] for t in (right, right, right[:-1], "")]
+        assert g == [instruct.gold_score(record, right, True), instruct.gold_score(record, right, False),
+                     instruct.gold_score(record, right[:-1], True), 0.0]
+        assert g[0] == 1.0 and g[1] == instruct.MISSING_EOS_FACTOR
+        assert ranking == labelers.rank(g, rng, instruct.LABELER_TEMPERATURE)
+    longest = max(len(tok.encode(r["prompt"])) for r in records)
+    for budget, fits in ((48 - longest, True), (48 - longest + 1, False)):  # the prompt and budget share the block
+        calls.clear()
+        if fits:
+            comparisons(policy, tok, records, instruct, random.Random(5), k=k, temperature=0.7, max_new_tokens=budget,
+                        gen=gen, d=d, autocast=autocast)
+        else:
+            with pytest.raises(ValueError, match=f"more than the {longest - 1} allowed"):
+                comparisons(policy, tok, records, instruct, random.Random(5), k=k, temperature=0.7,
+                            max_new_tokens=budget, gen=gen, d=d, autocast=autocast)

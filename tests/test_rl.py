@@ -12,6 +12,7 @@ from minirlhf.rl import (
     gae,
     kl_penalty,
     masked_mean,
+    masked_var,
     masked_whiten,
     ppo_policy_loss,
     ppo_value_loss,
@@ -265,3 +266,112 @@ def test_explained_variance_over_the_mask(data, scale):
         assert got == pytest.approx(1 - (r - v).var().item() / r.var().item(), rel=1e-6)
     constant = torch.where(mask, torch.full_like(returns, 2.0), junk)
     assert math.isnan(explained_variance(values, constant, mask))  # nothing to explain
+
+
+# ---------------------------------------------------------------------------------------------- over ranks
+
+
+def on_two_ranks(fn, inputs):
+    """fn(*inputs[r], reduce=all_sum) run by two threads as two ranks, all_sum adding a tensor over both as
+    distributed.all_sum does. Returns both ranks' results; ranks that do not call all_sum alike (a collective
+    one rank skips: a hang under torchrun) are an error here."""
+    import threading
+
+    barrier, slots, out, errors, rank_of = threading.Barrier(2, timeout=2), [None, None], [None, None], [], {}
+
+    def all_sum(t):
+        slots[rank_of[threading.get_ident()]] = t
+        barrier.wait()
+        total = slots[0] + slots[1]
+        barrier.wait()  # both have read the slots before the next call writes them
+        return total
+
+    def run(r):
+        rank_of[threading.get_ident()] = r
+        try:
+            out[r] = fn(*inputs[r], reduce=all_sum)
+            barrier.wait()  # the other rank is done too: it is not waiting in an all_sum this one skipped
+        except threading.BrokenBarrierError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, "the ranks did not call all_sum alike"
+    return out
+
+
+def two_batches(data):
+    """Two ranks' batches of x, y and a mask of one width, the ranks' statistics apart (rank 1 shifted and scaled)."""
+    (x0, y0, m0), (x1, y1, m1) = batch(data), batch(data)
+    T = max(x0.size(1), x1.size(1))
+    pad = lambda t: torch.nn.functional.pad(t, (0, T - t.size(1)))  # noqa: E731
+    (x0, y0, m0), (x1, y1, m1) = map(pad, (x0, y0, m0)), map(pad, (x1, y1, m1))
+    return (x0, y0, m0), (3 * x1 + 2, y1 - 1, m1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_with_reduce_the_statistics_are_the_global_batchs(data):
+    """masked_mean, masked_var, masked_whiten and explained_variance with reduce (two ranks summing over each
+    other) are what they are on the two ranks' batches as one: each rank whitens with the global mean and
+    variance, not its own."""
+    (x0, y0, m0), (x1, y1, m1) = two_batches(data)
+    x, y, m = torch.cat([x0, x1]), torch.cat([y0, y1]), torch.cat([m0, m1])
+    for fn in (masked_mean, masked_var):
+        got = on_two_ranks(fn, [(x0, m0), (x1, m1)])
+        for rank in (0, 1):
+            torch.testing.assert_close(got[rank], fn(x, m))
+    got = on_two_ranks(masked_whiten, [(x0, m0), (x1, m1)])
+    torch.testing.assert_close(torch.cat(got), masked_whiten(x, m))
+    if m0.sum() >= 2 and m1.sum() >= 2:  # (a rank with less: test_reduce_changes_the_statistics_of_a_rank)
+        ev = on_two_ranks(explained_variance, [(y0, x0, m0), (y1, x1, m1)])
+        want = explained_variance(y, x, m)
+        assert ev[0] == ev[1] and math.isnan(ev[0]) == math.isnan(want)
+        assert math.isnan(want) or ev[0] == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+def test_reduce_changes_the_statistics_of_a_rank():
+    """A rank whose batch differs from the other's: its reduced mean, variance and explained variance are the
+    global batch's, not its own."""
+    x0, x1 = torch.tensor([[1.0, 2.0, 4.0]], dtype=torch.float64), torch.tensor([[10.0, 0.0, 7.0]], dtype=torch.float64)
+    v0, v1 = torch.tensor([[1.5, 2.0, 3.0]], dtype=torch.float64), torch.tensor([[9.0, 2.0, 7.0]], dtype=torch.float64)
+    m = torch.ones(1, 3, dtype=torch.bool)
+    both, vals = torch.cat([x0, x1]), torch.cat([v0, v1])
+    mean, var = on_two_ranks(masked_mean, [(x0, m), (x1, m)])[0], on_two_ranks(masked_var, [(x0, m), (x1, m)])[0]
+    assert mean.item() == pytest.approx(4.0) and var.item() == pytest.approx(both.var().item())
+    white = on_two_ranks(masked_whiten, [(x0, m), (x1, m)])[0]
+    assert white[0].tolist() == pytest.approx(((x0 - 4.0) / both.var().sqrt())[0].tolist(), rel=1e-6)
+    ev = on_two_ranks(explained_variance, [(v0, x0, m), (v1, x1, m)])[0]
+    assert ev == pytest.approx(1 - (both - vals).var().item() / both.var().item(), rel=1e-9)
+    assert ev != pytest.approx(explained_variance(v0, x0, m), rel=1e-3)
+    one = torch.tensor([[False, True, False]])  # rank 1 has a single token: its own variance is not defined
+    ev = on_two_ranks(explained_variance, [(v0, x0, m), (v1, x1, one)])
+    both, vals = torch.cat([x0[0], x1[0, 1:2]]), torch.cat([v0[0], v1[0, 1:2]])
+    assert ev[0] == ev[1] == pytest.approx(1 - (both - vals).var().item() / both.var().item(), rel=1e-9)
+
+
+@settings(max_examples=30)
+@given(data=st.data(), n_tokens=st.sampled_from([1.0, 3.0, 17.5]))
+def test_losses_with_n_tokens_are_sums_over_the_tokens_divided_by_it(data, n_tokens):
+    """With n_tokens (the global token count over the world size) every output of ppo_policy_loss and
+    ppo_value_loss is its per-token sum over the mask divided by n_tokens, not the mean over the rank's own
+    tokens; in the dtype of the inputs."""
+    advantages, old, mask = batch(data)
+    new = old + 0.5 * torch.randn(old.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    returns = advantages
+    for fn, args in ((ppo_policy_loss, (new, old, advantages, mask)), (ppo_value_loss, (new, old, returns, mask))):
+        mean_out, sum_out = fn(*args), fn(*args, n_tokens=n_tokens)
+        count = int(mask.sum())
+        for m, s in zip(mean_out, sum_out):
+            assert s.dtype == torch.float64
+            assert s.item() == pytest.approx(m.item() * count / n_tokens, rel=1e-9, abs=1e-12)
+    tokens = per_token(new, old, advantages, mask)
+    pg = sum(max(-a * math.exp(lp - o), -a * min(max(math.exp(lp - o), 0.8), 1.2)) for _, _, lp, o, a in tokens)
+    assert ppo_policy_loss(new, old, advantages, mask, n_tokens=n_tokens)[0].item() == \
+        pytest.approx(pg / n_tokens, rel=1e-9, abs=1e-12)
+    clipped = sum(-a * min(max(math.exp(lp - o), 0.8), 1.2) > -a * math.exp(lp - o) for _, _, lp, o, a in tokens)
+    assert ppo_policy_loss(new, old, advantages, mask, n_tokens=n_tokens)[1].item() == \
+        pytest.approx(clipped / n_tokens, abs=1e-12)
