@@ -122,8 +122,8 @@ def test_rewards_are_each_sequence_scored_alone(ks, block, seed):
     params = [p for p in model.parameters()]
     grads = torch.autograd.grad((w * got).sum(), params)
     want = torch.autograd.grad((w * alone).sum(), params)
-    for a, b in zip(grads, want):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    for a, b in zip(grads, want):  # fp32 sums over up to 20 sequences, in another order: error relative to the scale
+        torch.testing.assert_close(a, b, atol=1e-4 * max(1.0, b.abs().max().item()), rtol=1e-3)
 
 
 def test_forward_with_responses_checks_repeats():
