@@ -15,48 +15,22 @@ workload in the same run and prints the ratio.
     python benchmarks/bench_ppo.py [--trl_python /path/to/venv/bin/python] [--out benchmarks/ppo_results.json]
 """
 import argparse
-import base64
 import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
 
 import torch
+import workload
+from workload import HERE, N_PROMPTS, matmul_gflops
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-from minirlhf.checkpoint import save_checkpoint  # noqa: E402
-from minirlhf.jsonl import write_jsonl  # noqa: E402
-from minirlhf.model import GPT, GPTConfig  # noqa: E402
-from minirlhf.tokenizer import get_tokenizer  # noqa: E402
-
-N_LAYER, N_HEAD, N_EMBD, VOCAB, BLOCK = 4, 4, 256, 512, 256
-N_PROMPTS, PROMPT_LEN, NEW_TOKENS, EPOCHS, MINIBATCHES = 64, 32, 32, 4, 4
-
-
-def matmul_gflops(threads, n=2048, reps=10):
-    """This machine's fp32 matmul throughput: a large square product, the best of reps."""
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best / 1e9
+EPOCHS, MINIBATCHES = 4, 4
 
 
 def iteration_flops():
     """Model FLOPs of one iteration of train_ppo.py as it computes it: matmuls (2 per multiply-add)
     including attention's QK^T and PV over the causal pairs; backward = 2x forward. Returns {phase: FLOPs}."""
-    C, L, V, P, R = N_EMBD, N_LAYER, VOCAB, PROMPT_LEN, NEW_TOKENS
+    C, L, V, P, R = workload.N_EMBD, workload.N_LAYER, workload.VOCAB, workload.PROMPT_LEN, workload.NEW_TOKENS
     T = P + R
     qkv, rest = 2 * 3 * C * C, 2 * 9 * C * C  # per token: the q, k, v projection; output projection + MLP
 
@@ -78,53 +52,9 @@ def iteration_flops():
     return {"rollout": rollout, "score": score, "update": update}
 
 
-def write_workload(tmp):
-    """A 512-token tokenizer, random SFT and RM checkpoints, and 64 prompts of exactly 32 tokens."""
-    ranks = {bytes([i]): i for i in range(256)}
-    upper = [bytes([a, b]) for a in range(65, 91) for b in range(65, 91)]
-    for t in upper[:VOCAB - 2 - 256]:  # merges of capital pairs: never in the lowercase prompts
-        ranks[t] = len(ranks)
-    tok_path = os.path.join(tmp, "bench.tiktoken")
-    with open(tok_path, "w") as f:
-        f.writelines(f"{base64.b64encode(t).decode()} {r}\n" for t, r in ranks.items())
-    tokenizer = get_tokenizer(tok_path)
-    assert tokenizer.vocab_size == VOCAB
-    torch.manual_seed(0)
-    config = dict(block_size=BLOCK, vocab_size=VOCAB, n_layer=N_LAYER, n_head=N_HEAD, n_embd=N_EMBD)
-    save_checkpoint(os.path.join(tmp, "sft.pt"), GPT(GPTConfig(**config)), tokenizer, {}, 0)
-    save_checkpoint(os.path.join(tmp, "rm.pt"), GPT(GPTConfig(**config, scalar_head=True)), tokenizer, {}, 0)
-    g = torch.Generator().manual_seed(0)
-    prompts = ["".join(chr(97 + int(c)) for c in torch.randint(0, 26, (PROMPT_LEN,), generator=g))
-               for _ in range(N_PROMPTS)]
-    assert all(len(tokenizer.encode(p)) == PROMPT_LEN for p in prompts)
-    write_jsonl(os.path.join(tmp, "prompts.jsonl"), [{"prompt": p} for p in prompts])
-
-
 def run_ours(tmp, threads, iterations):
-    cmd = [sys.executable, os.path.join(ROOT, "train_ppo.py"), f"--out_dir={tmp}/ppo", f"--sft_ckpt={tmp}/sft.pt",
-           f"--rm_ckpt={tmp}/rm.pt", f"--prompts={tmp}/prompts.jsonl", f"--eval_prompts={tmp}/prompts.jsonl",
-           "--n_eval=8", f"--iterations={iterations}", f"--batch_size={N_PROMPTS}", f"--n_minibatches={MINIBATCHES}",
-           f"--ppo_epochs={EPOCHS}", f"--max_new_tokens={NEW_TOKENS}", "--temperature=1.0", "--stop_at_eos=false",
-           f"--threads={threads}", "--device=cpu", f"--save_interval={iterations}"]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"train_ppo.py failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    with open(f"{tmp}/ppo/metrics.jsonl") as f:
-        rows = [json.loads(line) for line in f]
-    assert all(r["charts/response_length"] == NEW_TOKENS for r in rows), "every response must have 32 tokens"
-    return rows
-
-
-def run_trl(python, threads, iterations):
-    """TRL's PPOTrainer on the same workload, in its own Python (see trl_baseline.py)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "trl.json")
-        done = subprocess.run([python, os.path.join(HERE, "trl_baseline.py"), "--threads", str(threads),
-                               "--iterations", str(iterations), "--out", out], capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit(f"trl_baseline.py failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-        with open(out) as f:
-            return json.load(f)
+    return workload.run_train_ppo(tmp, threads, iterations, f"--batch_size={N_PROMPTS}",
+                                  f"--n_minibatches={MINIBATCHES}", f"--ppo_epochs={EPOCHS}")[0]
 
 
 def main():
@@ -139,17 +69,8 @@ def main():
     peak = matmul_gflops(args.threads)
     flops = iteration_flops()
     total_flops = sum(flops.values())
-    # this machine's speed drifts over minutes, so the two implementations take turns, round by round
-    rows, trl_runs = [], []
-    for r in range(args.rounds):
-        with tempfile.TemporaryDirectory() as tmp:
-            write_workload(tmp)
-            rows += run_ours(tmp, args.threads, args.iterations + 1)[1:]  # the first is the warm-up
-        if args.trl_python:
-            trl_runs.append(run_trl(args.trl_python, args.threads, args.iterations))
-        ours = [round(x['time/iteration'], 2) for x in rows[-args.iterations:]]
-        print(f"round {r + 1}/{args.rounds}: minirlhf {ours} s"
-              + (f", TRL {[round(x, 2) for x in trl_runs[-1]['iteration_s']]} s" if trl_runs else ""), flush=True)
+    rows, trl_runs = workload.alternate(run_ours, args.trl_python, "trl_baseline.py", args.threads, args.iterations,
+                                        args.rounds)
     ours = {k: statistics.median(r[f"time/{k}"] for r in rows) for k in ("rollout", "score", "update", "iteration")}
     peak_after = matmul_gflops(args.threads)
 

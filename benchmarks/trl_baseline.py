@@ -61,23 +61,19 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 
 import torch
+from trl_common import CPU_ARGS, PAD_ID, SEED, VOCAB, build_tokenizer, gpt2_config, report
 
-VOCAB = 512
-EOS_ID = 510
-PAD_ID = 511
 N_PROMPTS = 64
 PROMPT_LEN = 32
 RESPONSE_LEN = 32
 MINIBATCH = 16
 NUM_MINI_BATCHES = N_PROMPTS // MINIBATCH  # 4
 PPO_EPOCHS = 4
-SEED = 0
 
 
 def parse_args():
@@ -90,32 +86,10 @@ def parse_args():
     return p.parse_args()
 
 
-def build_tokenizer():
-    """A 512-token WordLevel tokenizer built in memory: token i is the string 't<i>'."""
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import WhitespaceSplit
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {f"t{i}": i for i in range(VOCAB - 2)}
-    vocab["<eos>"] = EOS_ID
-    vocab["<pad>"] = PAD_ID
-    backend = Tokenizer(WordLevel(vocab=vocab, unk_token="<pad>"))
-    backend.pre_tokenizer = WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<pad>",
-                                  unk_token="<pad>")
-    assert tok.eos_token_id == EOS_ID and tok.pad_token_id == PAD_ID and len(tok) == VOCAB
-    return tok
-
-
 def build_models():
-    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+    from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
-    def config(**extra):
-        return GPT2Config(vocab_size=VOCAB, n_positions=256, n_embd=256, n_layer=4, n_head=4,
-                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                          bos_token_id=EOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, **extra)
-
+    config = gpt2_config
     torch.manual_seed(SEED)
     policy = GPT2LMHeadModel(config()).float()
     ref_policy = copy.deepcopy(policy)
@@ -169,17 +143,7 @@ def ppo_config(output_dir, iterations):
         missing_eos_penalty=None,
         # kl_coef, kl_estimator, cliprange, vf_coef, gamma, lam, whiten_rewards: TRL defaults
         num_sample_generations=0,  # no sample-generation evals during training
-        # fp32 without gradient checkpointing (TRL's base config defaults both bf16 and
-        # gradient_checkpointing to True)
-        bf16=False,
-        fp16=False,
-        gradient_checkpointing=False,
-        use_cpu=True,
-        save_strategy="no",
-        report_to="none",
-        logging_strategy="no",
-        disable_tqdm=True,
-        seed=SEED,
+        **CPU_ARGS,
     )
 
 
@@ -281,9 +245,6 @@ def main():
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # PPOTrainer lives in trl.experimental in 1.12
 
-    import accelerate
-    import transformers
-    import trl
     from trl.experimental.ppo import PPOTrainer
 
     tokenizer = build_tokenizer()
@@ -306,24 +267,14 @@ def main():
         shutil.rmtree(output_dir, ignore_errors=True)
 
     assert len(timer.iters) == 1 + args.iterations, len(timer.iters)
-    warmup, timed = timer.iters[0], timer.iters[1:]
     phases = ["total", "generate", "score", "update", "other"]
-    median = {k: statistics.median(it[k] for it in timed) for k in phases}
-
-    print(f"TRL {trl.__version__} PPOTrainer, transformers {transformers.__version__}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
-    print(f"{N_PROMPTS} prompts x {PROMPT_LEN} tokens, {RESPONSE_LEN} new tokens, "
-          f"{PPO_EPOCHS} epochs x {NUM_MINI_BATCHES} minibatches of {MINIBATCH}")
-    print(f"{'iteration':<10}" + "".join(f"{k:>10}" for k in phases))
-    for name, it in [("warm-up", warmup)] + [(str(i + 1), it) for i, it in enumerate(timed)]:
-        print(f"{name:<10}" + "".join(f"{it[k]:>10.3f}" for k in phases))
-    print(f"{'median':<10}" + "".join(f"{median[k]:>10.3f}" for k in phases))
+    warmup, timed, median, versions = report(
+        "PPOTrainer", timer.iters, phases, f"{N_PROMPTS} prompts x {PROMPT_LEN} tokens, {RESPONSE_LEN} new tokens, "
+        f"{PPO_EPOCHS} epochs x {NUM_MINI_BATCHES} minibatches of {MINIBATCH}")
 
     result = {
         "implementation": "trl.experimental.ppo.PPOTrainer",
-        "versions": {"trl": trl.__version__, "transformers": transformers.__version__,
-                     "accelerate": accelerate.__version__, "torch": torch.__version__,
-                     "python": platform.python_version()},
+        "versions": {**versions, "python": platform.python_version()},
         "threads": torch.get_num_threads(),
         "device": "cpu",
         "workload": {"prompts": N_PROMPTS, "prompt_len": PROMPT_LEN, "response_len": RESPONSE_LEN,
