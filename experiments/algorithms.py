@@ -108,7 +108,11 @@ class Config(common.ExperimentOptions):
         check(self, "loss_agg", lambda x: x in ("token", "sequence"), "token or sequence")
         check(self, ("bon_n", "n_eval"), lambda x: x >= 1, "at least 1")
         for name in ("sft_options", "rm_options", "ppo_options", "dpo_options"):
-            options = dict(arg[2:].partition("=")[::2] for arg in shlex.split(getattr(self, name)))
+            try:
+                words = shlex.split(getattr(self, name))
+            except ValueError as e:  # an unclosed quote
+                raise ValueError(f"--{name}: {e}") from None
+            options = dict(arg[2:].partition("=")[::2] for arg in words)
             check(self, name, lambda x: all(a.startswith("--") and "=" in a for a in shlex.split(x)),
                   "space-separated --key=value options")
             check(self, name, lambda x: not set(options) & set(SET_HERE), f"free of {', '.join(SET_HERE)}")

@@ -114,6 +114,7 @@ def test_every_method_from_the_same_sft_and_rm_at_equal_budgets(tmp_path):
     ("--kl_in=value", "--kl_in must be reward or loss"),
     ("--ppo_options=--advantage=rloo", "--ppo_options must be free of task, seed"),
     ("--ppo_options=iterations=3", "--ppo_options must be space-separated --key=value options"),
+    ("--rm_options=--data='a.jsonl", "--rm_options: No closing quotation"),
     # the child scripts check these, a process each (slow)
     pytest.param("--ppo_options=--batch_size=6", "train_ppo.py: --group_size must be a divisor of --batch_size=6",
                  marks=pytest.mark.slow),
