@@ -178,11 +178,10 @@ def main(cfg):
     # prompts (token ids) for the rollouts; the report's, checked now; demonstrations for PPO-ptx
     block_size, n_prompts = policy.config.block_size, cfg.batch_size // cfg.group_size
     if block_size - cfg.max_new_tokens < 1:
-        raise ValueError(f"--max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in block_size "
-                         f"{block_size}")
+        raise ValueError(f"--max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt, block_size={block_size}")
     if cfg.prompts == "builtin":
         train_prompts = task.prompt_records(cfg.iterations * n_prompts, "train", cfg.seed + 1)
-        eval_prompts = task.prompt_records(cfg.n_eval, "eval", cfg.seed + 2)
+        eval_prompts = task.prompt_records(cfg.n_eval, cfg.eval_split, cfg.seed + 2)
     else:  # the user's JSONL files, checked record by record
         from minirlhf.jsonl import read_prompts
         train_prompts, eval_prompts = read_prompts(cfg.prompts), read_prompts(cfg.eval_prompts)[:cfg.n_eval]

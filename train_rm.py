@@ -122,7 +122,7 @@ def main(cfg):
         t0 = time.time()
         train, _ = ranked(cfg.n_prompts, "train")
         run.info["data_format"] = format_of(task.prompt_records(1, "train", prompt_seed))
-        evals, eval_gold = ranked(cfg.n_eval_prompts, "eval")
+        evals, eval_gold = ranked(cfg.n_eval_prompts, cfg.eval_split)
         # the ceiling: how often a second, independent labeler agrees with the first on the held-out pairs
         labeler_agreement = labelers.labeler_agreement(eval_gold, random.Random(cfg.seed + 1), task.LABELER_TEMPERATURE)
         gold_pairs_agreement = labelers.gold_agreement(eval_gold, random.Random(cfg.seed + 2), task.LABELER_TEMPERATURE)

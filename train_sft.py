@@ -111,7 +111,7 @@ def main(cfg):
         rates = {k: v for k, v in (("error_rate", cfg.demo_error_rate), ("ramble_rate", cfg.demo_ramble_rate))
                  if v >= 0}
         train_records = task.sft_records(cfg.n_builtin, "train", cfg.seed, **rates)
-        eval_records = task.sft_records(1000, "eval", cfg.seed, **rates)
+        eval_records = task.sft_records(1000, cfg.eval_split, cfg.seed, **rates)
     else:  # the user's JSONL files, checked record by record
         from minirlhf.jsonl import read_sft
         train_records, eval_records = read_sft(cfg.data), read_sft(cfg.eval_data) if cfg.eval_data else []
@@ -195,7 +195,7 @@ def main(cfg):
     summary = {"steps": cfg.max_iters, "eval_loss": eval_loss(), "skipped_steps": run.skips.total,
                "train_seconds": run.seconds(), "checkpoint": run.path, "parameters": model.num_params()}
     if builtin and cfg.n_gold_eval > 0:
-        records = task.prompt_records(cfg.n_gold_eval, "eval", cfg.seed)
+        records = task.prompt_records(cfg.n_gold_eval, cfg.eval_split, cfg.seed)
         summary.update(evaluate.sft_gold(train_model, tokenizer, task, records, eval_records, seed=cfg.seed, d=d,
                                          max_new_tokens=cfg.max_new_tokens, device=device, autocast=autocast))
         print(f"held-out gold score: greedy {summary['gold_greedy']:.3f}, sampled (T=1) {summary['gold_sampled']:.3f}, "

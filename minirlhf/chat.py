@@ -3,7 +3,7 @@ Talk to a trained policy, one reply at a time, printed as it is sampled.
 
     python -m minirlhf.chat --ckpt=out/chat/ppo/ckpt.pt                  # a chat policy: a conversation
     python -m minirlhf.chat --ckpt=out/ppo/ckpt.pt                       # an instruct policy: one line, one answer
-    printf 'reverse bajewu\\nupper ki\\n' | python -m minirlhf.chat --ckpt=out/ppo/ckpt.pt --temperature=0
+    printf 'reverse bajewu\\nupper ki\\n' | python -m minirlhf.chat --ckpt=out/ppo/ckpt.pt --temperature=0.7
 
 Two formats, the two of minirlhf/data.py, chosen by the task the checkpoint was trained on:
     chat       the conversation so far plus the new user turn, in the chat template, up to "Assistant: ";
@@ -45,8 +45,8 @@ class Config:
     """auto (the checkpoint's task), chat or instruct"""
     system: str = ""
     """a system message opening every conversation (chat mode only; empty: none)"""
-    temperature: float = 0.7
-    """sampling temperature (0: greedy)"""
+    temperature: float = 0.0
+    """sampling temperature (0: greedy, which the reports of both tasks score above sampling at 1)"""
     top_p: float = 1.0
     """nucleus sampling: sample from the smallest set of tokens holding this much probability (1: all)"""
     top_k: int = 0

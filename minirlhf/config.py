@@ -137,6 +137,8 @@ class Options:
     """start over in an out_dir that holds a run (its files are replaced at the new run's first checkpoint)"""
     seed: int = 1337
     """seed of the data order, the initialization and the sampling"""
+    eval_split: str = "eval"
+    """the built-in held-out prompts measured: eval (the reports') or dev (for choosing settings; never reported)"""
     device: str = "auto"
     """auto (cuda if available, else cpu), cpu, cuda, cuda:1, ... (under torchrun: each rank's own GPU)"""
     dtype: str = "auto"
@@ -168,6 +170,7 @@ class Options:
         check(self, "dtype", lambda x: x in DTYPES, f"one of {', '.join(DTYPES)}")
         check(self, "kernels", lambda x: x in ("auto", "torch", "triton"), "auto, torch or triton")
         check(self, "threads", lambda x: x >= 0, ">= 0 (0: torch's default)")
+        check(self, "eval_split", lambda x: x in ("eval", "dev"), "eval or dev")
         at_least_one(self, "max_new_tokens", "max_bad_steps")
         check(self, "adam_eps", lambda x: x > 0, "> 0")
         check(self, "grad_clip", lambda x: x >= 0, ">= 0 (0: off)")

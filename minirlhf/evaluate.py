@@ -135,7 +135,8 @@ def by_kind(records, assessed, baseline, task):
 @torch.no_grad()
 def ceiling(policy, reward_model, tokenizer, records, task, cfg, *, ns=(1, 4, 16), seed, autocast):
     """The reward model's ceiling: per n of ns, best-of-n from one draw of the policy: gold score, gold win rate over
-    another sample (ties half), KL bound log n - (n - 1) / n. PPO below it is held back by the RM, not by PPO."""
+    another sample (ties half), KL bound log n - (n - 1) / n; and the same n picked by gold (what a perfect reward
+    model would pick). PPO below the first is held back by PPO; the first below the second, by the reward model."""
     ids = [encode_prompt(tokenizer, r, policy.config.block_size - cfg.max_new_tokens) for r in records]
     gen = torch.Generator(device=policy.lm_head.weight.device).manual_seed(seed)
     _, samples = best_of_n(policy, reward_model, tokenizer, ids, max(ns) + 1, max_new_tokens=cfg.max_new_tokens,
@@ -145,7 +146,8 @@ def ceiling(policy, reward_model, tokenizer, records, task, cfg, *, ns=(1, 4, 16
     out = {}
     for n in ns:  # sample 0 of each prompt is the policy's own answer to beat; best-of-n picks among the next n
         picks = [max(range(1, n + 1), key=lambda j: group[j]["score"]) for group in samples]  # the first of equals
-        chosen = [g[j] for g, j in zip(gold, picks)]
+        chosen, perfect = [g[j] for g, j in zip(gold, picks)], [max(g[1:n + 1]) for g in gold]
         out[n] = {"gold": sum(chosen) / len(chosen), "win_rate": win_rate(chosen, [g[0] for g in gold]),
-                  "kl_bound": math.log(n) - (n - 1) / n}
+                  "kl_bound": math.log(n) - (n - 1) / n, "gold_picked_gold": sum(perfect) / len(perfect),
+                  "gold_picked_win_rate": win_rate(perfect, [g[0] for g in gold])}
     return {"n_prompts": len(records), "best_of_n": out}

@@ -1,8 +1,7 @@
 """
-Each built-in task's settings, where they differ from the scripts' own defaults. The scripts'
-defaults are the instruct task's; `--task=chat` applies the chat rows below, an option given on the
-command line overrides either, and `python train_ppo.py --task=chat --help` prints what a run will
-use. The measurements behind these values are in experiments/RESULTS.md ("How the defaults were chosen").
+Each built-in task's settings where they differ from the scripts' defaults (the instruct task's); an option on the
+command line overrides either, and `python train_ppo.py --task=chat --help` prints what a run will use. The
+measurements behind these values: experiments/RESULTS.md, "How the defaults were chosen".
 """
 PRESETS = {
     "instruct": {},

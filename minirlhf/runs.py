@@ -17,16 +17,8 @@ import time
 
 import torch
 
+from minirlhf import checkpoint as ckpts
 from minirlhf import distributed
-from minirlhf.checkpoint import (
-    alive,
-    atomic_write_text,
-    check,
-    read_checkpoint,
-    remove_stale_temporaries,
-    resume_command,
-    save_checkpoint,
-)
 
 # what a run leaves besides ckpt.pt and metrics.jsonl; an --overwrite run deletes them at its first checkpoint
 OUTPUTS = ("summary.json", "report.md", "curves.png")
@@ -77,7 +69,7 @@ class Run:
                      "skips": self.skips.state(), "seconds": self.seconds(), **state}
         if self.d.is_main:
             nets = [distributed.unwrapped(m) for m in models]
-            save_checkpoint(self.path, nets[0], tokenizer, self.cfg, step, finished=finished,
+            ckpts.save_checkpoint(self.path, nets[0], tokenizer, self.cfg, step, finished=finished,
                             state=None if finished else state, weights=weights[0],
                             value_model=nets[1] if len(nets) > 1 else None,
                             value_weights=weights[1] if len(nets) > 1 else None,
@@ -89,7 +81,7 @@ class Run:
         weights = distributed.model_state(model)
         if self.d.is_main:
             path = os.path.join(self.cfg.out_dir, "snapshots", f"iter_{step}.pt")
-            save_checkpoint(path, distributed.unwrapped(model), tokenizer, self.cfg, step, weights=weights)
+            ckpts.save_checkpoint(path, distributed.unwrapped(model), tokenizer, self.cfg, step, weights=weights)
 
 
 def start(cfg, is_main=True):
@@ -98,8 +90,8 @@ def start(cfg, is_main=True):
     out_dir, path = cfg.out_dir, os.path.join(cfg.out_dir, "ckpt.pt")
     if is_main:
         hold(out_dir)
-        remove_stale_temporaries(out_dir)
-    ckpt = read_checkpoint(path, mmap=True) if os.path.exists(path) else None
+        ckpts.remove_stale_temporaries(out_dir)
+    ckpt = ckpts.read_checkpoint(path, mmap=True) if os.path.exists(path) else None
     if ckpt is None:
         if cfg.resume:
             raise ValueError(f"--resume: {out_dir} holds no run to resume (no ckpt.pt)")
@@ -108,7 +100,7 @@ def start(cfg, is_main=True):
             what = ("a finished run" if ckpt["finished"] else
                     f"an unfinished run (stopped at step {ckpt['step']} of {ckpt.get('total_steps', '?')})")
             fix = "--overwrite to train it again" if ckpt["finished"] else \
-                f"`{resume_command(ckpt, path)}` to continue it, --overwrite to start over"
+                f"`{ckpts.resume_command(ckpt, path)}` to continue it, --overwrite to start over"
             raise ValueError(f"{out_dir} already holds {what}: {fix}, or choose another --out_dir")
         if ckpt["finished"]:
             raise ValueError(f"--resume: {out_dir} holds a finished run, there is nothing to resume "
@@ -135,7 +127,7 @@ def hold(out_dir):
                 pid = int(open(lock).read() or 0)
             except (OSError, ValueError):
                 pid = 0
-            if pid and pid != os.getpid() and alive(pid):
+            if pid and pid != os.getpid() and ckpts.alive(pid):
                 raise ValueError(f"{out_dir} is in use by another run (pid {pid}); wait for it to end, "
                                  f"or choose another --out_dir") from None
             os.remove(lock)  # left by a process that died
@@ -183,7 +175,7 @@ def finite(obj):
 
 def write_json(path, obj):
     """A JSON file written atomically; NaN and infinities become null."""
-    atomic_write_text(path, json.dumps(finite(obj), indent=2, allow_nan=False) + "\n")
+    ckpts.atomic_write_text(path, json.dumps(finite(obj), indent=2, allow_nan=False) + "\n")
 
 
 class Metrics:
@@ -212,7 +204,7 @@ class Metrics:
 
     def _write(self):
         text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in self.rows)
-        atomic_write_text(os.path.join(self.out_dir, "metrics.jsonl"), text)
+        ckpts.atomic_write_text(os.path.join(self.out_dir, "metrics.jsonl"), text)
 
 
 class Skips:
@@ -300,7 +292,7 @@ def device_args(cfg):
 def stage(path, script, args, what):
     """`python script args` unless path holds its finished checkpoint (--resume where it holds an
     unfinished one); a failure is a ValueError pointing at its output."""
-    if os.path.isfile(path) and read_checkpoint(path, mmap=True)["finished"]:
+    if os.path.isfile(path) and ckpts.read_checkpoint(path, mmap=True)["finished"]:
         return
     args = args + (["--resume"] if os.path.isfile(path) else [])
     print(f"{what}: running `python {script} {' '.join(args)}`", flush=True)
@@ -321,10 +313,10 @@ def ensure_stages(cfg, defaults, auto):
 def ensure(path, option, script, args, cfg, auto):
     """The checkpoint of --option=path, finished: with auto (the default pipeline) trained, or finished,
     by `python script args --out_dir=...`; else an error that says what to run."""
-    if auto and (not os.path.isfile(path) or not read_checkpoint(path, mmap=True)["finished"]):
+    if auto and (not os.path.isfile(path) or not ckpts.read_checkpoint(path, mmap=True)["finished"]):
         stage(path, script, args + [f"--out_dir={os.path.dirname(path) or '.'}"] + device_args(cfg),
               f"--{option}={path} is {'unfinished' if os.path.isfile(path) else 'missing'}")
     if not os.path.isfile(path):
         raise ValueError(f"--{option}={path} does not exist: first run `python {script} {' '.join(args)} "
                          f"--out_dir={os.path.dirname(path) or '.'}`")
-    check(read_checkpoint(path, mmap=True, option=option), path, option=option)
+    ckpts.check(ckpts.read_checkpoint(path, mmap=True, option=option), path, option=option)

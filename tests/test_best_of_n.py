@@ -145,6 +145,10 @@ def test_the_ceiling_is_best_of_n_of_one_draw_with_its_kl_bound():
         assert e["gold"] == pytest.approx(sum(best) / len(best))
         assert e["win_rate"] == pytest.approx(win_rate(best, [g[0] for g in gold]))
         assert e["kl_bound"] == pytest.approx(math.log(n) - (n - 1) / n)
+        perfect = [max(g[1:n + 1]) for g in gold]  # picked by gold: never below the reward model's pick
+        assert e["gold_picked_gold"] == pytest.approx(sum(perfect) / len(perfect))
+        assert e["gold_picked_gold"] >= e["gold"]
+        assert e["gold_picked_win_rate"] == pytest.approx(win_rate(perfect, [g[0] for g in gold]))
     assert got["best_of_n"][1]["kl_bound"] == 0 and got["best_of_n"][1]["gold"] == pytest.approx(
         sum(g[1] for g in gold) / len(gold))
     scores = [[s["score"] for s in group] for group in samples]

@@ -224,7 +224,7 @@ def test_bad_options_are_one_line_errors_that_touch_nothing(runs, monkeypatch, c
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--max_new_tokens=64"], "--max_new_tokens=64 leaves no room for a prompt in block_size 64"),
+    (["--max_new_tokens=64"], "--max_new_tokens=64 leaves no room for a prompt, block_size=64"),
     (["--prompts={long}", "--eval_prompts={short}"], "long.jsonl:2: prompt of 72 tokens, more than the 40"),
     (["--prompts={short}", "--eval_prompts={long}"], "long.jsonl:2: prompt of 72 tokens, more than the 40"),
 ])

@@ -87,15 +87,18 @@ def test_foreign_prompt_is_a_value_error(prompt):
 
 
 def test_splits_are_disjoint_and_sized():
-    train = set(tasks.make_prompts(3000, "train", random.Random(1)))
-    evals = set(tasks.make_prompts(3000, "eval", random.Random(2)))  # another seed: disjoint anyway
-    assert train and evals and not train & evals
-    assert all(tasks.split_of(p) == "train" for p in train) and all(tasks.split_of(p) == "eval" for p in evals)
+    drawn = {split: set(tasks.make_prompts(3000, split, random.Random(i))) for i, split in enumerate(tasks.SPLITS)}
+    assert all(drawn.values())
+    for a in tasks.SPLITS:  # another seed each: disjoint anyway
+        assert all(tasks.split_of(p) == a for p in drawn[a])
+        assert all(not drawn[a] & drawn[b] for b in tasks.SPLITS if b != a)
     rng = random.Random(4)
-    share = sum(tasks.split_of(make_prompt(rng)) == "eval" for _ in range(4000)) / 4000
-    assert abs(share - tasks.EVAL_PERCENT / 100) < 0.025
-    for r in tasks.sft_records(200, "eval", seed=5) + tasks.prompt_records(200, "eval", seed=5):
-        assert tasks.split_of(r["prompt"]) == "eval"
+    splits = [tasks.split_of(make_prompt(rng)) for _ in range(8000)]
+    assert abs(splits.count("eval") / 8000 - tasks.EVAL_PERCENT / 100) < 0.02
+    assert abs(splits.count("dev") / 8000 - tasks.DEV_PERCENT / 100) < 0.015
+    for split in ("dev", "eval"):
+        for r in tasks.sft_records(200, split, seed=5) + tasks.prompt_records(200, split, seed=5):
+            assert tasks.split_of(r["prompt"]) == split
     with pytest.raises(ValueError):
         tasks.make_prompts(1, "test", random.Random(0))
 

@@ -298,16 +298,19 @@ def test_comparisons_rank_distinct_replies_by_gold():
 
 def test_splits_are_disjoint_and_sized():
     text = lambda ms: str(ms)  # noqa: E731
-    train = {text(m) for m in chat.make_conversations(2000, "train", random.Random(1))}
-    evals = {text(m) for m in chat.make_conversations(500, "eval", random.Random(2))}  # another seed: disjoint anyway
-    assert len(evals) > 250 and not train & evals
+    drawn = {split: {text(m) for m in chat.make_conversations(n, split, random.Random(i))}
+             for i, (split, n) in enumerate((("train", 2000), ("dev", 500), ("eval", 500)))}
+    assert len(drawn["dev"]) > 250 and len(drawn["eval"]) > 250
+    assert not drawn["train"] & drawn["dev"] and not drawn["train"] & drawn["eval"] and not drawn["dev"] & drawn["eval"]
     rng = random.Random(4)
-    share = sum(chat.split_of(chat.make_conversation(rng, chat.write_right)) == "eval" for _ in range(4000)) / 4000
-    assert abs(share - chat.EVAL_PERCENT / 100) < 0.025
-    for r in chat.prompt_records(200, "eval", seed=5) + reference.comparison_records(chat, 50, "eval", seed=5):
-        assert chat.split_of(r["messages"]) == "eval"
-    for r in chat.sft_records(200, "eval", seed=5):
-        assert chat.split_of(r["messages"][:-1]) == "eval"
+    splits = [chat.split_of(chat.make_conversation(rng, chat.write_right)) for _ in range(4000)]
+    assert abs(splits.count("eval") / 4000 - chat.EVAL_PERCENT / 100) < 0.025
+    assert abs(splits.count("dev") / 4000 - chat.DEV_PERCENT / 100) < 0.02
+    for split in ("dev", "eval"):
+        for r in chat.prompt_records(200, split, seed=5) + reference.comparison_records(chat, 50, split, seed=5):
+            assert chat.split_of(r["messages"]) == split
+        for r in chat.sft_records(200, split, seed=5):
+            assert chat.split_of(r["messages"][:-1]) == split
 
 
 def test_records_are_deterministic_in_the_seed():

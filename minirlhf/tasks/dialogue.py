@@ -50,24 +50,26 @@ The stand-ins:
     labelers     rank K replies to a conversation by Plackett-Luce sampling on the gold scores
                  (tasks/labelers.py) at LABELER_TEMPERATURE, so that two labelers agree on ~73% of pairs
 
-Conversations fall in the train or the eval split by a hash of their text (up to the final user turn), so
-the splits are disjoint by construction.
+Conversations fall in the train, dev or eval split by a hash of their text (up to the final user turn), so
+the splits are disjoint by construction (dev: for choosing settings; eval: for the reports).
 
     python -m minirlhf.tasks --task=chat --out_dir=data/chat     # export as JSONL
     python -m minirlhf.tasks --task=chat --calibrate              # re-derive LABELER_TEMPERATURE
 """
-import hashlib
 import json
 import random
 import re
 
-from minirlhf.tasks.instruct import (
+from minirlhf.tasks.instruct import (  # noqa: F401  (EVAL_PERCENT, DEV_PERCENT, SPLITS: this task's too)
     _MISTAKES,
     ADD_SCALE,
     COUNT_SCALE,
+    DEV_PERCENT,
+    EVAL_PERCENT,
     MISSING_EOS_FACTOR,
     RAMBLE,
     SEP,
+    SPLITS,
     _double_char,
     _numeric_score,
     _sequence_credit,
@@ -76,6 +78,7 @@ from minirlhf.tasks.instruct import (
     make_prompt,
     parse,
 )
+from minirlhf.tasks.instruct import split_of as instruct_split_of
 
 NAME = "chat"
 
@@ -142,7 +145,7 @@ REFERENCE_RATES = {"error_rate": REFERENCE_ERROR_RATE, "ramble_rate": REFERENCE_
 # distribution alike 73% of the time (`python -m minirlhf.tasks --task=chat --calibrate`)
 LABELER_TEMPERATURE = 0.133
 
-EVAL_PERCENT = 10  # share of the conversation space that is held out
+# EVAL_PERCENT, DEV_PERCENT, SPLITS: the instruct task's shares of the space held out, imported above
 # what the report shows per behaviour: fields of assess() and their formats
 REPORT_FIELDS = [("gold", ".3f"), ("exact", ".0%"), ("refused", ".0%"), ("verdict_right", ".0%"),
                  ("rambling", ".0%"), ("length", ".1f")]
@@ -542,17 +545,16 @@ def write_right(messages, rng):
 
 
 def split_of(messages):
-    """'train' or 'eval', by a hash of the conversation's text up to its final user turn."""
+    """The split (SPLITS) of a conversation, by a hash of its text up to its final user turn."""
     text = json.dumps([[m["role"], m["content"]] for m in _messages_of(messages)], ensure_ascii=False)
-    h = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
-    return "eval" if h % 100 < EVAL_PERCENT else "train"
+    return instruct_split_of(text)
 
 
 def make_conversations(n, split, rng, write=write_right, weights=None):
     """n conversations of `split` (earlier replies by `write`, right ones by default); the other split's are
     dropped. weights: {kind: relative frequency} of the final turns' behaviours (default: CASE_WEIGHTS)."""
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', not {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     out = []
     while len(out) < n:
         messages = make_conversation(rng, write, weights=weights)

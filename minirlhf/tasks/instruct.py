@@ -39,7 +39,8 @@ REFERENCE_K = 4
 # Plackett-Luce temperature at which two labelers agree on 73% of reference pairs (python -m minirlhf.tasks --calibrate)
 LABELER_TEMPERATURE = 0.144
 
-EVAL_PERCENT = 10  # share of the prompt space that is held out
+EVAL_PERCENT, DEV_PERCENT = 10, 5  # shares of the prompt space held out for the reports and for choosing settings
+SPLITS = ("train", "dev", "eval")
 # what the report shows per kind of prompt: fields of assess() and their formats
 REPORT_FIELDS = [("gold", ".3f"), ("exact", ".0%"), ("rambling", ".0%"), ("length", ".1f")]
 MISSING_EOS_FACTOR = 0.5  # a response that never ended keeps half its score
@@ -81,17 +82,17 @@ def make_prompt(rng, kind=None):
     return text + SEP
 
 
-def split_of(prompt):
-    """'train' or 'eval', decided by a hash of the prompt text: disjoint splits by construction."""
-    h = int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big")
-    return "eval" if h % 100 < EVAL_PERCENT else "train"
+def split_of(text):
+    """'train', 'dev' or 'eval', decided by a hash of the prompt text: disjoint splits by construction."""
+    h = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") % 100
+    return "eval" if h < EVAL_PERCENT else "dev" if h < EVAL_PERCENT + DEV_PERCENT else "train"
 
 
 def make_prompts(n, split, rng, weights=None):
     """n prompts of `split`, drawn with `rng` (those of the other split are dropped). weights: {kind: relative
     frequency} (default: uniform), e.g. to over-sample the kinds a policy does worst on (train_ppo.py --rounds)."""
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', not {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     kinds, w = check_weights(weights, KINDS)
     out = []
     while len(out) < n:
