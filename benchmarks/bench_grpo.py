@@ -40,6 +40,8 @@ def run_ours(tmp, threads, iterations):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--activation", choices=("gelu", "gelu_tanh"), default="gelu",
+                    help="the MLP's GELU in both libraries' models: exact (minirlhf's from scratch) or GPT-2's tanh")
     ap.add_argument("--iterations", type=int, default=3, help="timed iterations per round, after 1 warm-up")
     ap.add_argument("--rounds", type=int, default=2, help="rounds, each timing minirlhf then TRL")
     ap.add_argument("--trl_python", default=None, help="a Python with trl==1.16.0 installed, for the baseline")
@@ -52,11 +54,12 @@ def main():
 
     peak = matmul_gflops(args.threads)
     rows, trl_runs = workload.alternate(run_ours, args.trl_python, "trl_grpo_baseline.py", args.threads,
-                                        args.iterations, args.rounds)
+                                        args.iterations, args.rounds, args.activation)
     peak_after = matmul_gflops(args.threads)
     ours = {k: statistics.median(r[f"time/{k}"] for r in rows) for k in ("rollout", "score", "update", "iteration")}
     print(f"fp32 matmul throughput, {args.threads} threads: {peak:.0f} GFLOP/s before, {peak_after:.0f} after")
     result = {"device": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__,
+              "activation": args.activation,
               "matmul_gflops": peak, "matmul_gflops_after": peak_after, "ours_median_seconds": ours,
               "ours_iterations": rows, "rounds": args.rounds,
               "workload": {"prompts": N_RESPONSES // GROUP, "group_size": GROUP, "prompt_len": workload.PROMPT_LEN,

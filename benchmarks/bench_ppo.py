@@ -60,6 +60,8 @@ def run_ours(tmp, threads, iterations):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--activation", choices=("gelu", "gelu_tanh"), default="gelu",
+                    help="the MLP's GELU in both libraries' models: exact (minirlhf's from scratch) or GPT-2's tanh")
     ap.add_argument("--iterations", type=int, default=3, help="timed iterations per round, after 1 warm-up")
     ap.add_argument("--rounds", type=int, default=2, help="rounds, each timing minirlhf then TRL")
     ap.add_argument("--trl_python", default=None, help="a Python with trl==1.12.0 installed, for the baseline")
@@ -70,7 +72,7 @@ def main():
     flops = iteration_flops()
     total_flops = sum(flops.values())
     rows, trl_runs = workload.alternate(run_ours, args.trl_python, "trl_baseline.py", args.threads, args.iterations,
-                                        args.rounds)
+                                        args.rounds, args.activation)
     ours = {k: statistics.median(r[f"time/{k}"] for r in rows) for k in ("rollout", "score", "update", "iteration")}
     peak_after = matmul_gflops(args.threads)
 
@@ -85,6 +87,7 @@ def main():
         print(f"{k:<10} {ours[k]:>8.3f} {flops[k] / ours[k] / 1e9:>8.1f}")
     print(f"{'iteration':<10} {ours['iteration']:>8.3f} {achieved:>8.1f}   ({achieved / peak:.0%} of the matmul peak)")
     result = {"device": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__,
+              "activation": args.activation,
               "matmul_gflops": peak, "matmul_gflops_after": peak_after, "flops": flops, "ours_median_seconds": ours,
               "ours_iterations": rows, "rounds": args.rounds, "ours_gflops": achieved,
               "fraction_of_matmul_peak": achieved / peak}

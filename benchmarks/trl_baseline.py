@@ -80,16 +80,18 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--iterations", type=int, default=3, help="timed iterations after 1 warm-up (default 3)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--activation", choices=("gelu", "gelu_new"), default="gelu",
+                   help="the MLP's activation_function: exact GELU (as minirlhf's models from scratch) or GPT-2's tanh")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                  "trl_baseline_results.json"),
                    help="where to write the JSON results (default: trl_baseline_results.json beside this script)")
     return p.parse_args()
 
 
-def build_models():
+def build_models(activation):
     from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
-    config = gpt2_config
+    config = lambda **kw: gpt2_config(activation_function=activation, **kw)  # noqa: E731
     torch.manual_seed(SEED)
     policy = GPT2LMHeadModel(config()).float()
     ref_policy = copy.deepcopy(policy)
@@ -248,7 +250,7 @@ def main():
     from trl.experimental.ppo import PPOTrainer
 
     tokenizer = build_tokenizer()
-    policy, ref_policy, reward_model, value_model = build_models()
+    policy, ref_policy, reward_model, value_model = build_models(args.activation)
     dataset = build_dataset()
     output_dir = tempfile.mkdtemp(prefix="trl_baseline_")
     try:

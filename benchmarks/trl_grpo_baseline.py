@@ -49,19 +49,21 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--iterations", type=int, default=3, help="timed iterations after 1 warm-up (default 3)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--activation", choices=("gelu", "gelu_new"), default="gelu",
+                   help="the MLP's activation_function: exact GELU (as minirlhf's models from scratch) or GPT-2's tanh")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                  "trl_grpo_baseline_results.json"),
                    help="where to write the JSON results")
     return p.parse_args()
 
 
-def build_models(model_dir):
+def build_models(model_dir, activation):
     """The policy, saved to model_dir (TRL loads policy and reference from there), and the reward model."""
     from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
     torch.manual_seed(SEED)
-    GPT2LMHeadModel(gpt2_config()).float().save_pretrained(model_dir)
-    return GPT2ForSequenceClassification(gpt2_config(num_labels=1)).float()
+    GPT2LMHeadModel(gpt2_config(activation_function=activation)).float().save_pretrained(model_dir)
+    return GPT2ForSequenceClassification(gpt2_config(num_labels=1, activation_function=activation)).float()
 
 
 def build_dataset():
@@ -180,7 +182,7 @@ def main():
     output_dir = tempfile.mkdtemp(prefix="trl_grpo_baseline_")
     try:
         model_dir = os.path.join(output_dir, "policy")
-        reward_model = build_models(model_dir)
+        reward_model = build_models(model_dir, args.activation)
         config = grpo_config(output_dir, args.iterations)
         trainer = GRPOTrainer(model=model_dir, reward_funcs=reward_model, args=config, train_dataset=build_dataset(),
                               processing_class=tokenizer, reward_processing_classes=tokenizer)

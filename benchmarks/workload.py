@@ -39,8 +39,9 @@ def matmul_gflops(threads, n=2048, reps=10):
     return 2 * n ** 3 / best / 1e9
 
 
-def write_workload(tmp):
-    """A 512-token tokenizer, random SFT and RM checkpoints, and 64 prompts of exactly 32 tokens."""
+def write_workload(tmp, activation="gelu"):
+    """A 512-token tokenizer, random SFT and RM checkpoints (the MLP's GELU: gelu or gelu_tanh), and 64 prompts of
+    exactly 32 tokens."""
     ranks = {bytes([i]): i for i in range(256)}
     upper = [bytes([a, b]) for a in range(65, 91) for b in range(65, 91)]
     for t in upper[:VOCAB - 2 - 256]:  # merges of capital pairs: never in the lowercase prompts
@@ -51,7 +52,8 @@ def write_workload(tmp):
     tokenizer = get_tokenizer(tok_path)
     assert tokenizer.vocab_size == VOCAB
     torch.manual_seed(0)
-    config = dict(block_size=BLOCK, vocab_size=VOCAB, n_layer=N_LAYER, n_head=N_HEAD, n_embd=N_EMBD)
+    config = dict(block_size=BLOCK, vocab_size=VOCAB, n_layer=N_LAYER, n_head=N_HEAD, n_embd=N_EMBD,
+                  activation=activation)
     save_checkpoint(os.path.join(tmp, "sft.pt"), GPT(GPTConfig(**config)), tokenizer, {}, 0)
     save_checkpoint(os.path.join(tmp, "rm.pt"), GPT(GPTConfig(**config, scalar_head=True)), tokenizer, {}, 0)
     g = torch.Generator().manual_seed(0)
@@ -77,28 +79,33 @@ def run_train_ppo(tmp, threads, iterations, *options):
     return rows, done.stdout
 
 
-def run_baseline(python, script, threads, iterations):
+# our GELU option: transformers' activation_function of the same function
+HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
+
+
+def run_baseline(python, script, threads, iterations, activation="gelu"):
     """A TRL baseline script (trl_baseline.py, trl_grpo_baseline.py) on the workload, in its own Python; its JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "trl.json")
-        done = subprocess.run([python, os.path.join(HERE, script), "--threads", str(threads),
-                               "--iterations", str(iterations), "--out", out], capture_output=True, text=True)
+        done = subprocess.run([python, os.path.join(HERE, script), "--threads", str(threads), "--iterations",
+                               str(iterations), "--activation", HF_ACTIVATION[activation], "--out", out],
+                              capture_output=True, text=True)
         if done.returncode != 0:
             sys.exit(f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         with open(out) as f:
             return json.load(f)
 
 
-def alternate(run_ours, trl_python, trl_script, threads, iterations, rounds):
+def alternate(run_ours, trl_python, trl_script, threads, iterations, rounds, activation="gelu"):
     """minirlhf (run_ours(tmp, threads, iterations) on a fresh workload, the first iteration a warm-up) and TRL
     taking turns, round by round, since this machine's speed drifts over minutes: (our timed rows, TRL's runs)."""
     rows, trl_runs = [], []
     for r in range(rounds):
         with tempfile.TemporaryDirectory() as tmp:
-            write_workload(tmp)
+            write_workload(tmp, activation)
             rows += run_ours(tmp, threads, iterations + 1)[1:]
         if trl_python:
-            trl_runs.append(run_baseline(trl_python, trl_script, threads, iterations))
+            trl_runs.append(run_baseline(trl_python, trl_script, threads, iterations, activation))
         ours = [round(x["time/iteration"], 2) for x in rows[-iterations:]]
         print(f"round {r + 1}/{rounds}: minirlhf {ours} s"
               + (f", TRL {[round(x, 2) for x in trl_runs[-1]['iteration_s']]} s" if trl_runs else ""), flush=True)

@@ -27,17 +27,12 @@ and greedy); best-of-n has no greedy answer (its n greedy samples would all be S
 Child runs go to out_dir/<task>/seed<S>/<method> and are reused when finished with the same options.
 Writes out_dir/results.json, out_dir/gold_vs_kl.png and its section of experiments/RESULTS.md.
 """
-import ast
-import functools
 import json
 import math
 import os
 import shlex
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
-from types import SimpleNamespace
 
 import common
 import torch
@@ -96,51 +91,23 @@ class Config(common.ExperimentOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        check(self, "tasks", lambda x: distinct(x) and all(t in PRESETS for t in x.split(",")),
+        check(self, "tasks", lambda x: common.distinct(x) and all(t in PRESETS for t in x.split(",")),
               f"distinct comma-separated built-in tasks ({', '.join(PRESETS)})")
         check(self, "seeds", lambda x: all(s.strip().lstrip("-").isdigit() for s in x.split(",")),
               "comma-separated integers, at least one")
         check(self, "seeds", lambda x: len(set(self.seed_list)) == len(self.seed_list), "distinct seeds")
-        check(self, "methods", lambda x: distinct(x) and all(m in METHODS for m in x.split(",")),
+        check(self, "methods", lambda x: common.distinct(x) and all(m in METHODS for m in x.split(",")),
               f"distinct comma-separated methods of {', '.join(METHODS)}")
         check(self, "group_size", lambda x: x >= 2, "at least 2 (GRPO and RLOO compare the responses to a prompt)")
         check(self, "kl_in", lambda x: x in ("reward", "loss"), "reward or loss")
         check(self, "loss_agg", lambda x: x in ("token", "sequence"), "token or sequence")
         check(self, ("bon_n", "n_eval"), lambda x: x >= 1, "at least 1")
         for name in ("sft_options", "rm_options", "ppo_options", "dpo_options"):
-            try:
-                words = shlex.split(getattr(self, name))
-            except ValueError as e:  # an unclosed quote
-                raise ValueError(f"--{name}: {e}") from None
-            options = dict(arg[2:].partition("=")[::2] for arg in words)
-            check(self, name, lambda x: all(a.startswith("--") and "=" in a for a in shlex.split(x)),
-                  "space-separated --key=value options")
-            check(self, name, lambda x: not set(options) & set(SET_HERE), f"free of {', '.join(SET_HERE)}")
+            common.check_child_options(self, name, SET_HERE)
 
     @property
     def seed_list(self):
         return [int(s) for s in self.seeds.split(",")]
-
-
-def distinct(text):
-    return len(set(text.split(","))) == len(text.split(","))
-
-
-@functools.cache
-def child(script, *args):
-    """args as the script parses them (over the task's presets), each --key=value written as the run stores it, so
-    that a finished run is found again, and all the options it will use; a bad option is an error here, before any
-    training. `script --check` prints the parsed options: the scripts are run, never imported."""
-    done = subprocess.run([sys.executable, os.path.join(common.ROOT, script), *args, "--check"], capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines()
-        raise ValueError(lines[-1].replace(": error: ", ": ", 1) if lines else
-                         f"{script} --check: exit status {done.returncode}")
-    parsed = dict(line.strip().partition(" = ")[::2] for line in done.stdout.splitlines() if " = " in line)
-    parsed = {k.strip(): ast.literal_eval(v) for k, v in parsed.items()}
-    keys = dict.fromkeys(arg[2:].partition("=")[0] for arg in args)
-    return [f"--{k}={parsed[k]}" for k in keys], SimpleNamespace(**parsed)
 
 
 def plan(cfg, task, seed):
@@ -149,19 +116,20 @@ def plan(cfg, task, seed):
     where = lambda m: os.path.join(cfg.out_dir, task, f"seed{seed}", m, "ckpt.pt")  # noqa: E731
     opts = {name: shlex.split(getattr(cfg, f"{name}_options")) for name in ("sft", "rm", "ppo", "dpo")}
     seeded, start = [f"--seed={seed}"], [f"--sft_ckpt={where('sft')}", f"--rm_ckpt={where('rm')}"]
-    stages = {"sft": (where("sft"), "train_sft.py", seeded + child("train_sft.py", f"--task={task}", *opts["sft"])[0]),
+    stages = {"sft": (where("sft"), "train_sft.py",
+                      seeded + common.child("train_sft.py", f"--task={task}", *opts["sft"])[0]),
               "rm": (where("rm"), "train_rm.py",
-                     seeded + start[:1] + child("train_rm.py", f"--task={task}", *opts["rm"])[0])}
+                     seeded + start[:1] + common.child("train_rm.py", f"--task={task}", *opts["rm"])[0])}
     critic_free = [f"--group_size={cfg.group_size}", f"--kl_in={cfg.kl_in}", f"--loss_agg={cfg.loss_agg}"]
     settings = None
     for method in ONLINE:
         extra = ["--advantage=gae"] if method == "ppo" else [f"--advantage={method}", *critic_free]
-        args, settings = child("train_ppo.py", f"--task={task}", "--train_missing=False", *extra, *opts["ppo"])
+        args, settings = common.child("train_ppo.py", f"--task={task}", "--train_missing=False", *extra, *opts["ppo"])
         if method in cfg.methods.split(","):
             stages[method] = (where(method), "train_ppo.py", seeded + start + args)
     if "dpo" in cfg.methods.split(","):
         stages["dpo"] = (where("dpo"), "experiments/dpo.py",
-                         seeded + start + child("experiments/dpo.py", "--plot=False", *opts["dpo"])[0])
+                         seeded + start + common.child("experiments/dpo.py", "--plot=False", *opts["dpo"])[0])
     return stages, settings
 
 
@@ -227,20 +195,6 @@ def measure_best_of_n(cfg, sft, rm, tokenizer, records, task, settings, result, 
             "seconds": time.time() - t0}
 
 
-def spread(values):
-    """{mean, min, max} over the seeds of the values that exist (None if none does)."""
-    values = [v for v in values if v is not None]
-    return {"mean": sum(values) / len(values), "min": min(values), "max": max(values)} if values else None
-
-
-def cell(s, spec):
-    """mean [min, max], in percent for spec %."""
-    if s is None:
-        return "—"
-    f = (lambda x: f"{100 * x:.1f}") if spec == "%" else (lambda x: format(x, spec))
-    return f"{f(s['mean'])}{'%' if spec == '%' else ''} [{f(s['min'])}, {f(s['max'])}]"
-
-
 def label(name, cfg):
     return f"best-of-{cfg.bon_n}" if name == "bon" else LABEL[name]
 
@@ -292,8 +246,8 @@ def section(cfg, results, seconds, figure):
     for task, res in results.items():
         lines += [f"**{task}** ({res['n_prompts']} held-out prompts, seeds {cfg.seeds}):", ""]
         lines += common.markdown_table(["method"] + [c[1] for c in COLUMNS],
-                                       [[label(m, cfg)] + [cell(res["summary"][m][k], spec) for k, _, spec in COLUMNS]
-                                        for m in res["summary"]])
+                                       [[label(m, cfg)] + [common.cell(res["summary"][m][k], spec)
+                                                           for k, _, spec in COLUMNS] for m in res["summary"]])
         lines += ["", "Each seed (win sampled / gold sampled / KL):", ""]
         lines += common.markdown_table(["method"] + [f"seed {s}" for s in res["seeds"]],
                                        [[label(m, cfg)] + [f"{common.fmt(s[m]['win_sampled'], '.1%')} / "
@@ -328,7 +282,7 @@ def main(cfg):
             if len(budgets) > 1:
                 raise ValueError(f"{task}, seed {seed}: the online runs sampled unequal budgets {budgets}")
         names = list(seeds[cfg.seed_list[0]])
-        summary = {m: {k: spread([s[m].get(k) for s in seeds.values()]) for k in seeds[cfg.seed_list[0]][m]}
+        summary = {m: {k: common.spread([s[m].get(k) for s in seeds.values()]) for k in seeds[cfg.seed_list[0]][m]}
                    for m in names}
         results[task] = {"n_prompts": cfg.n_eval, "seeds": seeds, "summary": summary}
         results[task]["winner"] = winner(task, summary, cfg)

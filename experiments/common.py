@@ -6,16 +6,20 @@ PNG figures, and the experiment's section of experiments/RESULTS.md, replaced at
 
 The experiments import it as `common` (Python puts the script's folder first on the path).
 """
+import ast
 import fcntl
+import functools
 import json
 import os
 import platform
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 
@@ -37,16 +41,12 @@ PLACE_OPTIONS = ("out_dir", "resume", "overwrite", "device", "dtype", "kernels",
 
 
 @dataclass
-class ExperimentOptions:
-    """The options every experiment has."""
+class RunOptions:
+    """Where an experiment writes and how its runs compute."""
     out_dir: str = "out/experiments"
     """where the experiment's runs, results.json and figures go (runs found there with the same options are reused)"""
     results_md: str = ""
     """the markdown file whose section for this experiment is (re)written (empty: experiments/RESULTS.md)"""
-    plot: bool = True
-    """write the PNG figures (needs matplotlib: pip install -e ".[plot]"); false: tables and JSON only"""
-    seed: int = 1337
-    """seed of the held-out prompts, the sampling and the labelers of the evaluation"""
     device: str = "auto"
     """auto (cuda if available, else cpu), cpu, cuda, cuda:N; the training runs get it too"""
     dtype: str = "auto"
@@ -62,12 +62,24 @@ class ExperimentOptions:
         check(self, "kernels", lambda x: x in ("auto", "torch", "triton"), "auto, torch or triton")
         check(self, "threads", lambda x: x >= 0, ">= 0 (0: torch's default)")
         check_device(self.device)
-        if self.plot:
-            pyplot()  # a missing matplotlib fails now, not after an hour of training
 
     @property
     def results_path(self):
         return self.results_md or os.path.join(HERE, "RESULTS.md")
+
+
+@dataclass
+class ExperimentOptions(RunOptions):
+    """The options every experiment that evaluates and plots has."""
+    plot: bool = True
+    """write the PNG figures (needs matplotlib: pip install -e ".[plot]"); false: tables and JSON only"""
+    seed: int = 1337
+    """seed of the held-out prompts, the sampling and the labelers of the evaluation"""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.plot:
+            pyplot()  # a missing matplotlib fails now, not after an hour of training
 
 
 def pyplot():
@@ -236,3 +248,49 @@ def section_head(title, question, script, cfg, seconds):
             f"Command: `{command(script)}`", "",
             f"Run {time.strftime('%Y-%m-%d %H:%M')} on {machine()}; {seconds / 60:.1f} min "
             f"(training runs that were already there are reused and not counted again).", ""]
+
+def distinct(text):
+    return len(set(text.split(","))) == len(text.split(","))
+
+
+@functools.cache
+def child(script, *args):
+    """args as the script parses them (over the task's presets), each --key=value written as the run stores it, so
+    that a finished run is found again, and all the options it will use; a bad option is an error here, before any
+    training. `script --check` prints the parsed options: the scripts are run, never imported."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, script), *args, "--check"], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise ValueError(lines[-1].replace(": error: ", ": ", 1) if lines else
+                         f"{script} --check: exit status {done.returncode}")
+    parsed = dict(line.strip().partition(" = ")[::2] for line in done.stdout.splitlines() if " = " in line)
+    parsed = {k.strip(): ast.literal_eval(v) for k, v in parsed.items()}
+    keys = dict.fromkeys(arg[2:].partition("=")[0] for arg in args)
+    return [f"--{k}={parsed[k]}" for k in keys], SimpleNamespace(**parsed)
+
+
+def spread(values):
+    """{mean, min, max} over the seeds of the values that exist (None if none does)."""
+    values = [v for v in values if v is not None]
+    return {"mean": sum(values) / len(values), "min": min(values), "max": max(values)} if values else None
+
+
+def cell(s, spec):
+    """mean [min, max], in percent for spec %."""
+    if s is None:
+        return "—"
+    f = (lambda x: f"{100 * x:.1f}") if spec == "%" else (lambda x: format(x, spec))
+    return f"{f(s['mean'])}{'%' if spec == '%' else ''} [{f(s['min'])}, {f(s['max'])}]"
+
+
+def check_child_options(cfg, name, set_here):
+    """cfg.<name>: space-separated --key=value options of child runs, none of those the experiment sets itself."""
+    try:
+        words = shlex.split(getattr(cfg, name))
+    except ValueError as e:  # an unclosed quote
+        raise ValueError(f"--{name}: {e}") from None
+    options = dict(arg[2:].partition("=")[::2] for arg in words)
+    check(cfg, name, lambda x: all(a.startswith("--") and "=" in a for a in shlex.split(x)),
+          "space-separated --key=value options")
+    check(cfg, name, lambda x: not set(options) & set(set_here), f"free of {', '.join(set_here)}")

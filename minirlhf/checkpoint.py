@@ -166,7 +166,7 @@ def model_from(ckpt, path, which="model", device="cpu", **overrides):
     if entry is None:
         raise ValueError(f"checkpoint {path} holds no {which}")
     try:
-        config = GPTConfig(**{**entry["model_config"], **overrides})
+        config = GPTConfig(**{"activation": "gelu_tanh", **entry["model_config"], **overrides})  # older ones: GPT-2's
     except TypeError as e:
         raise ValueError(f"checkpoint {path}: bad model config: {e}") from None
     model = GPT(config)

@@ -6,7 +6,7 @@ Export a minirlhf checkpoint as a Hugging Face GPT-2 directory.
 
 What out_dir holds (transformers' GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained
 read it; so does gpt2.from_pretrained):
-- config.json: GPT-2's config for exactly this architecture (biases, tanh GELU "gelu_new",
+- config.json: GPT-2's config for exactly this architecture (biases, GELU: "gelu" exact or GPT-2's tanh "gelu_new",
   attention scaled by 1/sqrt(head size) and nothing else, tied embeddings, no attention dropout);
   vocab_size counts the pad token's row.
 - model.safetensors: the weights under GPT-2's names ("transformer.h.0.attn.c_attn.weight", ...),
@@ -87,7 +87,7 @@ def hf_config(model, tokenizer):
         "n_layer": c.n_layer,
         "n_head": c.n_head,
         "n_inner": None,  # 4 * n_embd
-        "activation_function": "gelu_new",  # GPT-2's tanh approximation of GELU
+        "activation_function": "gelu_new" if c.activation == "gelu_tanh" else "gelu",  # GPT-2's tanh GELU, or exact
         "layer_norm_epsilon": c.layer_norm_epsilon,
         # our dropout sits where GPT-2's embedding and residual dropout do; there is none on attention
         "embd_pdrop": c.dropout,

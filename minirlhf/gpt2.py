@@ -37,7 +37,11 @@ def from_pretrained(path, vocab_size=None, **overrides):
         if head is not None and not (isinstance(head, dict) and isinstance(head.get("file"), str)
                                      and head["file"] == os.path.basename(head["file"])):
             raise ValueError(f"minirlhf_scalar_head is {head!r}, not {{\"file\": a file name in the directory}}")
-        overrides = {"scalar_head": head is not None, **overrides}
+        act = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}.get(
+            hf.get("activation_function", "gelu_new"))
+        if act is None:
+            raise ValueError(f"activation_function is {hf['activation_function']!r}, not gelu_new or gelu")
+        overrides = {"scalar_head": head is not None, "activation": act, **overrides}
         config = GPTConfig(block_size=hf.get("n_positions", hf.get("n_ctx", 1024)), vocab_size=hf["vocab_size"],
                            n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
                            layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5), **overrides)

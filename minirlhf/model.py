@@ -30,6 +30,7 @@ class GPTConfig:
     bias: bool = True  # biases in Linears and LayerNorms, as GPT-2 has
     layer_norm_epsilon: float = 1e-5
     scalar_head: bool = False  # add an n_embd -> 1 head: a reward or value model
+    activation: str = "gelu"  # the MLP's: gelu (exact, as nanoGPT) or gelu_tanh (GPT-2's; slower on CPUs)
     attn_impl: str = "auto"  # auto: the Triton kernel on CUDA, plain PyTorch (SDPA) elsewhere | torch | triton
     logprob_impl: str = "auto"  # the same choice for log-probs from hidden states (token_logprobs)
 
@@ -41,9 +42,10 @@ class GPTConfig:
             raise ValueError(f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
-        for name in ("attn_impl", "logprob_impl"):
-            if getattr(self, name) not in ("auto", "torch", "triton"):
-                raise ValueError(f"GPTConfig.{name} must be auto, torch or triton, got {getattr(self, name)!r}")
+        for name, choices in (("attn_impl", ("auto", "torch", "triton")), ("logprob_impl", ("auto", "torch", "triton")),
+                              ("activation", ("gelu", "gelu_tanh"))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"GPTConfig.{name} must be {', '.join(choices)}, got {getattr(self, name)!r}")
 
 
 def attention(q, k, v, key_start, impl):
@@ -134,9 +136,10 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # GPT-2's GELU ("gelu_new")
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
 
 
 class Block(nn.Module):

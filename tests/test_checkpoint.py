@@ -288,3 +288,25 @@ def test_files_are_written_beside_their_destination(tmp_path, monkeypatch, write
         assert path.read_bytes() == "é\n".encode("utf-8")
     (src, dst), = renames
     assert os.path.dirname(os.path.abspath(src)) == str(path.parent) and dst == str(path)
+
+
+def test_activation_is_stored_and_older_checkpoints_load_with_gpt2s(tmp_path):
+    """A checkpoint keeps its MLP's GELU (exact for models from scratch); one written before the choice existed has no
+    entry and was trained with GPT-2's tanh GELU, so it loads with that: its outputs as they were."""
+    model, idx = tiny(3), torch.randint(0, 258, (2, 9))
+    assert model.config.activation == "gelu"
+    for activation in ("gelu", "gelu_tanh"):
+        model = GPT(GPTConfig(**{**model.config.__dict__, "activation": activation}))
+        path = str(tmp_path / f"{activation}.pt")
+        save_checkpoint(path, model, get_tokenizer("bytes"), {}, step=1)
+        ckpt = torch.load(path, weights_only=True)
+        assert ckpt["model_config"]["activation"] == activation
+        if activation == "gelu_tanh":
+            del ckpt["model_config"]["activation"]  # as written before the choice
+            torch.save(ckpt, path)
+        loaded, _, _ = load_checkpoint(path)
+        assert loaded.config.activation == activation
+        torch.testing.assert_close(loaded(idx), model(idx))
+    other = GPT(GPTConfig(**{**model.config.__dict__, "activation": "gelu"}))  # the choice matters
+    other.load_state_dict(model.state_dict())
+    assert not torch.allclose(other(idx), model(idx))

@@ -197,7 +197,8 @@ def test_too_long_inputs_are_errors():
         model.generate(torch.zeros(1, 3, dtype=torch.long), 2, eos_id=EOS)
 
 
-@pytest.mark.parametrize("bad", [dict(n_embd=30, n_head=4), dict(n_layer=0), dict(attn_impl="cuda"), dict(dropout=1.5)])
+@pytest.mark.parametrize("bad", [dict(n_embd=30, n_head=4), dict(n_layer=0), dict(attn_impl="cuda"), dict(dropout=1.5),
+                                 dict(activation="relu")])
 def test_bad_config_is_an_error(bad):
     with pytest.raises(ValueError, match="GPTConfig"):
         GPTConfig(**{**dict(n_layer=1, n_head=2, n_embd=32), **bad})
@@ -212,7 +213,8 @@ def write_hf_gpt2(model, path, fmt, prefix="transformer."):
     """Write model as a Hugging Face GPT-2 directory: Conv1D weights stored (in, out), causal-mask buffers."""
     c = model.config
     hf_config = dict(model_type="gpt2", n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, n_positions=c.block_size,
-                     vocab_size=c.vocab_size, layer_norm_epsilon=1e-5, activation_function="gelu_new")
+                     vocab_size=c.vocab_size, layer_norm_epsilon=1e-5,
+                     activation_function={"gelu_tanh": "gelu_new", "gelu": "gelu"}[c.activation])
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(hf_config))
     sd = {}
@@ -234,8 +236,9 @@ def write_hf_gpt2(model, path, fmt, prefix="transformer."):
 
 @pytest.mark.parametrize("fmt,prefix", [("safetensors", "transformer."), ("bin", "transformer."), ("bin", "")])
 @pytest.mark.parametrize("size", SIZES[1:])
-def test_from_pretrained_round_trip(tmp_path, fmt, prefix, size):
-    model = make_model(7, **size)
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh"])
+def test_from_pretrained_round_trip(tmp_path, fmt, prefix, size, activation):
+    model = make_model(7, **size, activation=activation)
     with torch.no_grad():  # non-zero biases and LayerNorm weights, so a misplaced one shows
         for name, p in model.named_parameters():
             if "ln" in name or name.endswith("bias"):
@@ -243,6 +246,7 @@ def test_from_pretrained_round_trip(tmp_path, fmt, prefix, size):
     write_hf_gpt2(model, tmp_path / "gpt2", fmt, prefix)
     loaded = gpt2.from_pretrained(str(tmp_path / "gpt2"), attn_impl="torch").eval()
     assert loaded.config.n_layer == size["n_layer"] and loaded.config.n_embd == size["n_embd"]
+    assert loaded.config.activation == activation  # "gelu_new", GPT-2's, is the tanh GELU
     idx = torch.randint(0, V, (2, 11))
     torch.testing.assert_close(loaded(idx), model(idx), atol=1e-5, rtol=1e-5)
     grown = gpt2.from_pretrained(str(tmp_path / "gpt2"), vocab_size=V + 3, attn_impl="torch").eval()
