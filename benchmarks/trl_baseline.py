@@ -80,8 +80,8 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--iterations", type=int, default=3, help="timed iterations after 1 warm-up (default 3)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    p.add_argument("--activation", choices=("gelu", "gelu_new"), default="gelu",
-                   help="the MLP's activation_function: exact GELU (as minirlhf's models from scratch) or GPT-2's tanh")
+    p.add_argument("--activation", choices=("gelu", "gelu_new"), default="gelu_new",
+                   help="the MLP's activation_function: GPT-2's tanh GELU (default) or the exact GELU")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                  "trl_baseline_results.json"),
                    help="where to write the JSON results (default: trl_baseline_results.json beside this script)")

@@ -39,9 +39,9 @@ def matmul_gflops(threads, n=2048, reps=10):
     return 2 * n ** 3 / best / 1e9
 
 
-def write_workload(tmp, activation="gelu"):
-    """A 512-token tokenizer, random SFT and RM checkpoints (the MLP's GELU: gelu or gelu_tanh), and 64 prompts of
-    exactly 32 tokens."""
+def write_workload(tmp, activation="gelu_tanh"):
+    """A 512-token tokenizer, random SFT and RM checkpoints (GPT-2's tanh GELU, or gelu: the exact one), and 64
+    prompts of exactly 32 tokens."""
     ranks = {bytes([i]): i for i in range(256)}
     upper = [bytes([a, b]) for a in range(65, 91) for b in range(65, 91)]
     for t in upper[:VOCAB - 2 - 256]:  # merges of capital pairs: never in the lowercase prompts
@@ -83,7 +83,7 @@ def run_train_ppo(tmp, threads, iterations, *options):
 HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
 
 
-def run_baseline(python, script, threads, iterations, activation="gelu"):
+def run_baseline(python, script, threads, iterations, activation="gelu_tanh"):
     """A TRL baseline script (trl_baseline.py, trl_grpo_baseline.py) on the workload, in its own Python; its JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "trl.json")
@@ -96,7 +96,7 @@ def run_baseline(python, script, threads, iterations, activation="gelu"):
             return json.load(f)
 
 
-def alternate(run_ours, trl_python, trl_script, threads, iterations, rounds, activation="gelu"):
+def alternate(run_ours, trl_python, trl_script, threads, iterations, rounds, activation="gelu_tanh"):
     """minirlhf (run_ours(tmp, threads, iterations) on a fresh workload, the first iteration a warm-up) and TRL
     taking turns, round by round, since this machine's speed drifts over minutes: (our timed rows, TRL's runs)."""
     rows, trl_runs = [], []
