@@ -51,7 +51,7 @@ class Config(config.TrainOptions):
     """"builtin" (samples ranked by simulated labelers) or comma-separated JSONL files (minirlhf/jsonl.py)"""
     eval_data: str = ""
     """held-out comparisons JSONL (required when data is not builtin)"""
-    n_prompts: int = 3000
+    n_prompts: int = 9000
     """built-in: training prompts, each with k ranked samples"""
     n_eval_prompts: int = 500
     """built-in: held-out prompts for the pairwise accuracy"""
@@ -74,7 +74,7 @@ class Config(config.TrainOptions):
     warmup_iters: int = 20
     weight_decay: float = 0.0
     log_interval: int = 10
-    eval_interval: int = 50
+    eval_interval: int = 100
 
     def __post_init__(self):
         super().__post_init__()

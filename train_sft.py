@@ -54,11 +54,11 @@ class Config(config.TrainOptions):
     """share of built-in demonstrations with a content mistake in them (-1: the task's default)"""
     demo_ramble_rate: float = -1.0
     """share of built-in demonstrations with a chatty word tacked on, which labelers dislike (-1: the task's default)"""
-    max_iters: int = 900
+    max_iters: int = 1800
     """optimizer steps"""
     batch_size: int = 64
     """sequences per step (over all ranks)"""
-    micro_batches: int = 1
+    micro_batches: int = 2
     """forward and backward in up to this many parts of similar lengths, whose gradients add up: less padding"""
     eval_batches: int = 8
     """batches of held-out data per eval-loss measurement"""

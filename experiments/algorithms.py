@@ -41,7 +41,6 @@ from minirlhf import config, evaluate, runs
 from minirlhf.checkpoint import read_checkpoint
 from minirlhf.config import check
 from minirlhf.data import encode_prompt
-from minirlhf.presets import PRESETS
 from minirlhf.sampling import best_of_n
 from minirlhf.tasks import get_task
 
@@ -91,11 +90,7 @@ class Config(common.ExperimentOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        check(self, "tasks", lambda x: common.distinct(x) and all(t in PRESETS for t in x.split(",")),
-              f"distinct comma-separated built-in tasks ({', '.join(PRESETS)})")
-        check(self, "seeds", lambda x: all(s.strip().lstrip("-").isdigit() for s in x.split(",")),
-              "comma-separated integers, at least one")
-        check(self, "seeds", lambda x: len(set(self.seed_list)) == len(self.seed_list), "distinct seeds")
+        common.check_tasks_and_seeds(self)
         check(self, "methods", lambda x: common.distinct(x) and all(m in METHODS for m in x.split(",")),
               f"distinct comma-separated methods of {', '.join(METHODS)}")
         check(self, "group_size", lambda x: x >= 2, "at least 2 (GRPO and RLOO compare the responses to a prompt)")
@@ -107,7 +102,7 @@ class Config(common.ExperimentOptions):
 
     @property
     def seed_list(self):
-        return [int(s) for s in self.seeds.split(",")]
+        return common.seeds_of(self.seeds)
 
 
 def plan(cfg, task, seed):

@@ -27,6 +27,7 @@ from minirlhf import distributed, runs
 from minirlhf.checkpoint import atomic_write_text, load_checkpoint, read_checkpoint
 from minirlhf.config import DTYPES, check, check_device
 from minirlhf.distributed import ONE
+from minirlhf.presets import PRESETS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)  # the repository: the training scripts
@@ -294,3 +295,17 @@ def check_child_options(cfg, name, set_here):
     check(cfg, name, lambda x: all(a.startswith("--") and "=" in a for a in shlex.split(x)),
           "space-separated --key=value options")
     check(cfg, name, lambda x: not set(options) & set(set_here), f"free of {', '.join(set_here)}")
+
+
+def check_tasks_and_seeds(cfg):
+    """cfg.tasks: distinct built-in tasks; cfg.seeds: distinct comma-separated integers."""
+    check(cfg, "tasks", lambda x: distinct(x) and all(t in PRESETS for t in x.split(",")),
+          f"distinct comma-separated built-in tasks ({', '.join(PRESETS)})")
+    check(cfg, "seeds", lambda x: all(s.strip().lstrip("-").isdigit() for s in x.split(",")),
+          "comma-separated integers, at least one")
+    check(cfg, "seeds", lambda x: len(set(seeds_of(x))) == len(seeds_of(x)), "distinct seeds")
+
+
+def seeds_of(text):
+    return [int(s) for s in text.split(",")]
+

@@ -27,7 +27,6 @@ import common
 
 from minirlhf import config, runs
 from minirlhf.config import check
-from minirlhf.presets import PRESETS
 from minirlhf.tasks import get_task
 
 KEY = "seeds"
@@ -61,18 +60,14 @@ class Config(common.RunOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        check(self, "tasks", lambda x: common.distinct(x) and all(t in PRESETS for t in x.split(",")),
-              f"distinct comma-separated built-in tasks ({', '.join(PRESETS)})")
-        check(self, "seeds", lambda x: all(s.strip().lstrip("-").isdigit() for s in x.split(",")),
-              "comma-separated integers, at least one")
-        check(self, "seeds", lambda x: len(set(self.seed_list)) == len(self.seed_list), "distinct seeds")
+        common.check_tasks_and_seeds(self)
         check(self, "eval_split", lambda x: x in ("eval", "dev"), "eval or dev")
         for name in ("sft_options", "rm_options", "ppo_options"):
             common.check_child_options(self, name, SET_HERE)
 
     @property
     def seed_list(self):
-        return [int(s) for s in self.seeds.split(",")]
+        return common.seeds_of(self.seeds)
 
 
 def plan(cfg, task, seed):
