@@ -53,19 +53,13 @@ COLUMNS = (("win_sampled", "win over SFT, sampled", "%"), ("win_greedy", "win ov
            ("gold_sampled", "gold, sampled", ".3f"), ("gold_greedy", "gold, greedy", ".3f"),
            ("exact_sampled", "exact, sampled", "%"), ("exact_greedy", "exact, greedy", "%"),
            ("kl", "KL to SFT", ".2f"), ("seconds", "wall time (s)", ".0f"))
-SET_HERE = ("task", "seed", "out_dir", "sft_ckpt", "rm_ckpt", "advantage", "group_size", "kl_in", "loss_agg",
-            "train_missing")  # options of the child runs that this script sets, not --*_options
 
 
 @dataclass
-class Config(common.ExperimentOptions):
+class Config(common.PipelineOptions, common.ExperimentOptions):
     """RLHF algorithms (PPO, GRPO, RLOO, DPO, best-of-n) from the same SFT and reward model, judged by gold."""
     out_dir: str = "out/experiments/algorithms"
     """where the runs (<task>/seed<S>/<method>/), results.json and algorithms.png go"""
-    tasks: str = "instruct,chat"
-    """the built-in tasks, comma-separated"""
-    seeds: str = "1337,2,3"
-    """training seeds, comma-separated: each gets its own SFT, reward model and runs of every method"""
     methods: str = "ppo,grpo,rloo,dpo,bon"
     """the methods compared with SFT, comma-separated (of ppo, grpo, rloo, dpo, bon)"""
     group_size: int = 4
@@ -79,30 +73,20 @@ class Config(common.ExperimentOptions):
     """best-of-n: SFT samples per prompt, ranked by the reward model"""
     n_eval: int = 500
     """held-out prompts every method answers"""
-    sft_options: str = ""
-    """more --key=value options of every SFT run (train_sft.py), space-separated"""
-    rm_options: str = ""
-    """more options of every reward model run (train_rm.py)"""
-    ppo_options: str = ""
-    """more options of every online run, the same for PPO, GRPO and RLOO (train_ppo.py)"""
     dpo_options: str = ""
     """more options of every DPO run (experiments/dpo.py)"""
 
+    SET_HERE = ("task", "seed", "out_dir", "sft_ckpt", "rm_ckpt", "advantage", "group_size", "kl_in", "loss_agg",
+                "train_missing")
+
     def __post_init__(self):
         super().__post_init__()
-        common.check_tasks_and_seeds(self)
         check(self, "methods", lambda x: common.distinct(x) and all(m in METHODS for m in x.split(",")),
               f"distinct comma-separated methods of {', '.join(METHODS)}")
         check(self, "group_size", lambda x: x >= 2, "at least 2 (GRPO and RLOO compare the responses to a prompt)")
         check(self, "kl_in", lambda x: x in ("reward", "loss"), "reward or loss")
         check(self, "loss_agg", lambda x: x in ("token", "sequence"), "token or sequence")
         check(self, ("bon_n", "n_eval"), lambda x: x >= 1, "at least 1")
-        for name in ("sft_options", "rm_options", "ppo_options", "dpo_options"):
-            common.check_child_options(self, name, SET_HERE)
-
-    @property
-    def seed_list(self):
-        return common.seeds_of(self.seeds)
 
 
 def plan(cfg, task, seed):

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from types import SimpleNamespace
 
 import torch
@@ -81,6 +81,38 @@ class ExperimentOptions(RunOptions):
         super().__post_init__()
         if self.plot:
             pyplot()  # a missing matplotlib fails now, not after an hour of training
+
+
+@dataclass
+class PipelineOptions(RunOptions):
+    """The options of an experiment that trains the pipeline (SFT, RM, then more) per built-in task and seed."""
+    tasks: str = "instruct,chat"
+    """the built-in tasks, comma-separated"""
+    seeds: str = "1337,2,3"
+    """seeds of the training runs, comma-separated: each gets its own SFT, reward model and runs after them"""
+    sft_options: str = ""
+    """more --key=value options of every SFT run (train_sft.py), space-separated"""
+    rm_options: str = ""
+    """more options of every reward model run (train_rm.py)"""
+    ppo_options: str = ""
+    """more options of every train_ppo.py run"""
+
+    SET_HERE = ()  # (not an option) the child runs' options the experiment sets itself, kept out of *_options
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(self, "tasks", lambda x: distinct(x) and all(t in PRESETS for t in x.split(",")),
+              f"distinct comma-separated built-in tasks ({', '.join(PRESETS)})")
+        check(self, "seeds", lambda x: all(s.strip().lstrip("-").isdigit() for s in x.split(",")),
+              "comma-separated integers, at least one")
+        check(self, "seeds", lambda x: len(set(self.seed_list)) == len(self.seed_list), "distinct seeds")
+        for f in fields(self):
+            if f.name.endswith("_options"):
+                check_child_options(self, f.name, self.SET_HERE)
+
+    @property
+    def seed_list(self):
+        return [int(s) for s in self.seeds.split(",")]
 
 
 def pyplot():
@@ -250,6 +282,7 @@ def section_head(title, question, script, cfg, seconds):
             f"Run {time.strftime('%Y-%m-%d %H:%M')} on {machine()}; {seconds / 60:.1f} min "
             f"(training runs that were already there are reused and not counted again).", ""]
 
+
 def distinct(text):
     return len(set(text.split(","))) == len(text.split(","))
 
@@ -295,17 +328,3 @@ def check_child_options(cfg, name, set_here):
     check(cfg, name, lambda x: all(a.startswith("--") and "=" in a for a in shlex.split(x)),
           "space-separated --key=value options")
     check(cfg, name, lambda x: not set(options) & set(set_here), f"free of {', '.join(set_here)}")
-
-
-def check_tasks_and_seeds(cfg):
-    """cfg.tasks: distinct built-in tasks; cfg.seeds: distinct comma-separated integers."""
-    check(cfg, "tasks", lambda x: distinct(x) and all(t in PRESETS for t in x.split(",")),
-          f"distinct comma-separated built-in tasks ({', '.join(PRESETS)})")
-    check(cfg, "seeds", lambda x: all(s.strip().lstrip("-").isdigit() for s in x.split(",")),
-          "comma-separated integers, at least one")
-    check(cfg, "seeds", lambda x: len(set(seeds_of(x))) == len(seeds_of(x)), "distinct seeds")
-
-
-def seeds_of(text):
-    return [int(s) for s in text.split(",")]
-

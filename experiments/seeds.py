@@ -31,7 +31,6 @@ from minirlhf.tasks import get_task
 
 KEY = "seeds"
 STAGES = (("sft", "train_sft.py"), ("rm", "train_rm.py"), ("ppo", "train_ppo.py"))
-SET_HERE = ("task", "seed", "out_dir", "sft_ckpt", "rm_ckpt", "eval_split", "train_missing")
 # a seed's numbers, from PPO's summary.json: (key, header, format); "a->b" keys are SFT's and PPO's
 COLUMNS = (("win_sampled", "win over SFT, sampled", "%"), ("win_greedy", "win over SFT, greedy", "%"),
            ("gold_sampled", "gold, sampled", ".3f"), ("gold_greedy", "gold, greedy", ".3f"),
@@ -41,33 +40,18 @@ COLUMNS = (("win_sampled", "win over SFT, sampled", "%"), ("win_greedy", "win ov
 
 
 @dataclass
-class Config(common.RunOptions):
+class Config(common.PipelineOptions):
     """The whole default pipeline (SFT, RM, PPO) at several seeds, per built-in task: mean, spread, breakdowns."""
     out_dir: str = "out/experiments/seeds"
     """where the runs (<task>/seed<S>/{sft,rm,ppo}) and results.json go"""
-    tasks: str = "instruct,chat"
-    """the built-in tasks, comma-separated"""
-    seeds: str = "1337,2,3"
-    """seeds of the whole pipeline, comma-separated: each gets its own SFT, reward model and PPO"""
     eval_split: str = "eval"
     """the held-out prompts every stage measures: eval (the reports') or dev (for choosing settings)"""
-    sft_options: str = ""
-    """more --key=value options of every SFT run (train_sft.py), space-separated"""
-    rm_options: str = ""
-    """more options of every reward model run (train_rm.py)"""
-    ppo_options: str = ""
-    """more options of every PPO run (train_ppo.py)"""
+
+    SET_HERE = ("task", "seed", "out_dir", "sft_ckpt", "rm_ckpt", "eval_split", "train_missing")
 
     def __post_init__(self):
         super().__post_init__()
-        common.check_tasks_and_seeds(self)
         check(self, "eval_split", lambda x: x in ("eval", "dev"), "eval or dev")
-        for name in ("sft_options", "rm_options", "ppo_options"):
-            common.check_child_options(self, name, SET_HERE)
-
-    @property
-    def seed_list(self):
-        return common.seeds_of(self.seeds)
 
 
 def plan(cfg, task, seed):
@@ -97,7 +81,7 @@ def measure(stages):
     return out
 
 
-def value_cell(x, spec, who=None):
+def value_cell(x, spec):
     """One seed's value (SFT -> PPO for the measures of both); % for spec %."""
     f = (lambda v: f"{100 * v:.1f}%") if spec == "%" else (lambda v: format(v, spec))
     if x is None:

@@ -70,10 +70,10 @@ class Run:
         if self.d.is_main:
             nets = [distributed.unwrapped(m) for m in models]
             ckpts.save_checkpoint(self.path, nets[0], tokenizer, self.cfg, step, finished=finished,
-                            state=None if finished else state, weights=weights[0],
-                            value_model=nets[1] if len(nets) > 1 else None,
-                            value_weights=weights[1] if len(nets) > 1 else None,
-                            total_steps=self.total, command=self.command, **self.info)
+                                  state=None if finished else state, weights=weights[0],
+                                  value_model=nets[1] if len(nets) > 1 else None,
+                                  value_weights=weights[1] if len(nets) > 1 else None,
+                                  total_steps=self.total, command=self.command, **self.info)
             self.metrics.own()
 
     def snapshot(self, step, model, tokenizer):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from minirlhf.data import encode_comparison, encode_prompt, encode_sft
 from minirlhf.jsonl import read_comparisons, read_prompts, read_sft, write_jsonl
 from minirlhf.tasks import dialogue as chat
-from minirlhf.tasks import labelers, reference
+from minirlhf.tasks import instruct, labelers, reference
 from minirlhf.tasks.dialogue import CASES, KINDS, LABELER_TEMPERATURE, REFUSAL, demonstrate, gold_score
 from minirlhf.tokenizer import get_tokenizer
 
@@ -304,8 +304,8 @@ def test_splits_are_disjoint_and_sized():
     assert not drawn["train"] & drawn["dev"] and not drawn["train"] & drawn["eval"] and not drawn["dev"] & drawn["eval"]
     rng = random.Random(4)
     splits = [chat.split_of(chat.make_conversation(rng, chat.write_right)) for _ in range(4000)]
-    assert abs(splits.count("eval") / 4000 - chat.EVAL_PERCENT / 100) < 0.025
-    assert abs(splits.count("dev") / 4000 - chat.DEV_PERCENT / 100) < 0.02
+    assert abs(splits.count("eval") / 4000 - instruct.EVAL_PERCENT / 100) < 0.025
+    assert abs(splits.count("dev") / 4000 - instruct.DEV_PERCENT / 100) < 0.02
     for split in ("dev", "eval"):
         for r in chat.prompt_records(200, split, seed=5) + reference.comparison_records(chat, 50, split, seed=5):
             assert chat.split_of(r["messages"]) == split

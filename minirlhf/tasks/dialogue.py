@@ -60,16 +60,14 @@ import json
 import random
 import re
 
-from minirlhf.tasks.instruct import (  # noqa: F401  (EVAL_PERCENT, DEV_PERCENT, SPLITS: this task's too)
+from minirlhf.tasks.instruct import (
     _MISTAKES,
     ADD_SCALE,
     COUNT_SCALE,
-    DEV_PERCENT,
-    EVAL_PERCENT,
     MISSING_EOS_FACTOR,
     RAMBLE,
     SEP,
-    SPLITS,
+    SPLITS,  # and split_of below: one hash, one set of shares, for both tasks
     _double_char,
     _numeric_score,
     _sequence_credit,
@@ -145,7 +143,6 @@ REFERENCE_RATES = {"error_rate": REFERENCE_ERROR_RATE, "ramble_rate": REFERENCE_
 # distribution alike 73% of the time (`python -m minirlhf.tasks --task=chat --calibrate`)
 LABELER_TEMPERATURE = 0.133
 
-# EVAL_PERCENT, DEV_PERCENT, SPLITS: the instruct task's shares of the space held out, imported above
 # what the report shows per behaviour: fields of assess() and their formats
 REPORT_FIELDS = [("gold", ".3f"), ("exact", ".0%"), ("refused", ".0%"), ("verdict_right", ".0%"),
                  ("rambling", ".0%"), ("length", ".1f")]
