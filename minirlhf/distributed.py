@@ -8,6 +8,7 @@ with --fsdp, sharded by FSDP2 (minirlhf/fsdp.py). Both average gradients over ra
 normalized by global counts times the world size: the mean of world * local_sum / global_count is the
 single-process loss. Only rank 0 writes files and prints.
 """
+import atexit
 import os
 import sys
 from contextlib import nullcontext
@@ -59,11 +60,25 @@ def setup(cfg, show_config=True):
 
 
 def shutdown():
-    """Leave the process group together: a rank that tears down Gloo while another still writes its
-    files can abort at exit, so all ranks meet first."""
+    """Leave the process group together (a rank that tears down Gloo while another still writes its
+    files can abort at exit, so all ranks meet first); then have the process end without the
+    interpreter's finalization. Gloo's worker threads outlive destroy_process_group and free their
+    last work objects, which hold tensors with Python objects, a moment after the work completes:
+    one that does so once finalization has begun is stopped while it waits for the GIL, and the
+    process aborts ("terminate called without an active exception") after a finished run."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+        atexit.register(_exit_before_finalization)
+
+
+def _exit_before_finalization():
+    """At exit: every other exit handler first (they run while threads may still take the GIL), then os._exit(0)."""
+    atexit.unregister(_exit_before_finalization)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def share(n, d, name):

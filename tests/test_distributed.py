@@ -161,3 +161,24 @@ def test_a_bad_option_under_torchrun_is_said_once(tmp_path):
     done = torchrun("train_sft.py", "--device=cpu", f"--out_dir={tmp_path}/sft", "--learning_rate=-1", ok=False)
     assert done.returncode != 0 and done.stderr.count("train_sft.py: error: --learning_rate must be > 0") == 1
     assert not (tmp_path / "sft").exists()
+
+
+def test_shutdown_runs_the_exit_handlers_and_skips_finalization(tmp_path):
+    # Gloo's threads may free Python-backed tensors after a run; once the interpreter is finalizing that aborts the
+    # process, so a rank leaves after its exit handlers (which release the out_dir) without finalizing
+    script = tmp_path / "rank.py"
+    script.write_text(
+        "import atexit, os\n"
+        "import torch.distributed as dist\n"
+        "from minirlhf import distributed\n"
+        "class Finalized:\n"
+        "    def __del__(self): print('finalized', flush=True)\n"
+        "kept = Finalized()\n"
+        "atexit.register(lambda: print('exit handler', flush=True))\n"
+        "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='0')\n"
+        f"dist.init_process_group('gloo', init_method='file://{tmp_path / 'store'}', rank=0, world_size=1)\n"
+        "distributed.shutdown()\n"
+        "print('shut down', flush=True)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["shut", "down", "exit", "handler"]  # no "finalized": the interpreter never was
