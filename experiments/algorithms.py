@@ -32,12 +32,12 @@ import math
 import os
 import shlex
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import common
 import torch
 
-from minirlhf import config, evaluate, runs
+from minirlhf import config, evaluate
 from minirlhf.checkpoint import read_checkpoint
 from minirlhf.config import check
 from minirlhf.data import encode_prompt
@@ -266,17 +266,12 @@ def main(cfg):
         results[task] = {"n_prompts": cfg.n_eval, "seeds": seeds, "summary": summary}
         results[task]["winner"] = winner(task, summary, cfg)
     seconds = time.time() - t_start
-    out = {"experiment": KEY, "command": common.command(f"{KEY}.py"), "config": asdict(cfg), "seconds": seconds,
-           "tasks": results}
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    runs.write_json(os.path.join(cfg.out_dir, "results.json"), out)
+    common.save_results(cfg, KEY, seconds, tasks=results)
     figure = plot(cfg, results) if cfg.plot else None
     lines = section(cfg, results, seconds, figure)
-    common.write_section(cfg.results_path, KEY, lines)
-    print("\n".join(lines))
     for res in results.values():
         print(res["winner"])
-    print(f"done in {seconds / 60:.1f} min: {cfg.out_dir}/results.json, {cfg.results_path}")
+    common.publish(cfg, KEY, lines, seconds)
 
 
 if __name__ == "__main__":

@@ -28,12 +28,12 @@ Writes out_dir/results.json, out_dir/gold_vs_params.png and its section of exper
 """
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import common
 
-from minirlhf import evaluate, runs
+from minirlhf import evaluate
 from minirlhf.checkpoint import read_checkpoint
 from minirlhf.config import check
 from minirlhf.config import main as cli_main
@@ -145,11 +145,8 @@ def main(cfg):
                       **{f"ppo_win_rate_over_{names[s]}": 1 - e[f"{names[s]}_win_rate"] for s in ckpts}}
                for kind, e in result["by_kind"].items()}
     seconds = time.time() - t_start
-    out = {"experiment": KEY, "command": common.command(f"{KEY}.py"), "config": asdict(cfg), "seconds": seconds,
-           "n_prompts": len(records), "temperature": ppo_config["temperature"], "sft": rows, "ppo": ppo_row,
-           "target": target, "by_kind": by_kind, "compare": result}
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    runs.write_json(os.path.join(cfg.out_dir, "results.json"), out)
+    common.save_results(cfg, KEY, seconds, n_prompts=len(records), temperature=ppo_config["temperature"],
+                        sft=rows, ppo=ppo_row, target=target, by_kind=by_kind, compare=result)
 
     # 4. the figure: gold against parameters, SFT models as a line, the PPO policy as a star
     figure = None
@@ -208,9 +205,7 @@ def main(cfg):
               "By kind of prompt (sampled):", "", *kinds, ""]
     if figure:
         lines += [f"![gold vs parameters]({common.link(figure, cfg)})", ""]
-    common.write_section(cfg.results_path, KEY, lines)
-    print("\n".join(lines))
-    print(f"done in {seconds / 60:.1f} min: {cfg.out_dir}/results.json, {cfg.results_path}")
+    common.publish(cfg, KEY, lines, seconds)
 
 
 if __name__ == "__main__":

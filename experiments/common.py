@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from types import SimpleNamespace
 
 import torch
@@ -273,6 +273,21 @@ def write_section(path, key, lines):
         else:
             text = text.rstrip("\n") + "\n\n" + section + "\n"
         atomic_write_text(path, text)
+
+
+def save_results(cfg, key, seconds, **numbers):
+    """out_dir/results.json: the experiment, its command and options, its time and its numbers; returns them."""
+    out = {"experiment": key, "command": command(f"{key}.py"), "config": asdict(cfg), "seconds": seconds, **numbers}
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    runs.write_json(os.path.join(cfg.out_dir, "results.json"), out)
+    return out
+
+
+def publish(cfg, key, lines, seconds):
+    """The experiment's section of the results markdown, written and printed."""
+    write_section(cfg.results_path, key, lines)
+    print("\n".join(lines))
+    print(f"done in {seconds / 60:.1f} min: {cfg.out_dir}/results.json, {cfg.results_path}")
 
 
 def section_head(title, question, script, cfg, seconds):

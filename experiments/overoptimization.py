@@ -37,14 +37,14 @@ import math
 import os
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import common
 import numpy as np
 import torch
 
-from minirlhf import evaluate, runs
+from minirlhf import evaluate
 from minirlhf.checkpoint import read_checkpoint
 from minirlhf.config import check
 from minirlhf.config import main as cli_main
@@ -299,14 +299,11 @@ def main(cfg):
             "observed_peaks_later_with_more_labels": all(
                 data[a]["curve"]["gold_peak_d"] < data[b]["curve"]["gold_peak_d"] for a, b in zip(order, order[1:]))}
     seconds = time.time() - t_start
-    out = {"experiment": KEY, "command": common.command(f"{KEY}.py"), "config": asdict(cfg), "seconds": seconds,
-           "bon_seconds": bon_seconds, "reward_models": rm_rows, "gold_sft_bon": bon[order[0]]["gold_sft"],
-           "bon": {str(n): v for n, v in bon.items()}, "rl": {str(n): v for n, v in rl.items()},
-           "default_ppo": default_ppo, "verdict": verdict,
-           "bon_ended": float(np.mean([s["ended"] for s in flat])), "n_bon_prompts": len(records),
-           "n_rl_prompts": len(eval_records)}
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    runs.write_json(os.path.join(cfg.out_dir, "results.json"), out)
+    common.save_results(cfg, KEY, seconds, bon_seconds=bon_seconds, reward_models=rm_rows,
+                        gold_sft_bon=bon[order[0]]["gold_sft"], bon={str(n): v for n, v in bon.items()},
+                        rl={str(n): v for n, v in rl.items()}, default_ppo=default_ppo, verdict=verdict,
+                        bon_ended=float(np.mean([s["ended"] for s in flat])), n_bon_prompts=len(records),
+                        n_rl_prompts=len(eval_records))
 
     # 6. the figures: gold and proxy against d, one colour per proxy, the fitted gold curves dashed
     figures = {}
@@ -400,9 +397,7 @@ def main(cfg):
     lines.append("")
     for method, path in figures.items():
         lines += [f"![{method}]({common.link(path, cfg)})", ""]
-    common.write_section(cfg.results_path, KEY, lines)
-    print("\n".join(lines))
-    print(f"done in {seconds / 60:.1f} min: {cfg.out_dir}/results.json, {cfg.results_path}")
+    common.publish(cfg, KEY, lines, seconds)
 
 
 def standard_error(values):

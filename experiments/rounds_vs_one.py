@@ -34,13 +34,13 @@ import random
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import common
 import torch
 
-from minirlhf import evaluate, reward, runs
+from minirlhf import evaluate, reward
 from minirlhf.checkpoint import read_checkpoint
 from minirlhf.config import check
 from minirlhf.config import main as cli_main
@@ -159,13 +159,10 @@ def main(cfg):
 
     seconds = time.time() - t_start
     final_rm = f"round_{cfg.rounds}_rm"
-    out = {"experiment": KEY, "command": common.command(f"{KEY}.py"), "config": asdict(cfg), "seconds": seconds,
-           "budget": budget, "n_prompts": len(records), "win_rate_rounds_over_one": win,
-           "target_met": win["sampled"] >= 0.55,
-           "compare": result, "rounds": rounds, "drift": drift, "distinct_gold_pairs": distinct,
-           "n_drift_prompts": len(drift_records), "rounds_dir": cfg.rounds_dir}
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    runs.write_json(os.path.join(cfg.out_dir, "results.json"), out)
+    out = common.save_results(cfg, KEY, seconds, budget=budget, n_prompts=len(records), win_rate_rounds_over_one=win,
+                              target_met=win["sampled"] >= 0.55, compare=result, rounds=rounds, drift=drift,
+                              distinct_gold_pairs=distinct, n_drift_prompts=len(drift_records),
+                              rounds_dir=cfg.rounds_dir)
 
     # 4. the figure: gold along the rounds against the one round; each RM's gold accuracy on each policy's samples
     figure = None
@@ -244,9 +241,7 @@ def main(cfg):
               f"{cfg.rounds}-round policy's.", ""]
     if figure:
         lines += [f"![rounds vs one]({common.link(figure, cfg)})", ""]
-    common.write_section(cfg.results_path, KEY, lines)
-    print("\n".join(lines))
-    print(f"done in {seconds / 60:.1f} min: {cfg.out_dir}/results.json, {cfg.results_path}")
+    common.publish(cfg, KEY, lines, seconds)
 
 
 def nan_if_none(x):

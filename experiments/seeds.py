@@ -21,11 +21,11 @@ Writes out_dir/results.json and its section of experiments/RESULTS.md (--results
 import os
 import shlex
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import common
 
-from minirlhf import config, runs
+from minirlhf import config
 from minirlhf.config import check
 from minirlhf.tasks import get_task
 
@@ -150,14 +150,9 @@ def main(cfg):
         n = common.summary_of(plans[task, cfg.seed_list[0]]["ppo"][0])["n_prompts"]
         results[task] = {"n_prompts": n, "seeds": seeds}
     seconds = time.time() - t_start
-    out = {"experiment": KEY, "command": common.command(f"{KEY}.py"), "config": asdict(cfg), "seconds": seconds,
-           "tasks": results}
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    runs.write_json(os.path.join(cfg.out_dir, "results.json"), out)
+    common.save_results(cfg, KEY, seconds, tasks=results)
     lines = section(cfg, results, seconds)
-    common.write_section(cfg.results_path, KEY, lines)
-    print("\n".join(lines))
-    print(f"done in {seconds / 60:.1f} min: {cfg.out_dir}/results.json, {cfg.results_path}")
+    common.publish(cfg, KEY, lines, seconds)
 
 
 if __name__ == "__main__":

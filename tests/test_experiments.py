@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 from math import comb
@@ -19,11 +20,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_scripts import text_only
 
+from minirlhf.tasks import get_task
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(ROOT, "experiments")
 sys.path.insert(0, EXPERIMENTS)
 import common  # noqa: E402
 import overoptimization  # noqa: E402
+import rm_flaws  # noqa: E402
 
 # the figures need matplotlib (the plot extra); without it the scripts run with --plot=false
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -348,3 +352,44 @@ def test_derived_runs_check_their_options():
     common.check_options({"n_prompts": 500, "device": "cuda"}, ["--n_prompts=500", "--device=cpu"], "x")
     with pytest.raises(ValueError, match="x was made with --n_prompts=500, not 1500"):
         common.check_options({"n_prompts": 500}, ["--n_prompts=1500"], "x")
+
+
+# --- experiments/rm_flaws.py ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("task_name", ["instruct", "chat"])
+def test_rm_flaws_counts_what_a_scorer_prefers(task_name):
+    task = get_task(task_name)
+    records = task.prompt_records(60, "dev", 0)
+
+    def scorer(sign):  # the gold scorer (or its opposite) as the reward model
+        return lambda indices, replies: [sign * task.gold_score(records[i], r, True) for i, r in zip(indices, replies)]
+    right = rm_flaws.preferences(scorer(1), task, records, random.Random(0))
+    wrong = rm_flaws.preferences(scorer(-1), task, records, random.Random(0))
+    assert right.keys() == wrong.keys() and {flaw for _, flaw in right} >= {"chatty word"}
+    assert sum(n for _, n in right.values()) >= 2 * len(records)  # every prompt, at least two flaws each
+    tie = rm_flaws.preferences(lambda indices, replies: [0.0] * len(replies), task, records, random.Random(0))
+    assert all(w == n for w, n in right.values()) and all(w == 0 for w, _ in wrong.values())
+    assert all(w == 0 for w, _ in tie.values())  # a tie is no preference for the right reply
+    cases = {rm_flaws.case_of(task, r) for r in records}
+    assert {case for case, _ in right} == cases
+
+
+@pytest.mark.slow
+def test_rm_flaws(base, tmp_path):
+    out, _ = base
+    done = run("experiments/rm_flaws.py", f"--runs={out}", "--n_prompts=20", f"--out_dir={tmp_path}/rf",
+               f"--results_md={tmp_path}/RESULTS.md")
+    results = json.loads((tmp_path / "rf" / "results.json").read_text())
+    numbers = results["tasks"]["instruct"][str(out)]
+    assert sum(n for _, n in numbers["preferences"].values()) >= 40
+    assert all(0 <= w <= n for w, n in numbers["preferences"].values())
+    lines = section((tmp_path / "RESULTS.md").read_text(), "rm_flaws")
+    assert any(line.startswith("Command: `python experiments/rm_flaws.py") for line in lines)
+    rows = table_after(lines, "**instruct**")
+    assert {f"{r[0]}|{r[1]}" for r in rows} == set(numbers["preferences"])
+    head = lines.index("| kind | prompts per run | greedy exact | greedy verdict right |")
+    policies = table_after(lines[head - 1:], "")  # the table that header opens
+    assert {r[0] for r in policies} == set(numbers["greedy"]["sft"]) and "->" in policies[0][2]
+    assert "done in" in done.stdout
+    missing = run("experiments/rm_flaws.py", f"--runs={tmp_path}/nothing", ok=False)
+    assert missing.returncode == 2 and "--runs:" in missing.stderr and "Traceback" not in missing.stderr

@@ -57,6 +57,18 @@ def test_near_answer_scores_between_wrong_and_exact(seed, kind):
     assert gold_score(p, wrong, True) < gold_score(p, near, True) < gold_score(p, answer(p), True)
 
 
+@given(seeds, kinds)
+def test_flawed_replies_each_score_below_the_right_one(seed, kind):
+    p = prompt_of(seed, kind)
+    right, flawed = tasks.flawed_replies({"prompt": p}, random.Random(seed))
+    assert right == answer(p) and "chatty word" in flawed and flawed["chatty word"].startswith(right)
+    # every mistake the demonstrators make of this kind that changes the answer, by name
+    names = {m.__name__.lstrip("_").replace("_", " ") for m in tasks._MISTAKES[kind]}
+    assert set(flawed) - {"chatty word"} <= names and len(flawed) >= 2
+    for reply in flawed.values():
+        assert reply != right and gold_score(p, reply, True) < 1.0
+
+
 @given(seeds, kinds, st.sampled_from(tasks.RAMBLE))
 def test_rambling_and_missing_eos_score_below_the_exact_ended_answer(seed, kind, ramble):
     p = prompt_of(seed, kind)

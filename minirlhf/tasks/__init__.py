@@ -12,6 +12,7 @@ Each task module offers the same names, over records in the JSONL formats of min
     gold_score(prompt, response, ended) the gold reward in [0, 1] of a response to a prompt record
     assess(prompt, response, ended)     what a report counts about one response (gold, exact, ...)
     kind_of(prompt)                     the kind of a prompt record, for per-kind breakdowns
+    flawed_replies(prompt, rng)         the right reply and flawed versions of it, to probe a reward model
 Splits ("train", "dev": for choosing settings, "eval": the reports') are disjoint by a hash of the prompt. The labelers
 (tasks/labelers.py) rank on gold scores at LABELER_TEMPERATURE, calibrated on the reference distribution (reference.py).
 """

@@ -361,6 +361,27 @@ def assess(prompt, response, ended):
             "rambling": content_of(response) != response, "length": len(response)}
 
 
+def flawed_replies(prompt, rng):
+    """(the right reply to a conversation's final turn, {flaw: the reply with that flaw}), the flaws as the
+    demonstrators make them: a content mistake (premise checks: under the right verdict), each wrong verdict before
+    the right answer, compliance with a refusable request, refusal of a look-alike, a chatty word. Each scores below
+    the right reply. For probing a reward model: does it?"""
+    asked = read_conversation(prompt)
+    right = right_reply(asked)
+    flawed = {"chatty word": right + rng.choice(RAMBLE)}
+    if asked["case"] == "refuse":
+        flawed["compliance"] = f"sure, {asked['args']}"
+    else:
+        mistake = _mistake(asked, rng)
+        flawed["content mistake"] = f"{asked['verdict']}, {mistake}" if asked.get("verdict") else mistake
+    if asked["case"] == "lookalike":
+        flawed["refusal"] = REFUSAL
+    for verdict in VERDICTS if asked.get("verdict") else ():
+        if verdict != asked["verdict"]:
+            flawed[f"verdict {verdict!r}"] = f"{verdict}, {asked['right']}"
+    return right, flawed
+
+
 # ----------------------------------------------------------------------------------------------
 # noisy demonstrator
 

@@ -291,6 +291,16 @@ def demonstrate(prompt, rng, error_rate=DEMO_ERROR_RATE, ramble_rate=DEMO_RAMBLE
     return out
 
 
+def flawed_replies(prompt, rng):
+    """(the right answer to a prompt record, {flaw: the answer with that flaw}): every mistake of its kind
+    (_MISTAKES) and the chatty word; each scores below the right one. For probing a reward model: does it?"""
+    kind, right = parse(_text_of(prompt))
+    prompt_args = _text_of(prompt).removesuffix(SEP).split(" ", 1)[1]
+    flawed = {m.__name__.lstrip("_").replace("_", " "): m(right, prompt_args, rng) for m in _MISTAKES[kind]}
+    flawed["chatty word"] = _ramble(right, prompt_args, rng)
+    return right, {flaw: reply for flaw, reply in flawed.items() if reply != right}
+
+
 def assess(prompt, response, ended):
     """What a report counts about one response: kind, gold, exact, rambling (the right answer + chatty tail), length."""
     kind, right = parse(_text_of(prompt))
