@@ -60,12 +60,9 @@ def setup(cfg, show_config=True):
 
 
 def shutdown():
-    """Leave the process group together (a rank that tears down Gloo while another still writes its
-    files can abort at exit, so all ranks meet first); then have the process end without the
-    interpreter's finalization. Gloo's worker threads outlive destroy_process_group and free their
-    last work objects, which hold tensors with Python objects, a moment after the work completes:
-    one that does so once finalization has begun is stopped while it waits for the GIL, and the
-    process aborts ("terminate called without an active exception") after a finished run."""
+    """Leave the process group together (a rank that tears down Gloo while another still writes its files can
+    abort), then end without finalizing the interpreter: Gloo's threads free Python-backed tensors just after the
+    last collective, and one doing so while the interpreter finalizes aborts the finished rank."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -73,11 +70,9 @@ def shutdown():
 
 
 def _exit_before_finalization():
-    """At exit: every other exit handler first (they run while threads may still take the GIL), then os._exit(0)."""
     atexit.unregister(_exit_before_finalization)
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    atexit._run_exitfuncs()  # the other exit handlers (one releases the out_dir), then exit without finalizing
+    sys.stdout.flush(), sys.stderr.flush()
     os._exit(0)
 
 

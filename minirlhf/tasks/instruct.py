@@ -292,8 +292,7 @@ def demonstrate(prompt, rng, error_rate=DEMO_ERROR_RATE, ramble_rate=DEMO_RAMBLE
 
 
 def flawed_replies(prompt, rng):
-    """(the right answer to a prompt record, {flaw: the answer with that flaw}): every mistake of its kind
-    (_MISTAKES) and the chatty word; each scores below the right one. For probing a reward model: does it?"""
+    """(the right answer, {flaw: the answer with it}): each mistake of the kind and the chatty word, all below it."""
     kind, right = parse(_text_of(prompt))
     prompt_args = _text_of(prompt).removesuffix(SEP).split(" ", 1)[1]
     flawed = {m.__name__.lstrip("_").replace("_", " "): m(right, prompt_args, rng) for m in _MISTAKES[kind]}
