@@ -290,12 +290,11 @@ def publish(cfg, key, lines, seconds):
     print(f"done in {seconds / 60:.1f} min: {cfg.out_dir}/results.json, {cfg.results_path}")
 
 
-def section_head(title, question, script, cfg, seconds):
+def section_head(title, question, script, cfg, seconds, trains=True):
     """The opening lines of a results section: the question, the command, when, where and how long."""
-    return [f"## {title}", "", question, "",
-            f"Command: `{command(script)}`", "",
-            f"Run {time.strftime('%Y-%m-%d %H:%M')} on {machine()}; {seconds / 60:.1f} min "
-            f"(training runs that were already there are reused and not counted again).", ""]
+    reused = " (training runs that were already there are reused and not counted again)" if trains else ""
+    return [f"## {title}", "", question, "", f"Command: `{command(script)}`", "",
+            f"Run {time.strftime('%Y-%m-%d %H:%M')} on {machine()}; {seconds / 60:.1f} min{reused}.", ""]
 
 
 def distinct(text):

@@ -118,7 +118,7 @@ def probe(cfg, run, device):
 def section(cfg, results, seconds):
     lines = common.section_head("Where the reward model is wrong",
                                 "Which flaws does the reward model fail to punish, and did PPO learn them?",
-                                f"{KEY}.py", cfg, seconds)
+                                f"{KEY}.py", cfg, seconds, trains=False)
     lines += [f"{cfg.n_prompts} prompts of the {cfg.split} split per run. \"RM prefers right\": the share of prompts "
               "whose right reply the reward model scores above the same reply with the flaw (the gold scorer: "
               "always); greedy exact and verdict right: SFT -> PPO, by the gold scorer. Over several runs: mean "
