@@ -72,7 +72,8 @@ def shutdown():
 def _exit_before_finalization():
     atexit.unregister(_exit_before_finalization)
     atexit._run_exitfuncs()  # the other exit handlers (one releases the out_dir), then exit without finalizing
-    sys.stdout.flush(), sys.stderr.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(0)
 
 

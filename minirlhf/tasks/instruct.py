@@ -293,8 +293,9 @@ def demonstrate(prompt, rng, error_rate=DEMO_ERROR_RATE, ramble_rate=DEMO_RAMBLE
 
 def flawed_replies(prompt, rng):
     """(the right answer, {flaw: the answer with it}): each mistake of the kind and the chatty word, all below it."""
-    kind, right = parse(_text_of(prompt))
-    prompt_args = _text_of(prompt).removesuffix(SEP).split(" ", 1)[1]
+    text = _text_of(prompt)
+    kind, right = parse(text)
+    prompt_args = text.removesuffix(SEP).split(" ", 1)[1]
     flawed = {m.__name__.lstrip("_").replace("_", " "): m(right, prompt_args, rng) for m in _MISTAKES[kind]}
     flawed["chatty word"] = _ramble(right, prompt_args, rng)
     return right, {flaw: reply for flaw, reply in flawed.items() if reply != right}
