@@ -27,12 +27,11 @@ from dataclasses import asdict, dataclass
 import torch
 
 from minirlhf import config, data, distributed, evaluate, ppo, rl, runs
-from minirlhf.checkpoint import load_checkpoint, model_from
+from minirlhf.checkpoint import load_ppo_models
 from minirlhf.config import at_least_one, check, check_files
 from minirlhf.report import plot_curves, write_ppo_report
 from minirlhf.scoring import in_parts, response_logprobs, response_values, reward_scores
 from minirlhf.tasks import get_task, scorable
-from minirlhf.tokenizer import get_tokenizer
 
 LOG_LINE = {"rm": "objective/rm_score", "gold": "objective/gold", "kl": "objective/kl", "ent": "policy/entropy",
             "pg": "losses/pg_loss", "vf": "losses/vf_loss", "clip": "policy/clipfrac", "len": "charts/response_length"}
@@ -124,15 +123,14 @@ class Config(config.Options):
         super().__post_init__()
         at_least_one(self, "n_eval", "iterations", "batch_size", "ppo_epochs", "n_minibatches", "micro_batches",
                      "kl_horizon", "save_interval", "group_size")
-        if self.batch_size % self.n_minibatches:
-            raise ValueError(f"--batch_size={self.batch_size} is not divisible by --n_minibatches={self.n_minibatches}")
         check(self, "temperature", lambda x: x > 0, "> 0 (PPO needs the policy's probabilities)")
         for name, choices in (("kl_estimator", ("k1", "k3")), ("kl_in", ("reward", "loss")),
                               ("advantage", ("gae", "grpo", "rloo")), ("loss_agg", ("token", "sequence"))):
             check(self, name, lambda x: x in choices, " or ".join(choices))
         check(self, "group_size", lambda x: x >= 2 or self.advantage == "gae",
               f"at least 2 with --advantage={self.advantage} (it compares the responses to one prompt)")
-        check(self, "group_size", lambda x: self.batch_size % x == 0, f"a divisor of --batch_size={self.batch_size}")
+        check(self, ("n_minibatches", "group_size"), lambda x: self.batch_size % x == 0,
+              f"a divisor of --batch_size={self.batch_size}")
         check(self, ("kl_coef", "vf_coef", "ent_coef", "ptx_coef", "learning_rate"), lambda x: x >= 0, ">= 0")
         check(self, ("clip_range", "vf_clip_range", "kl_target"), lambda x: x > 0, "> 0")
         check(self, "value_learning_rate", lambda x: x == -1 or x >= 0, ">= 0 (or -1: learning_rate)")
@@ -156,24 +154,11 @@ def main(cfg):
     gen = torch.Generator(device=device).manual_seed(cfg.seed + d.rank)  # each rank samples its own rollouts
     task = get_task(cfg.task)
 
-    # the four models: the policy and its frozen reference from SFT, the value model and the frozen reward
-    # model from the RM (InstructGPT); or the policy and value model of an earlier PPO run, or of this one
-    kw = dict(attn_impl=cfg.kernels, logprob_impl=cfg.kernels, device=device)
-    tokenizer = get_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
-    ref_policy, tokenizer, _ = load_checkpoint(cfg.sft_ckpt, tokenizer, kind="policy", option="sft_ckpt", **kw)
-    reward_model, _, _ = load_checkpoint(cfg.rm_ckpt, tokenizer, kind="reward", option="rm_ckpt", **kw)
+    # the four models: the policy and its frozen reference from SFT, the value model and the frozen RM (InstructGPT)
     critic = cfg.advantage == "gae"  # grpo and rloo have no value model: none is loaded, trained or saved
-    start_path = run.path if run.ckpt else cfg.init_from
-    if start_path:
-        policy, _, start = load_checkpoint(start_path, tokenizer, kind="policy", option=None if run.ckpt else
-                                           "init_from", finished=not run.ckpt, **kw)
-        value_model = model_from(start, start_path, "value_model", **kw) if critic else None
-    else:
-        policy = load_checkpoint(cfg.sft_ckpt, tokenizer, **kw)[0]
-        value_model = load_checkpoint(cfg.rm_ckpt, tokenizer, **kw)[0] if critic else None
+    policy, value_model, ref_policy, reward_model, tokenizer = load_ppo_models(cfg, run.path if run.ckpt else None,
+                                                                               critic, device)
     print(f"advantages: {cfg.advantage}" + ("" if critic else f", {cfg.group_size} per prompt, no value model"))
-    for m in (ref_policy, reward_model):
-        m.requires_grad_(False).eval()
 
     # prompts (token ids) for the rollouts; the report's, checked now; demonstrations for PPO-ptx
     block_size, n_prompts = policy.config.block_size, cfg.batch_size // cfg.group_size
@@ -190,11 +175,7 @@ def main(cfg):
     train_ids = [data.encode_prompt(tokenizer, r, block_size - cfg.max_new_tokens) for r in train_prompts]
     for r in eval_prompts:  # a report prompt too long is an error now, not after training
         data.encode_prompt(tokenizer, r, block_size - cfg.max_new_tokens)
-    ptx = []
-    if cfg.ptx_coef > 0:  # PPO-ptx's demonstrations: the task's, or the user's JSONL files
-        from minirlhf.jsonl import read_sft
-        demos = task.sft_records(20000, "train", cfg.seed) if cfg.ptx_data == "builtin" else read_sft(cfg.ptx_data)
-        ptx = [data.encode_sft(tokenizer, r, block_size) for r in demos]
+    ptx_batch = ppo.ptx_sampler(cfg, task, tokenizer, block_size, rng, d, device)  # PPO-ptx's demonstrations
 
     distributed.share(cfg.batch_size // cfg.n_minibatches, d, "batch_size / n_minibatches")  # each rank's minibatch
     distributed.share(n_prompts, d, "batch_size / group_size")  # each rank's prompts
@@ -208,12 +189,6 @@ def main(cfg):
     rng.shuffle(order)
     kl_coef = run.restore(trained, optimizers, rng, gen).get("kl_coef", cfg.kl_coef)
     kl_ctl = rl.AdaptiveKLController(kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else None
-
-    def ptx_batch():
-        """This rank's share of a batch of demonstrations for PPO-ptx, as large as a minibatch."""
-        picks = [ptx[rng.randrange(len(ptx))] for _ in range(cfg.batch_size // cfg.n_minibatches)]
-        idx, targets = data.sft_batch(distributed.my_slice(picks, d), tokenizer.pad_id)
-        return idx.to(device), targets.to(device)
 
     def mean(x):  # over all ranks, of a per-rank mean (every rank holds an equal share of the batch)
         return distributed.all_sum(torch.as_tensor(x, dtype=torch.float32, device=device)).item() / d.world
@@ -276,7 +251,7 @@ def main(cfg):
             rollout = ppo.Rollout(seq, start, P, targets, mask, old_logprobs, old_values, advantages, returns,
                                   ref_logprobs)
             stats, first_error = ppo.update(policy_train, value_train, optimizers, rollout, cfg, autocast=autocast, d=d,
-                                            ptx_batch=ptx_batch if ptx else None,
+                                            ptx_batch=ptx_batch,
                                             kl_coef=kl_coef if cfg.kl_in == "loss" else 0.0)
         t_update = time.time() - t_it - t_rollout - t_score
 
@@ -302,7 +277,7 @@ def main(cfg):
             texts = [tokenizer.decode(t[:n]) for t, n in zip(out.tokens.tolist(), lengths.tolist())]
             golds = map(task.gold_score, [train_prompts[i] for i in batch for _ in range(cfg.group_size)], texts,
                          ended.tolist())
-            row["objective/gold"] = mean(sum(golds) / len(batch))
+            row["objective/gold"] = mean(sum(golds) / len(texts))  # a mean over responses: group_size per prompt
         run.metrics.append(row)
         seen_tokens += seq.numel() * d.world
         print(progress.line(it, seen_tokens, **{k: row[v] for k, v in LOG_LINE.items() if v in row}), flush=True)

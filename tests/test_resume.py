@@ -204,7 +204,7 @@ def script(name):
     ("train_ppo", ["--temperature=-1"], "--temperature must be > 0"),
     ("train_ppo", ["--temperature=nan"], "--temperature must be a finite number"),
     ("train_ppo", ["--batch_size=ten"], "--batch_size: expected int"),
-    ("train_ppo", ["--batch_size=10", "--n_minibatches=4"], "not divisible"),
+    ("train_ppo", ["--batch_size=10", "--n_minibatches=4"], "--n_minibatches must be a divisor of --batch_size=10"),
     ("train_ppo", ["--task=poetry"], "--task=poetry: unknown task 'poetry'"),
     ("train_ppo", ["--max_iterz=3"], "unknown option --max_iterz"),
 ] + ([("train_sft", ["--device=cuda"], "no such CUDA GPU here")] if not torch.cuda.is_available() else []))
