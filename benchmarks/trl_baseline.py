@@ -55,7 +55,6 @@ underlying torch optimizer, so an update skipped by accelerate's gradient accumu
 count). A violated check aborts the run.
 """
 
-import argparse
 import copy
 import json
 import os
@@ -66,7 +65,7 @@ import tempfile
 import time
 
 import torch
-from trl_common import CPU_ARGS, PAD_ID, SEED, VOCAB, build_tokenizer, gpt2_config, report
+from trl_common import CPU_ARGS, PAD_ID, SEED, VOCAB, build_tokenizer, gpt2_config, parse_args, report
 
 N_PROMPTS = 64
 PROMPT_LEN = 32
@@ -74,18 +73,6 @@ RESPONSE_LEN = 32
 MINIBATCH = 16
 NUM_MINI_BATCHES = N_PROMPTS // MINIBATCH  # 4
 PPO_EPOCHS = 4
-
-
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--iterations", type=int, default=3, help="timed iterations after 1 warm-up (default 3)")
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    p.add_argument("--activation", choices=("gelu", "gelu_new"), default="gelu_new",
-                   help="the MLP's activation_function: GPT-2's tanh GELU (default) or the exact GELU")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                 "trl_baseline_results.json"),
-                   help="where to write the JSON results (default: trl_baseline_results.json beside this script)")
-    return p.parse_args()
 
 
 def build_models(activation):
@@ -243,7 +230,7 @@ def instrument(trainer, timer):
 
 
 def main():
-    args = parse_args()
+    args = parse_args(__doc__, "trl_baseline_results.json")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # PPOTrainer lives in trl.experimental in 1.12
 

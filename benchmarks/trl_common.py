@@ -13,6 +13,21 @@ CPU_ARGS = dict(bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=Tr
                 report_to="none", logging_strategy="no", disable_tqdm=True, seed=SEED)
 
 
+def parse_args(doc, results_name):
+    """The options both baselines take; the JSON results go to results_name beside this file by default."""
+    import argparse
+    import os
+
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--iterations", type=int, default=3, help="timed iterations after 1 warm-up (default 3)")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--activation", choices=("gelu", "gelu_new"), default="gelu_new",
+                   help="the MLP's activation_function: GPT-2's tanh GELU (default) or the exact GELU")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), results_name),
+                   help=f"where to write the JSON results (default: {results_name} beside this script)")
+    return p.parse_args()
+
+
 def build_tokenizer():
     """A 512-token WordLevel tokenizer built in memory: token i is the string 't<i>'."""
     from tokenizers import Tokenizer

@@ -29,7 +29,6 @@ _generate_and_score_completions (generation + scoring); update = the rest. Every
 generation of 64 completions of exactly 32 tokens, 4 training forwards of 16 completions, 4 optimizer steps
 (a step hook on the torch optimizer). A violated check aborts the run.
 """
-import argparse
 import json
 import os
 import platform
@@ -39,22 +38,10 @@ import tempfile
 import time
 
 import torch
-from trl_common import CPU_ARGS, EOS_ID, PAD_ID, SEED, VOCAB, build_tokenizer, gpt2_config, report
+from trl_common import CPU_ARGS, EOS_ID, PAD_ID, SEED, VOCAB, build_tokenizer, gpt2_config, parse_args, report
 
 N_PROMPTS, GROUP, PROMPT_LEN, RESPONSE_LEN, MINIBATCH, BETA = 16, 4, 32, 32, 16, 0.04
 STEPS = N_PROMPTS * GROUP // MINIBATCH  # optimizer steps per iteration: 4
-
-
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--iterations", type=int, default=3, help="timed iterations after 1 warm-up (default 3)")
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    p.add_argument("--activation", choices=("gelu", "gelu_new"), default="gelu_new",
-                   help="the MLP's activation_function: GPT-2's tanh GELU (default) or the exact GELU")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                 "trl_grpo_baseline_results.json"),
-                   help="where to write the JSON results")
-    return p.parse_args()
 
 
 def build_models(model_dir, activation):
@@ -173,7 +160,7 @@ def instrument(trainer, timer):
 
 
 def main():
-    args = parse_args()
+    args = parse_args(__doc__, "trl_grpo_baseline_results.json")
     torch.set_num_threads(args.threads)
 
     from trl import GRPOTrainer
