@@ -8,8 +8,8 @@ PRESETS = {
     "chat": {
         # conversations of 20-110 tokens: a block of 128; a batch in 4 parts of similar lengths pads less
         "sft": {"out_dir": "out/chat/sft", "block_size": 128, "batch_size": 32, "micro_batches": 4},
-        # more prompts in one pass: held-out accuracy stops rising within the first epoch
-        "rm": {"out_dir": "out/chat/rm", "sft_ckpt": "out/chat/sft/ckpt.pt", "n_prompts": 6000, "epochs": 1,
+        # more prompts in one pass: held-out accuracy stops rising within the first epoch, and PPO gains from more
+        "rm": {"out_dir": "out/chat/rm", "sft_ckpt": "out/chat/sft/ckpt.pt", "n_prompts": 12000, "epochs": 1,
                "micro_batches": 4},
         # against this reward model gold peaks early: fewer iterations, a larger KL penalty, a faster value model
         "ppo": {"out_dir": "out/chat/ppo", "sft_ckpt": "out/chat/sft/ckpt.pt", "rm_ckpt": "out/chat/rm/ckpt.pt",
