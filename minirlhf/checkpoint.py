@@ -199,15 +199,15 @@ def load_ppo_models(cfg, resume_path, critic, device):
     cfg.rm_ckpt; the trained two from resume_path, else init_from, else SFT and RM (no value model if not critic)."""
     kw = dict(attn_impl=cfg.kernels, logprob_impl=cfg.kernels, device=device)
     tokenizer = get_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
-    ref_policy, tokenizer, _ = load_checkpoint(cfg.sft_ckpt, tokenizer, kind="policy", option="sft_ckpt", **kw)
-    reward_model, _, _ = load_checkpoint(cfg.rm_ckpt, tokenizer, kind="reward", option="rm_ckpt", **kw)
+    ref_policy, tokenizer, sft = load_checkpoint(cfg.sft_ckpt, tokenizer, kind="policy", option="sft_ckpt", **kw)
+    reward_model, _, rm = load_checkpoint(cfg.rm_ckpt, tokenizer, kind="reward", option="rm_ckpt", **kw)
     if start_path := resume_path or cfg.init_from:
         policy, _, start = load_checkpoint(start_path, tokenizer, kind="policy", option=None if resume_path else
                                            "init_from", finished=not resume_path, **kw)
         value_model = model_from(start, start_path, "value_model", **kw) if critic else None
     else:
-        policy = load_checkpoint(cfg.sft_ckpt, tokenizer, **kw)[0]
-        value_model = load_checkpoint(cfg.rm_ckpt, tokenizer, **kw)[0] if critic else None
+        policy = model_from(sft, cfg.sft_ckpt, **kw)  # a second copy of each, from the checkpoints already read
+        value_model = model_from(rm, cfg.rm_ckpt, **kw) if critic else None
     for m in (ref_policy, reward_model):
         m.requires_grad_(False).eval()
     return policy, value_model, ref_policy, reward_model, tokenizer

@@ -36,12 +36,12 @@ def ptx_sampler(cfg, task, tokenizer, block_size, rng, d, device):
     from minirlhf.jsonl import read_sft
     demos = task.sft_records(20000, "train", cfg.seed) if cfg.ptx_data == "builtin" else read_sft(cfg.ptx_data)
     ptx = [data.encode_sft(tokenizer, r, block_size) for r in demos]
-
     def batch():
         picks = [ptx[rng.randrange(len(ptx))] for _ in range(cfg.batch_size // cfg.n_minibatches)]
         idx, targets = data.sft_batch(distributed.my_slice(picks, d), tokenizer.pad_id)
         return idx.to(device), targets.to(device)
     return batch
+
 
 def update(policy, value_model, optimizers, rollout, cfg, *, autocast, d, ptx_batch=None, kl_coef=0.0):
     """cfg.ppo_epochs over one rollout, cfg.n_minibatches each, through policy and value_model (DDP- or FSDP-wrapped;
