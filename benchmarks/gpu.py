@@ -212,7 +212,7 @@ def stage_scripts(args):
         # these sizes, and tests/test_cuda_path.py runs it
         device = ["--device=cpu", "--kernels=torch"]
         sft = ["--max_iters=2", "--batch_size=4", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=48",
-               "--n_gold_eval=4", "--eval_interval=2", "--log_interval=1"]
+               "--n_gold_eval=4", "--eval_interval=2", "--log_interval=1", "--n_builtin=200", "--eval_batches=2"]
         rm = ["--n_prompts=4", "--n_eval_prompts=2", "--epochs=1", "--batch_size=2", "--n_bias_samples=2"]
         ppo = ["--iterations=1", "--batch_size=4", "--n_eval=2"]
     else:

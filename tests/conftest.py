@@ -18,3 +18,9 @@ from hypothesis import settings  # noqa: E402
 # no per-example deadline: interpreted kernels and model forwards are slow and their time varies
 settings.register_profile("default", deadline=None, print_blob=True)
 settings.load_profile("default")
+
+
+def pytest_collection_modifyitems(items):
+    # the slow tests first (in their order): under pytest -n the quick ones then even out the workers' ends,
+    # rather than one long test starting last on one worker while the other waits
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -14,7 +14,8 @@ import pytest
 import torch
 from test_scripts import run
 
-pytestmark = pytest.mark.slow  # the real scripts, as subprocesses
+# the real scripts, as subprocesses; one process runs the module (pytest -n), so the stages fixture is built once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_cuda_path")]
 
 # on a GPU the same tests run there, natively in bf16
 CUDA_PATH = ["--device=cuda", "--kernels=triton", "--dtype=bf16"] if torch.cuda.is_available() else \

@@ -14,7 +14,8 @@ import pytest
 import torch
 from test_scripts import ROOT, TINY_MODEL, run
 
-pytestmark = pytest.mark.slow  # the real scripts, as subprocesses
+# the real scripts, as subprocesses; one process runs the module (pytest -n), so the SFT runs fixture is built once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_distributed")]
 
 ENV = {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 

@@ -34,6 +34,8 @@ HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 CPU = ["--device=cpu", "--threads=1"]  # one thread: tiny models run far faster than on threads that wait
 PNG = b"\x89PNG\r\n\x1a\n"
 KINDS = ("sort", "reverse", "upper", "add", "count")
+# one process runs the module (pytest -n), so the base fixture, a tiny default run, is built once
+pytestmark = pytest.mark.xdist_group("test_experiments")
 
 
 def run(script, *args, ok=True, env=None):

@@ -18,7 +18,8 @@ from test_scripts import ROOT, TINY_MODEL, command, run
 
 from minirlhf.checkpoint import read_checkpoint
 
-pytestmark = pytest.mark.slow  # the real scripts, as subprocesses
+# the real scripts, as subprocesses; one process runs the module (pytest -n), so the runs fixture is built once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_resume")]
 
 SFT = [*TINY_MODEL, "--max_iters=12", "--log_interval=3", "--eval_interval=6", "--n_builtin=200", "--n_gold_eval=4",
        "--batch_size=8", "--threads=1", "--max_new_tokens=8"]
