@@ -61,9 +61,6 @@ class Config(config.TrainOptions):
     """built-in: responses ranked per prompt (InstructGPT: 4 to 9)"""
     sample_temperature: float = 1.0
     """built-in: temperature of the samples to rank"""
-    near_misses: bool = False
-    """built-in: two of each training prompt's k samples swapped for its right answer and a copy with one slip, for
-    the labelers to rank with the rest: pairs to learn to check an answer from (the held-out pairs stay samples)"""
     epochs: int = 2
     """passes over the comparisons (InstructGPT: 1, where data is plentiful; a small RM from scratch needs 2)"""
     batch_size: int = 32
@@ -84,8 +81,6 @@ class Config(config.TrainOptions):
         at_least_one(self, "n_prompts", "n_eval_prompts", "epochs", "batch_size", "micro_batches", "n_bias_samples")
         check(self, "k", lambda x: x >= 2, "at least 2 (a ranking compares responses)")
         check(self, "sample_temperature", lambda x: x >= 0, ">= 0 (0: greedy)")
-        if self.near_misses and (self.data != "builtin" or self.k < 3):
-            raise ValueError("--near_misses needs built-in data and --k of at least 3 (two samples are swapped)")
         if self.data != "builtin" and not self.eval_data:
             raise ValueError("--eval_data is required with JSONL --data (held-out comparisons for the accuracy)")
         check_files(self, "data", "eval_data")
@@ -121,14 +116,9 @@ def main(cfg):
 
         def ranked(n, split):
             """n prompts of the split with k samples each, ranked by a simulated labeler; and the gold scores."""
-            records = task.prompt_records(n, split, prompt_seed)
-            groups, gold = reward.comparisons(policy, tokenizer, records, task, rng, k=cfg.k,
-                                              temperature=cfg.sample_temperature, max_new_tokens=cfg.max_new_tokens,
-                                              gen=gen, d=d, autocast=autocast)
-            if cfg.near_misses and split == "train":
-                groups, gold = reward.near_misses(groups, gold, records, task, tokenizer, rng,
-                                                  random.Random(cfg.seed + 5), max_tokens=cfg.max_new_tokens)
-            return groups, gold
+            return reward.comparisons(policy, tokenizer, task.prompt_records(n, split, prompt_seed), task, rng, k=cfg.k,
+                                      temperature=cfg.sample_temperature, max_new_tokens=cfg.max_new_tokens, gen=gen,
+                                      d=d, autocast=autocast)
         t0 = time.time()
         train, _ = ranked(cfg.n_prompts, "train")
         run.info["data_format"] = format_of(task.prompt_records(1, "train", prompt_seed))

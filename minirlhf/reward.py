@@ -1,7 +1,6 @@
 """
 The reward model's pieces (InstructGPT step 2), in the order train_rm.py runs them:
     comparisons      K samples of a policy per prompt, ranked by a simulated labeler of the task
-    near_misses      (an option) two of each prompt's K samples swapped for its right answer and a slip of it
     comparison_batch ranked groups -> one sequence per response, its (better, worse) pairs, their weights
     rewards          the reward of every response of the groups: a prompt read once for its K responses
     pairwise_loss    the Bradley-Terry loss -log sigmoid(r_better - r_worse) of each pair
@@ -34,27 +33,6 @@ def comparisons(policy, tokenizer, records, task, rng, *, k, temperature, max_ne
                        labelers.rank(scores, rng, task.LABELER_TEMPERATURE)))
         gold.append(scores)
     return groups, gold
-
-
-def near_misses(groups, gold, records, task, tokenizer, rng, slip_rng, *, max_tokens):
-    """The groups with each one's last two responses replaced by the prompt's right answer and a copy of it with one
-    of the demonstrators' mistakes (task.flawed_replies, the chatty word aside), ranked again by the labeler (drawing
-    from rng): pairs that differ by one slip, which the policy's samples seldom are, for a reward model to learn to
-    check an answer from. A prompt whose answers are longer than max_tokens keeps its samples."""
-    out_groups, out_gold = [], []
-    for record, (prompt, responses, ranking), scores in zip(records, groups, gold):
-        right, flawed = task.flawed_replies(record, slip_rng)
-        slips = sorted(reply for flaw, reply in flawed.items() if flaw != "chatty word")
-        texts = [right, slip_rng.choice(slips)] if slips else []
-        if not texts or max(len(tokenizer.encode(t)) for t in texts) > max_tokens:
-            out_groups.append((prompt, responses, ranking))
-            out_gold.append(scores)
-            continue
-        responses = responses[:-2] + [tokenizer.encode(t) + [tokenizer.eos_id] for t in texts]
-        scores = scores[:-2] + [task.gold_score(record, t, True) for t in texts]
-        out_groups.append((prompt, responses, labelers.rank(scores, rng, task.LABELER_TEMPERATURE)))
-        out_gold.append(scores)
-    return out_groups, out_gold
 
 
 def ranking_pairs(ranking):

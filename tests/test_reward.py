@@ -17,7 +17,6 @@ from minirlhf.reward import (
     accuracy,
     comparison_batch,
     comparisons,
-    near_misses,
     pairwise_loss,
     ranking_pairs,
     rewards,
@@ -218,43 +217,6 @@ def test_comparisons_are_k_samples_ranked_by_their_gold_scores():
                    for x, t in zip(g, texts))  # ended at EOS or not
         assert [g[i] for i in ranking] == sorted(g, reverse=True)
     assert sum(len(set(g)) > 1 for g in gold) >= 2  # samples that differ in gold: the ranking had work to do
-
-
-@pytest.mark.parametrize("name", ["instruct", "chat"])
-def test_near_misses_swap_the_last_two_samples_for_the_right_answer_and_a_slip(name):
-    """near_misses: the first k - 2 responses as sampled; the last two the prompt's right answer (gold 1) and a
-    copy with one mistake (gold below 1, not the chatty word), the group ranked again by the labeler (a noiseless
-    one sorts by gold); a prompt whose answers would be longer than max_tokens keeps its samples."""
-    import random
-
-    from minirlhf.tasks import get_task
-    from minirlhf.tokenizer import get_tokenizer
-    tok, task = get_tokenizer("bytes"), get_task(name)
-    records = task.prompt_records(300, "eval", seed=3)
-    groups = [([i, 7, 8], [[65 + j, tok.eos_id] for j in range(4)], [3, 2, 1, 0]) for i in range(len(records))]
-    gold = [[0.1, 0.2, 0.3, 0.4] for _ in records]
-    old = task.LABELER_TEMPERATURE
-    task.LABELER_TEMPERATURE = 0.0
-    try:
-        new_groups, new_gold = near_misses(groups, gold, records, task, tok, random.Random(0), random.Random(1),
-                                           max_tokens=64)
-    finally:
-        task.LABELER_TEMPERATURE = old
-    slips = set()
-    for record, (prompt, responses, ranking), g, (ids, sampled, _) in zip(records, new_groups, new_gold, groups):
-        assert prompt == ids and len(responses) == 4 and responses[:2] == sampled[:2]
-        assert g[:2] == [0.1, 0.2] and all(r[-1] == tok.eos_id for r in responses)
-        right, slip = (tok.decode(r[:-1]) for r in responses[2:])
-        assert g[2:] == [task.gold_score(record, right, True), task.gold_score(record, slip, True)]
-        assert g[2] == 1.0 > g[3] and slip != right
-        slips.add(slip in task.flawed_replies(record, random.Random(7))[1].values())
-        assert sorted(ranking) == [0, 1, 2, 3] and [g[i] for i in ranking] == sorted(g, reverse=True)
-    assert True in slips  # the demonstrators' mistakes (some draw a random digit, so not every one recurs)
-    short, short_gold = near_misses(groups, gold, records, task, tok, random.Random(0), random.Random(1), max_tokens=4)
-    swapped = [s != g for s, g in zip(short, groups)]
-    assert 0 < sum(swapped) < len(groups)
-    for (_, responses, _), g, sampled, sampled_gold, was_swapped in zip(short, short_gold, groups, gold, swapped):
-        assert (max(map(len, responses[2:])) <= 4 + 1) if was_swapped else (responses, g) == (sampled[1], sampled_gold)
 
 
 def test_comparison_batch_weights_are_float32_whatever_the_default_dtype():
