@@ -27,7 +27,6 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
-
 def pytest_runtest_setup(item):
     # pytest-xdist's --dist loadgroup names a test's group in its id; where it cannot (pytest 9.2 with pytest-xdist
     # 3.8), a group's tests would silently spread over the processes, each building the module's costly fixture
