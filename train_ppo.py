@@ -11,7 +11,8 @@ details of RLHF with PPO", Huang et al. 2024):
   1. rollout   sample a response to each prompt of a batch from the policy (KV cache, stop at EOS)
   2. score     the reward model on prompt + response; log-probs of the frozen SFT reference on the
                response tokens; values from the value model (initialized from the RM)
-  3. rewards   -kl_coef * KL(policy || reference) per token, the RM score added at the last token
+  3. rewards   -kl_coef * KL(policy || reference) per token, the reference at ref_temperature; the RM
+               score added at the last token
   4. GAE       advantages and returns; advantages whitened over the batch
   5. update    epochs over shuffled minibatches: clipped surrogate + clipped value loss (+ entropy
                bonus, + PPO-ptx), gradient clipping (minirlhf/ppo.py)
@@ -66,11 +67,14 @@ class Config(config.Options):
     """prompts (and so responses) per rollout, over all ranks"""
     temperature: float = 1.0
     """sampling temperature, used in every log-prob too (InstructGPT: 1)"""
+    ref_temperature: float = 0.3
+    """the SFT reference's temperature in the KL penalty (and the logged KL): below 1 the penalty pulls toward the
+    answers SFT finds likeliest, not toward its sampling noise (1: the SFT policy as it samples)"""
     stop_at_eos: bool = True
     """end a response at its EOS; false samples exactly max_new_tokens tokens (a fixed workload, as benchmarks want)"""
     eos_penalty_score: float = -1.0
     """score of a response that never emits EOS, instead of the reward model's (the EOS trick)"""
-    kl_coef: float = 0.1
+    kl_coef: float = 0.2
     """beta of the per-token KL penalty (InstructGPT: 0.02; the N+ details: 0.05; a small RM over-optimizes sooner)"""
     kl_estimator: str = "k1"
     """per-token KL estimate in the reward: k1 = log(pi/pi_ref), or k3 (unbiased and never negative)"""
@@ -132,7 +136,7 @@ class Config(config.Options):
         check(self, ("n_minibatches", "group_size"), lambda x: self.batch_size % x == 0,
               f"a divisor of --batch_size={self.batch_size}")
         check(self, ("kl_coef", "vf_coef", "ent_coef", "ptx_coef", "learning_rate"), lambda x: x >= 0, ">= 0")
-        check(self, ("clip_range", "vf_clip_range", "kl_target"), lambda x: x > 0, "> 0")
+        check(self, ("clip_range", "vf_clip_range", "kl_target", "ref_temperature"), lambda x: x > 0, "> 0")
         check(self, "value_learning_rate", lambda x: x == -1 or x >= 0, ">= 0 (or -1: learning_rate)")
         check(self, ("gamma", "lam"), lambda x: 0 <= x <= 1, "in [0, 1]")
         if self.prompts != "builtin" and not self.eval_prompts:
@@ -221,7 +225,7 @@ def main(cfg):
         old_logprobs = out.logprobs
         with torch.no_grad(), distributed.full_weights(value_train):
             def score(rows, seq, start, P):  # some rows of the batch (in parts of similar prompt lengths)
-                return (response_logprobs(ref_policy, seq, start, P, targets[rows], cfg.temperature, autocast),
+                return (response_logprobs(ref_policy, seq, start, P, targets[rows], cfg.ref_temperature, autocast),
                         response_values(value_train, seq, start, P, autocast) if critic else seq[:, :0],
                         reward_scores(reward_model, seq, start, P, lengths[rows], autocast))
             ref_logprobs, old_values, rm_scores = in_parts(cfg.micro_batches, seq, start, P, score)

@@ -192,7 +192,7 @@ def test_overoptimization(base, tmp_path):
             assert c["gold_peak"] >= c["gold_at_max_d"] and c["fall"] >= 0 and c["rise"] >= 0
             assert c["fall_se"] is not None and math.isfinite(c["fall_se"])
         assert all(p["gold_se"] is not None for p in rl["points"])
-    assert res["default_ppo"]["rm_prompts"] == 24 and res["default_ppo"]["kl_coef"] == 0.1
+    assert res["default_ppo"]["rm_prompts"] == 24 and res["default_ppo"]["kl_coef"] == 0.2
     assert all(isinstance(v, bool) for method in res["verdict"].values() for v in method.values())
     # the proxies repeat the default run's RM but for the prompts labeled; the PPO runs its PPO but for
     # the KL coefficient, the reward model and the snapshots

@@ -69,7 +69,8 @@ def pipeline(tmp_path_factory):
               "--learning_rate=1e-3")
     ppo = run("train_ppo.py", f"--out_dir={out}/ppo", f"--sft_ckpt={out}/sft/ckpt.pt", f"--rm_ckpt={out}/rmj/ckpt.pt",
               "--iterations=10", "--batch_size=16", "--n_minibatches=2", "--ppo_epochs=2", "--n_eval=16",
-              "--learning_rate=3e-4", "--save_interval=5", "--ptx_coef=0.1", "--adaptive_kl=true", "--kl_estimator=k3")
+              "--learning_rate=3e-4", "--save_interval=5", "--ptx_coef=0.1", "--adaptive_kl=true", "--kl_estimator=k3",
+              "--ref_temperature=1")
     return out, sft, rm, rmj, ppo
 
 
@@ -145,6 +146,18 @@ def test_ppo_learns(pipeline):
     ckpt = torch.load(out / "ppo" / "ckpt.pt", weights_only=True)
     assert ckpt["finished"] and ckpt["value_model"]["model_config"]["scalar_head"]
     assert not os.path.exists(out / "ppo" / "value.pt")
+
+
+def test_the_kl_penalty_reads_the_reference_at_ref_temperature(tmp_path, pipeline):
+    """The pipeline's PPO ran with the reference at the sampling temperature (iteration 1: a KL of 0); the same first
+    rollout against the reference at 0.5 is far from it, as KL(pi || pi_0.5) > 0 for any policy that is not greedy."""
+    out = pipeline[0]
+    run("train_ppo.py", f"--out_dir={tmp_path}/ppo", f"--sft_ckpt={out}/sft/ckpt.pt", f"--rm_ckpt={out}/rmj/ckpt.pt",
+        "--iterations=1", "--batch_size=16", "--n_eval=2", "--ceiling_prompts=0", "--ref_temperature=0.5")
+    (row,) = rows(tmp_path / "ppo" / "metrics.jsonl")
+    assert abs(rows(out / "ppo" / "metrics.jsonl")[0]["objective/kl"]) < 1e-4 and row["objective/kl"] > 0.1
+    bad = run("train_ppo.py", f"--out_dir={tmp_path}/bad", "--ref_temperature=0", ok=False)
+    assert bad.returncode == 2 and "--ref_temperature must be > 0" in bad.stderr
 
 
 @pytest.mark.parametrize("advantage, kl_in, loss_agg", [("grpo", "loss", "token"), ("rloo", "reward", "sequence")])
