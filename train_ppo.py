@@ -11,8 +11,7 @@ details of RLHF with PPO", Huang et al. 2024):
   1. rollout   sample a response to each prompt of a batch from the policy (KV cache, stop at EOS)
   2. score     the reward model on prompt + response; log-probs of the frozen SFT reference on the
                response tokens; values from the value model (initialized from the RM)
-  3. rewards   -kl_coef * KL(policy || reference) per token, the reference at ref_temperature; the RM
-               score added at the last token
+  3. rewards   -kl_coef * KL(policy || reference at ref_temperature) per token, the RM score at the last
   4. GAE       advantages and returns; advantages whitened over the batch
   5. update    epochs over shuffled minibatches: clipped surrogate + clipped value loss (+ entropy
                bonus, + PPO-ptx), gradient clipping (minirlhf/ppo.py)
@@ -68,8 +67,7 @@ class Config(config.Options):
     temperature: float = 1.0
     """sampling temperature, used in every log-prob too (InstructGPT: 1)"""
     ref_temperature: float = 0.3
-    """the SFT reference's temperature in the KL penalty (and the logged KL): below 1 the penalty pulls toward the
-    answers SFT finds likeliest, not toward its sampling noise (1: the SFT policy as it samples)"""
+    """the SFT reference's temperature in the KL penalty (and logged KL): below 1, a pull to its likeliest answers"""
     stop_at_eos: bool = True
     """end a response at its EOS; false samples exactly max_new_tokens tokens (a fixed workload, as benchmarks want)"""
     eos_penalty_score: float = -1.0
@@ -292,15 +290,13 @@ def main(cfg):
             run.snapshot(it, policy_train, tokenizer)  # a copy of the policy in out_dir/snapshots/
 
     # the report: SFT and PPO answer the same held-out prompts (and, on the built-in tasks, the gold scorer judges)
-    result = evaluate.compare({"sft": ref_policy, "ppo": policy_train}, tokenizer, eval_prompts, cfg,
-                              reference=ref_policy, reward_model=reward_model, task=task, seed=cfg.seed + 3, d=d,
-                              autocast=autocast)
+    result = evaluate.compare({"sft": ref_policy, "ppo": policy_train}, tokenizer, eval_prompts, cfg, d=d, task=task,
+                              reference=ref_policy, reward_model=reward_model, seed=cfg.seed + 3, autocast=autocast)
     if gold and cfg.ceiling_prompts:  # best-of-n from SFT by the same reward model: what PPO could reach
         result["ceiling"] = evaluate.ceiling(ref_policy, reward_model, tokenizer, eval_prompts[:cfg.ceiling_prompts],
                                              task, cfg, seed=cfg.seed + 4, autocast=autocast)
-    summary = {**result, "iterations": cfg.iterations, "skipped_updates": run.skips.total,
-               "ppo_seconds": run.seconds(), "total_seconds": time.time() - t_start,
-               "checkpoint": run.path, "config": asdict(cfg)}
+    summary = {**result, "iterations": cfg.iterations, "skipped_updates": run.skips.total, "ppo_seconds": run.seconds(),
+               "total_seconds": time.time() - t_start, "checkpoint": run.path, "config": asdict(cfg)}
     if d.is_main:
         runs.write_json(os.path.join(cfg.out_dir, "summary.json"), summary)
         png = plot_curves(run.metrics.rows, os.path.join(cfg.out_dir, "curves.png"))
