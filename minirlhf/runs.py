@@ -154,8 +154,8 @@ def release():
 def check_same_config(cfg, saved, out_dir, command=None):
     """A resumed run must be the run it continues: the same options, but for RESUMABLE_CHANGES."""
     now = vars(cfg)
-    changed = [f"--{k}={now[k]!r} (was {saved.get(k)!r})" for k in now
-               if k not in RESUMABLE_CHANGES and now[k] != saved.get(k)]
+    changed = [f"--{k}={now[k]!r} " + (f"(was {saved[k]!r})" if k in saved else "(an option newer than the run)")
+               for k in now if k not in RESUMABLE_CHANGES and now[k] != saved.get(k)]
     if changed:
         fix = f"finish it with `{command} --resume`" if command else "resume it with the options it was started with"
         raise ValueError(f"--resume: the run in {out_dir} was started with other options ({', '.join(changed)}): "

@@ -342,3 +342,15 @@ def test_rm_with_a_moved_tokenizer_and_long_prompts(runs, tmp_path):
     assert done.returncode == 2 and "cannot rebuild its tokenizer" in done.stderr
     run("train_rm.py", *args, f"--tokenizer={tmp_path}/moved.tiktoken")
     assert read_checkpoint(str(tmp_path / "rm" / "ckpt.pt"))["finished"]
+
+
+def test_resume_names_an_option_the_run_predates():
+    """A run saved before an option existed: the error names the new option rather than an old value of None."""
+    from types import SimpleNamespace
+
+    from minirlhf.runs import check_same_config
+    cfg = SimpleNamespace(seed=1, kl_coef=0.2, ref_temperature=0.3)
+    with pytest.raises(ValueError) as e:
+        check_same_config(cfg, {"seed": 1, "kl_coef": 0.1}, "out/ppo")
+    assert "--kl_coef=0.2 (was 0.1), --ref_temperature=0.3 (an option newer than the run)" in str(e.value)
+    check_same_config(cfg, {"seed": 1, "kl_coef": 0.2, "ref_temperature": 0.3}, "out/ppo")  # the same run: no error
