@@ -11,7 +11,7 @@ details of RLHF with PPO", Huang et al. 2024):
   1. rollout   sample a response to each prompt of a batch from the policy (KV cache, stop at EOS)
   2. score     the reward model on prompt + response; log-probs of the frozen SFT reference on the
                response tokens; values from the value model (initialized from the RM)
-  3. rewards   -kl_coef * KL(policy || reference at ref_temperature) per token, the RM score at the last
+  3. rewards   -kl_coef * KL(policy || reference at ref_temperature) per token; the RM score at the last token
   4. GAE       advantages and returns; advantages whitened over the batch
   5. update    epochs over shuffled minibatches: clipped surrogate + clipped value loss (+ entropy
                bonus, + PPO-ptx), gradient clipping (minirlhf/ppo.py)
