@@ -46,6 +46,8 @@ class Config(config.Options):
     """the finished SFT checkpoint: the initial policy and the frozen reference"""
     rm_ckpt: str = "out/rm/ckpt.pt"
     """the finished reward model checkpoint: the reward, and the initial value model"""
+    reward: str = "rm"
+    """rm, or gold: the built-in task's gold scorer in the RM's place (an oracle: what the RM holds back; oracle.py)"""
     train_missing: bool = True
     """with the built-in prompts, train (or finish) a missing SFT or RM checkpoint at its default path first"""
     init_from: str = ""
@@ -126,9 +128,9 @@ class Config(config.Options):
         at_least_one(self, "n_eval", "iterations", "batch_size", "ppo_epochs", "n_minibatches", "micro_batches",
                      "kl_horizon", "save_interval", "group_size")
         check(self, "temperature", lambda x: x > 0, "> 0 (PPO needs the policy's probabilities)")
-        for name, choices in (("kl_estimator", ("k1", "k3")), ("kl_in", ("reward", "loss")),
-                              ("advantage", ("gae", "grpo", "rloo")), ("loss_agg", ("token", "sequence"))):
-            check(self, name, lambda x: x in choices, " or ".join(choices))
+        for name, ok in (("kl_estimator", ("k1", "k3")), ("kl_in", ("reward", "loss")), ("reward", ("rm", "gold")),
+                         ("advantage", ("gae", "grpo", "rloo")), ("loss_agg", ("token", "sequence"))):
+            check(self, name, lambda x: x in ok, " or ".join(ok))
         check(self, "group_size", lambda x: x >= 2 or self.advantage == "gae",
               f"at least 2 with --advantage={self.advantage} (it compares the responses to one prompt)")
         check(self, ("n_minibatches", "group_size"), lambda x: self.batch_size % x == 0,
@@ -177,6 +179,9 @@ def main(cfg):
     train_ids = [data.encode_prompt(tokenizer, r, block_size - cfg.max_new_tokens) for r in train_prompts]
     for r in eval_prompts:  # a report prompt too long is an error now, not after training
         data.encode_prompt(tokenizer, r, block_size - cfg.max_new_tokens)
+    if cfg.reward == "gold":  # the oracle in the RM's place, its 0 set on SFT samples as train_rm.py sets the RM's
+        from minirlhf.oracle import gold_reward
+        reward_model = gold_reward(task, tokenizer, train_prompts + eval_prompts, ref_policy, cfg, autocast)
     ptx_batch = ppo.ptx_sampler(cfg, task, tokenizer, block_size, rng, d, device)  # PPO-ptx's demonstrations
 
     distributed.share(cfg.batch_size // cfg.n_minibatches, d, "batch_size / n_minibatches")  # each rank's minibatch
@@ -253,8 +258,7 @@ def main(cfg):
             rollout = ppo.Rollout(seq, start, P, targets, mask, old_logprobs, old_values, advantages, returns,
                                   ref_logprobs)
             stats, first_error = ppo.update(policy_train, value_train, optimizers, rollout, cfg, autocast=autocast, d=d,
-                                            ptx_batch=ptx_batch,
-                                            kl_coef=kl_coef if cfg.kl_in == "loss" else 0.0)
+                                            ptx_batch=ptx_batch, kl_coef=kl_coef if cfg.kl_in == "loss" else 0.0)
         t_update = time.time() - t_it - t_rollout - t_score
 
         # the adaptive controller sees the KL per response of the whole batch (Ziegler et al. 2019)

@@ -178,8 +178,7 @@ def main(cfg):
 
         if it % cfg.log_interval == 0 or it == cfg.max_iters:
             row = {"step": it, "train/loss": distributed.all_sum(torch.stack(losses).mean()).item(), "train/lr": lr,
-                   "train/grad_norm": grad_norm.item(), "train/skipped_steps": run.skips.total,
-                   "time": run.seconds()}
+                   "train/grad_norm": grad_norm.item(), "train/skipped_steps": run.skips.total, "time": run.seconds()}
             losses = []
             if it % cfg.eval_interval == 0 or it == cfg.max_iters:
                 row["eval/loss"] = eval_loss()

@@ -160,6 +160,29 @@ def test_the_kl_penalty_reads_the_reference_at_ref_temperature(tmp_path, pipelin
     assert bad.returncode == 2 and "--ref_temperature must be > 0" in bad.stderr
 
 
+def test_ppo_against_the_gold_oracle(tmp_path, pipeline):
+    """--reward=gold: every rollout's reward is its gold score over the labelers' temperature, less one constant (the
+    SFT samples' mean), and the policy climbs it; prompts the gold scorer cannot judge are refused before training."""
+    out = pipeline[0]
+    args = [f"--sft_ckpt={out}/sft/ckpt.pt", f"--rm_ckpt={out}/rmj/ckpt.pt", "--iterations=15", "--batch_size=64",
+            "--n_eval=8", "--ceiling_prompts=4", "--learning_rate=3e-4", "--kl_coef=0.05", "--reward=gold"]
+    run("train_ppo.py", f"--out_dir={tmp_path}/ppo", *args)
+    from minirlhf.tasks.instruct import LABELER_TEMPERATURE
+    metrics = rows(tmp_path / "ppo" / "metrics.jsonl")
+    offsets = [r["objective/rm_score"] - r["objective/gold"] / LABELER_TEMPERATURE for r in metrics]
+    assert max(offsets) - min(offsets) < 1e-4 and offsets[0] < -0.5
+    first, last = [r["objective/gold"] for r in metrics[:3]], [r["objective/gold"] for r in metrics[-3:]]
+    assert sum(last) / 3 > sum(first) / 3 + 0.03
+    prompts = tmp_path / "poems.jsonl"
+    prompts.write_text(json.dumps({"prompt": "write a poem\n"}) + "\n")
+    bad = run("train_ppo.py", f"--out_dir={tmp_path}/bad", *args, f"--prompts={prompts}", f"--eval_prompts={prompts}",
+              ok=False)
+    assert bad.returncode == 2 and "--reward=gold: the instruct task's gold scorer cannot judge" in bad.stderr
+    assert not os.path.exists(tmp_path / "bad" / "ckpt.pt")
+    bad = run("train_ppo.py", f"--out_dir={tmp_path}/bad", "--reward=human", ok=False)
+    assert bad.returncode == 2 and "--reward must be rm or gold" in bad.stderr
+
+
 @pytest.mark.parametrize("advantage, kl_in, loss_agg", [("grpo", "loss", "token"), ("rloo", "reward", "sequence")])
 def test_critic_free_ppo_learns_without_a_value_model(tmp_path, pipeline, advantage, kl_in, loss_agg):
     """--advantage=grpo|rloo: 4 responses per prompt, each against its group; no value model loaded, trained or
