@@ -3,7 +3,8 @@ The gold scorer in the reward model's place (`train_ppo.py --reward=gold`): an o
 what PPO could reach a learned reward model holds back. The built-in labelers rank responses with weights
 exp(gold / T) (tasks/labelers.py), so the reward that a perfect reward model would learn from their comparisons is
 gold / T up to a constant; as train_rm.py does for a learned one, the constant makes the SFT model's samples score 0
-on average. PPO, its KL penalty, its value model (still from --rm_ckpt) and the report are otherwise unchanged.
+on average. PPO, its KL penalty and its value model (still from --rm_ckpt) are otherwise unchanged; the report
+says which reward PPO had, and its best-of-n ceiling is then ranked by gold.
 """
 import torch
 

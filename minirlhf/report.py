@@ -51,9 +51,11 @@ def write_ppo_report(path, s, task, png=None):
     """The SFT vs PPO report of train_ppo.py, from its summary s; returns the text written."""
     names, labels = ["sft", "ppo"], ["SFT", "PPO"]
     greedy = ", and greedy" if "sft_gold_greedy" in s else ""  # greedy responses are judged by the gold scorer
+    oracle = (" PPO's reward was the gold scorer (--reward=gold): it stands in for the reward model below."
+              if s.get("config", {}).get("reward") == "gold" else "")
     lines = ["# PPO vs SFT on held-out prompts", "",
              f"{s['n_prompts']} held-out prompts; responses sampled at temperature {s['temperature']} "
-             f"(the policies as trained){greedy}.", ""] + comparison_table(s, names, labels) + [""]
+             f"(the policies as trained){greedy}.{oracle}", ""] + comparison_table(s, names, labels) + [""]
     if "win_rate_ppo_sampled" in s:
         lines += [f"**Gold win rate of PPO over SFT** (ties count half): **{s['win_rate_ppo_sampled']:.1%}** sampled, "
                   f"{s['win_rate_ppo_greedy']:.1%} greedy.", ""]

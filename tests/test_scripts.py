@@ -173,6 +173,8 @@ def test_ppo_against_the_gold_oracle(tmp_path, pipeline):
     assert max(offsets) - min(offsets) < 1e-4 and offsets[0] < -0.5
     first, last = [r["objective/gold"] for r in metrics[:3]], [r["objective/gold"] for r in metrics[-3:]]
     assert sum(last) / 3 > sum(first) / 3 + 0.03
+    assert "PPO's reward was the gold scorer (--reward=gold)" in (tmp_path / "ppo" / "report.md").read_text()
+    assert "--reward=gold" not in (out / "ppo" / "report.md").read_text()
     prompts = tmp_path / "poems.jsonl"
     prompts.write_text(json.dumps({"prompt": "write a poem\n"}) + "\n")
     bad = run("train_ppo.py", f"--out_dir={tmp_path}/bad", *args, f"--prompts={prompts}", f"--eval_prompts={prompts}",
