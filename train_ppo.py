@@ -8,12 +8,13 @@ Step 3 of InstructGPT: PPO against the reward model, with a KL penalty to the SF
 
 Each iteration (Ziegler et al. 2019; InstructGPT, Ouyang et al. 2022; "The N+ implementation
 details of RLHF with PPO", Huang et al. 2024):
-  1. rollout   sample a response to each prompt of a batch from the policy (KV cache, stop at EOS)
+  1. rollout   sample group_size responses to each prompt of a batch from the policy (KV cache, stop at EOS)
   2. score     the reward model on prompt + response; log-probs of the frozen SFT reference on the
-               response tokens; values from the value model (initialized from the RM)
+               response tokens; with GAE, values from the value model (initialized from the RM)
   3. rewards   -kl_coef * KL(policy || reference at ref_temperature) per token; the RM score at the last token
-  4. GAE       advantages and returns; advantages whitened over the batch
-  5. update    epochs over shuffled minibatches: clipped surrogate + clipped value loss (+ entropy
+  4. advantage RLOO: a response's reward less the mean of the other responses to its prompt (Ahmadian et al.
+               2024; the default), or GAE with the value model, whitened over the batch (InstructGPT; chat's)
+  5. update    epochs over shuffled minibatches: clipped surrogate (+ clipped value loss with GAE, + entropy
                bonus, + PPO-ptx), gradient clipping (minirlhf/ppo.py)
   6. log       one line per iteration, and a metrics JSONL
 At the end the SFT and PPO policies answer the same held-out prompts, and out/ppo/report.md and
@@ -62,7 +63,7 @@ class Config(config.Options):
     """held-out prompts in the final SFT vs PPO comparison"""
     ceiling_prompts: int = 200
     """of those, the ones best-of-n from SFT by the reward model answers in the report (the RM's ceiling; 0: none)"""
-    iterations: int = 200
+    iterations: int = 400
     """PPO iterations (rollout + update)"""
     batch_size: int = 64
     """prompts (and so responses) per rollout, over all ranks"""
@@ -80,9 +81,9 @@ class Config(config.Options):
     """per-token KL estimate in the reward: k1 = log(pi/pi_ref), or k3 (unbiased and never negative)"""
     kl_in: str = "reward"
     """where the KL to the reference goes: reward (a per-token penalty, InstructGPT) or loss (a k3 term, as GRPO)"""
-    advantage: str = "gae"
-    """gae (with a value model, as InstructGPT), or critic-free: grpo (group mean and std) or rloo (leave-one-out)"""
-    group_size: int = 1
+    advantage: str = "rloo"
+    """critic-free: rloo (leave-one-out) or grpo (group mean and std); or gae, with a value model (InstructGPT)"""
+    group_size: int = 4
     """responses sampled per prompt (batch_size counts responses); grpo and rloo compare them: at least 2"""
     loss_agg: str = "token"
     """the loss as a mean over a minibatch's tokens (token), or over its responses of their tokens' means (sequence)"""
