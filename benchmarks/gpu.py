@@ -214,13 +214,13 @@ def stage_scripts(args):
         sft = ["--max_iters=2", "--batch_size=4", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=48",
                "--n_gold_eval=4", "--eval_interval=2", "--log_interval=1", "--n_builtin=200", "--eval_batches=2"]
         rm = ["--n_prompts=4", "--n_eval_prompts=2", "--epochs=1", "--batch_size=2", "--n_bias_samples=2"]
-        ppo = ["--iterations=1", "--batch_size=4", "--n_eval=2"]
+        ppo = ["--iterations=1", "--batch_size=4", "--n_eval=2", "--advantage=gae", "--group_size=1"]
     else:
         device = ["--device=cuda"]
         sft = ["--max_iters=60", "--batch_size=32", "--n_layer=4", "--n_head=4", "--n_embd=256", "--block_size=64",
                "--n_gold_eval=32", "--eval_interval=30", "--log_interval=10"]
         rm = ["--n_prompts=64", "--n_eval_prompts=16", "--epochs=1", "--batch_size=16", "--n_bias_samples=16"]
-        ppo = ["--iterations=3", "--batch_size=32", "--n_eval=16"]
+        ppo = ["--iterations=3", "--batch_size=32", "--n_eval=16", "--advantage=gae", "--group_size=1"]
     commands = [
         ["train_sft.py", f"--out_dir={work}/sft", *device, *sft],
         ["train_rm.py", f"--out_dir={work}/rm", f"--sft_ckpt={work}/sft/ckpt.pt", *device, *rm],

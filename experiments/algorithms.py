@@ -9,7 +9,7 @@ log n - (n - 1) / n nats.
 
 For each task and seed: SFT (train_sft.py --task --seed) and its reward model (train_rm.py) with the
 task's defaults, then from them
-  ppo   train_ppo.py --advantage=gae (the task's defaults)
+  ppo   train_ppo.py --advantage=gae --group_size=1 (InstructGPT's: a value model)
   grpo  train_ppo.py --advantage=grpo --group_size=K, with --kl_in and --loss_agg below
   rloo  train_ppo.py --advantage=rloo --group_size=K, the same
   dpo   experiments/dpo.py (it remakes exactly the reward model's comparisons)
@@ -102,7 +102,7 @@ def plan(cfg, task, seed):
     critic_free = [f"--group_size={cfg.group_size}", f"--kl_in={cfg.kl_in}", f"--loss_agg={cfg.loss_agg}"]
     settings = None
     for method in ONLINE:
-        extra = ["--advantage=gae"] if method == "ppo" else [f"--advantage={method}", *critic_free]
+        extra = ["--advantage=gae", "--group_size=1"] if method == "ppo" else [f"--advantage={method}", *critic_free]
         args, settings = common.child("train_ppo.py", f"--task={task}", "--train_missing=False", *extra, *opts["ppo"])
         if method in cfg.methods.split(","):
             stages[method] = (where(method), "train_ppo.py", seeded + start + args)

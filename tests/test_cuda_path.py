@@ -46,7 +46,7 @@ def stages(tmp_path_factory):
 def ppo(out, name, *args):
     run("train_ppo.py", f"--out_dir={out}/{name}", f"--sft_ckpt={out}/sft/ckpt.pt", f"--rm_ckpt={out}/rm/ckpt.pt",
         "--batch_size=4", "--n_minibatches=2", "--ppo_epochs=1", "--n_eval=2", "--max_new_tokens=6",
-        "--ref_temperature=1", *args)  # the reference as the policy samples: a KL of 0 at iteration 1
+        "--ref_temperature=1", "--advantage=gae", "--group_size=1", *args)  # a KL of 0 at iteration 1; a value model
     return rows(out / name / "metrics.jsonl")
 
 

@@ -23,8 +23,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_resume")]
 
 SFT = [*TINY_MODEL, "--max_iters=12", "--log_interval=3", "--eval_interval=6", "--n_builtin=200", "--n_gold_eval=4",
        "--batch_size=8", "--threads=1", "--max_new_tokens=8"]
+GAE = ["--advantage=gae", "--group_size=1"]  # PPO with a value model, which resumes with the policy
 PPO = ["--iterations=6", "--batch_size=4", "--n_minibatches=2", "--ppo_epochs=2", "--n_eval=4", "--save_interval=2",
-       "--max_new_tokens=8", "--threads=1", "--ptx_coef=0.1", "--adaptive_kl=true"]
+       "--max_new_tokens=8", "--threads=1", "--ptx_coef=0.1", "--adaptive_kl=true", *GAE]
 
 
 def killed_at(script, marker, *args):
@@ -271,7 +272,8 @@ def test_every_stage_checks_the_kind_of_each_checkpoint(runs, tmp_path, capsys):
              ("train_ppo", [f"--sft_ckpt={sft}", f"--rm_ckpt={sft}"], f"--rm_ckpt={sft} is {policy}"),
              ("train_ppo", [f"--sft_ckpt={sft}", f"--rm_ckpt={rm}", f"--init_from={rm}"],
               f"--init_from={rm} is {reward}"),
-             ("train_ppo", [f"--sft_ckpt={sft}", f"--rm_ckpt={rm}", f"--init_from={sft}"], "holds no value_model"),
+             ("train_ppo", [f"--sft_ckpt={sft}", f"--rm_ckpt={rm}", f"--init_from={sft}", *GAE],
+              "holds no value_model"),
              ("train_rm", [f"--sft_ckpt={rm}"], f"--sft_ckpt={rm} is {reward}"),
              ("train_rm", [f"--sft_ckpt={sft}", f"--init_from={ppo}"], f"--init_from={ppo} is {policy}"),
              ("train_rm", [f"--sft_ckpt={sft}", f"--sample_from={rm}"], f"--sample_from={rm} is {reward}"),

@@ -70,7 +70,7 @@ def pipeline(tmp_path_factory):
     ppo = run("train_ppo.py", f"--out_dir={out}/ppo", f"--sft_ckpt={out}/sft/ckpt.pt", f"--rm_ckpt={out}/rmj/ckpt.pt",
               "--iterations=10", "--batch_size=16", "--n_minibatches=2", "--ppo_epochs=2", "--n_eval=16",
               "--learning_rate=3e-4", "--save_interval=5", "--ptx_coef=0.1", "--adaptive_kl=true", "--kl_estimator=k3",
-              "--ref_temperature=1")
+              "--ref_temperature=1", "--advantage=gae", "--group_size=1")  # with a value model, as chat's preset
     return out, sft, rm, rmj, ppo
 
 
@@ -165,7 +165,8 @@ def test_ppo_against_the_gold_oracle(tmp_path, pipeline):
     SFT samples' mean), and the policy climbs it; prompts the gold scorer cannot judge are refused before training."""
     out = pipeline[0]
     args = [f"--sft_ckpt={out}/sft/ckpt.pt", f"--rm_ckpt={out}/rmj/ckpt.pt", "--iterations=15", "--batch_size=64",
-            "--n_eval=8", "--ceiling_prompts=4", "--learning_rate=3e-4", "--kl_coef=0.05", "--reward=gold"]
+            "--n_eval=8", "--ceiling_prompts=4", "--learning_rate=3e-4", "--kl_coef=0.05", "--reward=gold",
+            "--advantage=gae", "--group_size=1"]
     run("train_ppo.py", f"--out_dir={tmp_path}/ppo", *args)
     from minirlhf.tasks.instruct import LABELER_TEMPERATURE
     metrics = rows(tmp_path / "ppo" / "metrics.jsonl")
@@ -185,7 +186,7 @@ def test_ppo_against_the_gold_oracle(tmp_path, pipeline):
     assert bad.returncode == 2 and "--reward must be rm or gold" in bad.stderr
 
 
-@pytest.mark.parametrize("advantage, kl_in, loss_agg", [("grpo", "loss", "token"), ("rloo", "reward", "sequence")])
+@pytest.mark.parametrize("advantage, kl_in, loss_agg", [("grpo", "loss", "sequence"), ("rloo", "reward", "token")])
 def test_critic_free_ppo_learns_without_a_value_model(tmp_path, pipeline, advantage, kl_in, loss_agg):
     """--advantage=grpo|rloo: 4 responses per prompt, each against its group; no value model loaded, trained or
     saved; the policy moves toward what the reward model likes, on held-out prompts too."""
@@ -247,7 +248,7 @@ def test_jsonl_data_and_chat(tmp_path):
                        + json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
     run("train_ppo.py", f"--out_dir={tmp_path}/ppo", f"--sft_ckpt={tmp_path}/sft/ckpt.pt",
         f"--rm_ckpt={tmp_path}/rm/ckpt.pt", f"--prompts={prompts}", f"--eval_prompts={prompts}", "--iterations=1",
-        "--batch_size=2", "--n_minibatches=1", "--ppo_epochs=1")
+        "--batch_size=2", "--group_size=2", "--n_minibatches=1", "--ppo_epochs=1")
     summary = json.loads((tmp_path / "ppo" / "summary.json").read_text())
     assert "win_rate_ppo_sampled" not in summary  # no gold scorer for these prompts
     # but the report shows the responses side by side
