@@ -17,8 +17,8 @@ the PPO iterations are split over the rounds, so N rounds cost what one does. Ro
                   ones), before it is retrained: how far the policy has moved from what it knows
   3. RM           `python train_rm.py` on all comparisons so far, from the SFT weights or the
                   previous round's reward model (--rm_init)
-  4. PPO          `python train_ppo.py` on from the previous round's policy and value model, with the
-                  SFT policy as the KL reference throughout
+  4. PPO          `python train_ppo.py` on from the previous round's policy (and value model, with GAE),
+                  with the SFT policy as the KL reference throughout
   5. red-teaming  the policy answers a held-out probe set; the next round's prompts over-sample the
                   kinds it scored worst on, and its failures join a red-team set that every later
                   round is tested on (the adversarial training ChatGPT's makers describe)
@@ -282,7 +282,7 @@ def main(cfg):
         acc_after, gold_after = reward.accuracy(rm, new_eval, tokenizer, device=device, autocast=autocast, d=ONE,
                                                 gold=gold)
 
-        # 4. PPO, on from the previous round's policy and value model, against the new reward model
+        # 4. PPO, on from the previous round's policy (and value model, with GAE), against the new reward model
         prompts = cfg.prompts
         if builtin:  # fresh prompts, over-sampling the kinds the last probe found weak
             prompts = os.path.join(rdir, "prompts_train.jsonl")
